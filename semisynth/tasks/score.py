@@ -1,0 +1,131 @@
+"""The score+edit stage over shards: streaming, cached by (shard, model, parameters).
+
+A shard's scores land in ``scores/<score_key>/<shard_hash>.parquet`` under the data root;
+the file's existence is the cache, so a re-run (or a retry after a lost worker) does no
+model work for a shard that was already scored with the same prior and parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from semisynth.config import EditConfig, PriorConfig
+from semisynth.tasks.prior import load_prior
+from semisynth.tasks.toedit import Scorer
+
+SCORE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("doc_hash", pa.string()),
+        ("scored_tokens", pa.int64()),
+        ("nll_sum", pa.float64()),
+        ("ppl", pa.float64()),
+        ("revised_tokens", pa.int64()),
+        ("edited_tokens", pa.int64()),
+        ("dropped_tokens", pa.int64()),
+        ("token_ids", pa.list_(pa.int32())),
+        ("edited_text", pa.string()),
+    ]
+)
+
+
+def score_key(model_id: str, prior: PriorConfig, edit: EditConfig, seed: int) -> str:
+    """Everything that changes a shard's scores or edits, hashed."""
+    params = {
+        "model": model_id,
+        "precision": prior.precision,
+        "max_tokens": prior.max_tokens,
+        "window": prior.window,
+        "edit": edit.model_dump(),
+        "beta": edit.effective_beta,
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ScoreStats:
+    shard_hash: str
+    path: str
+    documents: int
+    scored_tokens: int
+    model_work: bool  # False when the cached scores were reused
+    seconds: float
+
+
+def score_shard(
+    shard_path: Path,
+    out_path: Path,
+    root: Path,
+    prior_cfg: PriorConfig,
+    edit_cfg: EditConfig,
+    seed: int,
+    batch_docs: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScoreStats:
+    """Score and edit one shard unless its scores exist; stream batches of documents
+    through the prior and append them to the output, renamed into place at the end."""
+    shard_path, out_path = Path(shard_path), Path(out_path)
+    shard_hash = shard_path.stem
+    if out_path.exists():
+        meta = pq.read_metadata(out_path)
+        tokens = pq.read_table(out_path, columns=["scored_tokens"]).column(0).to_numpy().sum()
+        return ScoreStats(shard_hash, str(out_path), meta.num_rows, int(tokens), False, 0.0)
+    started = time.perf_counter()
+    prior = load_prior(prior_cfg.model, root, prior_cfg.precision)
+    scorer = Scorer(
+        prior, edit_cfg, seed=seed, max_tokens=prior_cfg.max_tokens,
+        batch_tokens=prior_cfg.batch_tokens, window=prior_cfg.window,
+    )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    shard = pq.ParquetFile(shard_path)
+    documents = scored = 0
+    try:
+        with pq.ParquetWriter(tmp, SCORE_SCHEMA) as writer:
+            for batch in shard.iter_batches(batch_size=batch_docs, columns=["id", "text", "doc_hash"]):
+                ids = batch.column("id").to_pylist()
+                texts = batch.column("text").to_pylist()
+                results = scorer.score(ids, texts)
+                decode = prior.tokenizer.decode
+                writer.write_table(
+                    pa.table(
+                        {
+                            "id": ids,
+                            "doc_hash": batch.column("doc_hash"),
+                            "scored_tokens": [r.scored_tokens for r in results],
+                            "nll_sum": [r.nll_sum for r in results],
+                            "ppl": [r.ppl for r in results],
+                            "revised_tokens": [r.revised_tokens for r in results],
+                            "edited_tokens": [r.edited_tokens for r in results],
+                            "dropped_tokens": [r.dropped_tokens for r in results],
+                            "token_ids": [r.token_ids.astype(np.int32) for r in results],
+                            "edited_text": [decode(r.edited_ids.tolist()) for r in results],
+                        },
+                        schema=SCORE_SCHEMA,
+                    )
+                )
+                documents += len(ids)
+                batch_tokens = sum(r.scored_tokens for r in results)
+                scored += batch_tokens
+                if progress:
+                    progress(documents, batch_tokens)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ScoreStats(shard_hash, str(out_path), documents, scored, True, time.perf_counter() - started)
+
+
+def read_scores(paths: list[Path], columns: list[str] | None = None) -> pa.Table:
+    tables = [pq.read_table(p, columns=columns) for p in paths]
+    return pa.concat_tables(tables) if tables else SCORE_SCHEMA.empty_table()

@@ -1,0 +1,40 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+# The prior and the Brown Corpus are fetched once and cached here (never committed).
+ASSETS = Path(os.environ.get("SEMISYNTH_TEST_ASSETS", REPO / "var" / "test-assets"))
+
+
+@pytest.fixture(scope="session")
+def assets_root() -> Path:
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    return ASSETS
+
+
+@pytest.fixture(scope="session")
+def prior_f32(assets_root):
+    from semisynth.tasks.prior import load_prior
+
+    return load_prior("default", assets_root, "float32")
+
+
+@pytest.fixture(scope="session")
+def brown_shards(assets_root):
+    from semisynth.tasks.assets import fetch_brown
+
+    return fetch_brown(assets_root)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One real (ephemeral, local) Prefect server for the whole test session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
