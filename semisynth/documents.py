@@ -1,0 +1,208 @@
+"""Document files: jsonl, jsonl.gz (Dolma layout: one JSON object a line) and Parquet
+(Cosmopedia layout), local or any fsspec URL; the format is named by the extension.
+
+Reading streams and never raises on a bad row: each row comes back as a `Record`, good
+(`reason is None`) or bad (`reason` says why, `excerpt` shows the raw row), so the caller
+can quarantine it. Writing streams too and is atomic (temporary file, then rename)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import posixpath
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+FORMATS = (".jsonl.gz", ".jsonl", ".parquet")  # longest first: ".jsonl.gz" ends in neither other
+EXCERPT_CHARS = 200
+PARQUET_BATCH_ROWS = 1024
+
+
+@dataclass(slots=True)
+class Record:
+    """One row of a document file: a document when `reason` is None, else a bad row."""
+
+    line: int  # 1-based line (jsonl) or row (parquet) number
+    id: str = ""
+    text: str = ""
+    meta: dict = field(default_factory=dict)
+    reason: str | None = None
+    excerpt: str = ""
+
+
+def file_format(path: str) -> str:
+    for ext in FORMATS:
+        if str(path).endswith(ext):
+            return ext
+    raise ValueError(f"{path}: unknown document format, expected one of {', '.join(FORMATS)}")
+
+
+def _excerpt(raw: bytes | str | dict) -> str:
+    if isinstance(raw, dict):
+        raw = json.dumps(raw, ensure_ascii=False, default=str)
+    elif isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    return raw.rstrip("\r\n")[:EXCERPT_CHARS]
+
+
+def _record(row: dict, raw, line: int, default_id: str, text_field: str, id_field: str) -> Record:
+    """Check one parsed row; `raw` (the row as read) only becomes an excerpt if it is bad."""
+    text = row.get(text_field)
+    if text_field not in row:
+        reason = f"missing text field {text_field!r}"
+    elif text is None:
+        reason = f"text field {text_field!r} is null"
+    elif not isinstance(text, str):
+        reason = f"text field {text_field!r} is not a string ({type(text).__name__})"
+    elif not text:
+        reason = "empty text"
+    elif not text.strip():
+        reason = "empty text (whitespace only)"
+    else:
+        reason = None
+    raw_id = row.get(id_field)
+    doc_id = default_id if raw_id is None or raw_id == "" else str(raw_id)
+    if reason is None:
+        # JSON "\ud800" escapes parse fine but cannot be encoded, and would crash hashing
+        # and Parquet writing downstream.
+        try:
+            text.encode("utf-8")
+            doc_id.encode("utf-8")
+        except UnicodeEncodeError as e:
+            reason = f"invalid utf-8: {e}"
+    if reason is not None:
+        return Record(line, reason=reason, excerpt=_excerpt(raw))
+    meta = {k: v for k, v in row.items() if k not in (text_field, id_field)}
+    return Record(line, id=doc_id, text=text, meta=meta)
+
+
+def _read_jsonl(f, name: str, text_field: str, id_field: str) -> Iterator[Record]:
+    for line, raw in enumerate(f, start=1):
+        if not raw.strip():
+            continue  # blank lines are layout, not rows
+        try:
+            s = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield Record(line, reason=f"invalid utf-8: {e}", excerpt=_excerpt(raw))
+            continue
+        if line == 1:
+            s = s.removeprefix("\ufeff")  # a BOM some editors write
+        try:
+            row = json.loads(s)
+        except json.JSONDecodeError as e:
+            yield Record(line, reason=f"invalid json: {e}", excerpt=_excerpt(s))
+            continue
+        if not isinstance(row, dict):
+            yield Record(
+                line, reason=f"not a JSON object ({type(row).__name__})", excerpt=_excerpt(s)
+            )
+            continue
+        yield _record(row, s, line, f"{name}:{line}", text_field, id_field)
+
+
+def _read_parquet(f, name: str, text_field: str, id_field: str) -> Iterator[Record]:
+    line = 0
+    for batch in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for row in batch.to_pylist():
+            line += 1
+            yield _record(row, row, line, f"{name}:{line}", text_field, id_field)
+
+
+def read_records(path: str, text_field: str = "text", id_field: str = "id") -> Iterator[Record]:
+    """Stream the rows of one document file. A bad row is a Record with a reason; a file
+    that cannot be read at all (missing, not gzip, not Parquet) raises, naming the file."""
+    path = str(path)
+    fmt = file_format(path)
+    name = posixpath.basename(path.rstrip("/"))
+    compression = "gzip" if fmt == ".jsonl.gz" else None
+    try:
+        with fsspec.open(path, "rb", compression=compression) as f:
+            if fmt == ".parquet":
+                yield from _read_parquet(f, name, text_field, id_field)
+            else:
+                yield from _read_jsonl(f, name, text_field, id_field)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no such document file: {path}") from e
+    except (OSError, EOFError, pa.ArrowException) as e:  # bad gzip, truncated, not Parquet
+        raise OSError(f"cannot read {path} as {fmt}: {e}") from e
+
+
+def _checked(docs: Iterable[dict]) -> Iterator[dict]:
+    for n, doc in enumerate(docs):
+        if "id" not in doc or "text" not in doc:
+            raise ValueError(f"document {n} has no 'id' or no 'text' (keys: {sorted(doc)})")
+        yield doc
+
+
+def _write_jsonl(docs: Iterator[dict], f, gzipped: bool) -> int:
+    # mtime=0 and no file name in the gzip header: the same documents give the same bytes,
+    # so release checksums are reproducible.
+    out = gzip.GzipFile(fileobj=f, mode="wb", filename="", mtime=0) if gzipped else f
+    n = 0
+    for doc in docs:
+        out.write((json.dumps(doc, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+        n += 1
+    if gzipped:
+        out.close()  # writes the gzip trailer; f stays open
+    return n
+
+
+def _write_parquet(docs: Iterator[dict], f, batch_rows: int) -> int:
+    writer, n = None, 0
+    while batch := list(islice(docs, batch_rows)):
+        # the first batch fixes the schema; later batches must keep the column types
+        table = pa.Table.from_pylist(batch, schema=writer.schema if writer else None)
+        writer = writer or pq.ParquetWriter(f, table.schema)
+        writer.write_table(table)
+        n += len(batch)
+    if writer is None:  # no documents: still a valid Parquet file
+        writer = pq.ParquetWriter(f, pa.schema([("id", pa.string()), ("text", pa.string())]))
+    writer.close()
+    return n
+
+
+def write_documents(docs: Iterable[dict], path, batch_rows: int = 1000) -> int:
+    """Write documents (dicts with at least `id` and `text`; other keys are kept) in the
+    format the extension names; atomic: readers see the old file or the whole new one.
+    Returns the number of documents written."""
+    path = str(path)
+    fmt = file_format(path)
+    fs, target = fsspec.core.url_to_fs(path)
+    parent, name = posixpath.split(target)
+    fs.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with fs.open(tmp, "wb") as f:
+            if fmt == ".parquet":
+                n = _write_parquet(_checked(docs), f, batch_rows)
+            else:
+                n = _write_jsonl(_checked(docs), f, gzipped=fmt == ".jsonl.gz")
+        fs.mv(tmp, target)  # a rename on local disks; object stores publish on close anyway
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+    return n
+
+
+def expand_paths(patterns: list[str]) -> list[str]:
+    """Globs (local or fsspec URLs, `**` included) to a sorted list of files; a pattern
+    that matches no file raises, since a silently empty input is almost always a typo."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    files = set()
+    for pattern in patterns:
+        fs, root = fsspec.core.url_to_fs(str(pattern))
+        found = [p for p, info in fs.glob(root, detail=True).items() if info["type"] == "file"]
+        if not found:
+            raise FileNotFoundError(f"no document files match {pattern}")
+        local = isinstance(fs, LocalFileSystem)
+        files.update(p if local else fs.unstrip_protocol(p) for p in found)
+    return sorted(files)
