@@ -1,0 +1,355 @@
+"""Known-answer tests for semisynth.quality.metrics (expected values computed by hand)."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from semisynth.quality import metrics as M
+
+
+def docs(*lists):
+    return [np.array(x, dtype=np.int64) for x in lists]
+
+
+def key(*tokens):
+    k = 0
+    for t in tokens:
+        k = (k << 21) | t
+    return k
+
+
+# --- budgets ----------------------------------------------------------------
+
+def test_sample_to_budget_takes_shuffled_docs_until_budget():
+    corpus = docs([1, 2, 3], [4, 5, 6, 7, 8], [9, 10], [11])
+    order = np.random.default_rng(7).permutation(4).tolist()
+    lengths = [3, 5, 2, 1]
+    budget = 6
+    # by hand: walk the seeded order until the running total reaches the budget
+    expected, total = [], 0
+    for i in order:
+        expected.append(i)
+        total += lengths[i]
+        if total >= budget:
+            break
+    assert M.sample_to_budget(corpus, budget, seed=7) == expected
+    assert M.sample_to_budget(corpus, budget, seed=7) == M.sample_to_budget(corpus, budget, 7)
+
+
+def test_truncate_to_budget_cuts_last_doc():
+    corpus = docs([1, 2, 3], [4, 5, 6, 7])
+    out = M.truncate_to_budget(corpus, [1, 0], 5)
+    assert [d.tolist() for d in out] == [[4, 5, 6, 7], [1]]
+    out = M.truncate_to_budget(corpus, [0, 1], 3)  # budget met exactly by the first doc
+    assert [d.tolist() for d in out] == [[1, 2, 3]]
+
+
+@pytest.mark.parametrize("budget", [1, 7, 50, 123, 499, 500])
+def test_budgets_are_exact(budget):
+    rng = np.random.default_rng(0)
+    corpus = [rng.integers(0, 100, rng.integers(0, 20)) for _ in range(60)]
+    total = sum(map(len, corpus))
+    assert total >= 500
+    idx = M.sample_to_budget(corpus, budget, seed=3)
+    out = M.truncate_to_budget(corpus, idx, budget)
+    assert sum(map(len, out)) == budget
+    assert len(out) == len(idx)  # the PPLs of idx line up with the truncated streams
+    assert sum(len(corpus[i]) for i in idx[:-1]) < budget  # no document taken beyond need
+
+
+def test_budget_larger_than_corpus_raises_with_both_numbers():
+    corpus = docs([1, 2, 3], [4, 5])
+    with pytest.raises(ValueError, match=r"5.*6"):
+        M.sample_to_budget(corpus, 6, seed=0)
+    with pytest.raises(ValueError, match=r"5.*6"):
+        M.truncate_to_budget(corpus, [0, 1], 6)
+
+
+def test_split_half_is_a_reproducible_partition():
+    a, b = M.split_half(11, seed=4)
+    assert (len(a), len(b)) == (5, 6)
+    assert sorted(np.concatenate([a, b]).tolist()) == list(range(11))
+    a2, b2 = M.split_half(11, seed=4)
+    assert a.tolist() == a2.tolist() and b.tolist() == b2.tolist()
+
+
+# --- n-grams ------------------------------------------------------------------
+
+def test_ngram_keys_never_cross_documents():
+    corpus = docs([1, 2, 3], [4, 5])
+    assert M.ngram_keys(corpus, 1).tolist() == [1, 2, 3, 4, 5]
+    assert M.ngram_keys(corpus, 2).tolist() == [key(1, 2), key(2, 3), key(4, 5)]  # no (3, 4)
+    assert M.ngram_keys(corpus, 3).tolist() == [key(1, 2, 3)]
+    assert M.ngram_keys(docs([1, 2], [3], [], [4, 5, 6]), 3).tolist() == [key(4, 5, 6)]
+    assert M.ngram_keys(docs([1], [2]), 2).size == 0
+    assert M.ngram_keys([], 2).size == 0
+
+
+def test_ngram_keys_match_per_document_counting():
+    rng = np.random.default_rng(1)
+    corpus = [rng.integers(0, 2**21, rng.integers(0, 8)) for _ in range(50)]
+    for n in (1, 2, 3):
+        per_doc = [key(*d[i : i + n]) for d in corpus for i in range(len(d) - n + 1)]
+        keys = M.ngram_keys(corpus, n)
+        assert keys.dtype == np.int64
+        assert keys.tolist() == per_doc
+
+
+def test_packing_is_exact_and_unpack_inverts_it():
+    top = 2**21 - 1
+    grams = [(0,), (top,), (top, 0), (5, top), (top, top, top), (1, 0, 2), (0, 0, 1)]
+    for g in grams:
+        k = M.ngram_keys([np.array(g)], len(g))
+        assert k.tolist() == [key(*g)] and k[0] >= 0
+        assert M.unpack_ngram(k[0], len(g)) == g
+    with pytest.raises(ValueError):
+        M.ngram_keys([np.array([2**21])], 1)
+    with pytest.raises(ValueError):
+        M.ngram_keys([np.array([1, 2, 3, 4])], 4)
+
+
+def test_distinct_n_and_counts():
+    keys = M.ngram_keys(docs([1, 2, 2, 3]), 1)
+    assert M.distinct_n(keys) == 3 / 4
+    uniq, counts = M.ngram_counts(keys)
+    assert uniq.tolist() == [1, 2, 3] and counts.tolist() == [1, 2, 1]
+    # bigrams of [1,2,1,2] + [1,2]: (1,2) (2,1) (1,2) (1,2) -> 2 types / 4
+    assert M.distinct_n(M.ngram_keys(docs([1, 2, 1, 2], [1, 2]), 2)) == 2 / 4
+    assert M.distinct_n(np.zeros(0, np.int64)) == 0.0
+
+
+def test_top1pct_mass():
+    # 150 types -> ceil(1.5) = 2 top types: (50 + 30) / (50 + 30 + 148 * 1)
+    counts = np.array([1] * 70 + [50] + [1] * 78 + [30])
+    assert M.top1pct_mass(counts) == pytest.approx(80 / 228)
+    assert M.top1pct_mass(np.array([4] + [1] * 99)) == pytest.approx(4 / 103)  # 100 types -> 1
+    assert M.top1pct_mass(np.array([4, 3] + [1] * 99)) == pytest.approx(7 / 106)  # 101 -> 2
+    assert M.top1pct_mass(np.array([3, 1])) == pytest.approx(3 / 4)
+    assert M.top1pct_mass(np.array([], dtype=np.int64)) == 0.0
+
+
+def test_ref_coverage():
+    ref = np.array([1, 1, 2, 2, 3, 4, 4])  # types with count >= 2: {1, 2, 4}
+    assert M.ref_coverage(np.array([2, 3, 5, 2]), ref) == pytest.approx(1 / 3)
+    assert M.ref_coverage(np.array([4, 1, 2]), ref) == 1.0
+    assert M.ref_coverage(np.array([], dtype=np.int64), ref) == 0.0
+    assert math.isnan(M.ref_coverage(np.array([1]), np.array([1, 2, 3])))  # no type twice
+
+
+def test_js_divergence_known_answers():
+    a, b = key(1, 2), key(3, 4)
+    assert M.hash_buckets(np.array([a]), 2**20)[0] != M.hash_buckets(np.array([b]), 2**20)[0]
+    same = np.array([a, a, b])
+    assert M.js_divergence(same, same[::-1].copy()) == 0.0
+    assert M.js_divergence(np.array([a, a]), np.array([b])) == pytest.approx(1.0)
+    # p = (1, 0), q = (1/2, 1/2), m = (3/4, 1/4)
+    expected = 0.5 * math.log2(4 / 3) + 0.5 * (0.5 * math.log2(2 / 3) + 0.5 * math.log2(2))
+    assert M.js_divergence(np.array([a]), np.array([a, b])) == pytest.approx(expected)
+    assert math.isnan(M.js_divergence(np.array([], dtype=np.int64), np.array([a])))
+
+
+def test_hash_buckets_in_range_and_fixed():
+    keys = np.arange(0, 2**63 - 1, 2**50, dtype=np.int64)
+    for buckets in (1, 7, 2**20, 2**32):
+        h = M.hash_buckets(keys, buckets)
+        assert h.min() >= 0 and h.max() < buckets
+    assert M.hash_buckets(keys, 1000).tolist() == M.hash_buckets(keys.copy(), 1000).tolist()
+
+
+def test_rank_frequency():
+    keys = np.array([5, 9, 5, 3, 7, 3, 9, 5])  # 5:3, 3:2, 9:2, 7:1; ties by smaller key
+    top, counts = M.rank_frequency(keys)
+    assert top.tolist() == [5, 3, 9, 7] and counts.tolist() == [3, 2, 2, 1]
+    top, counts = M.rank_frequency(keys, top=2)
+    assert top.tolist() == [5, 3] and counts.tolist() == [3, 2]
+
+
+def test_ngram_metrics_known_answers():
+    cand = docs([1, 2, 1, 2])
+    ref = docs([1, 2, 3], [1, 2, 3])
+    out = M.ngram_metrics(cand, ref, orders=(1, 2))
+    assert out["distinct_1"] == 2 / 4
+    assert out["distinct_2"] == 2 / 3  # (1,2) (2,1) (1,2)
+    assert out["top1pct_mass_1"] == 2 / 4  # 2 types -> top 1 type holds 2 of 4
+    assert out["top1pct_mass_2"] == 2 / 3
+    assert out["ref_coverage_1"] == pytest.approx(2 / 3)  # ref {1,2,3} twice each; cand has 1,2
+    assert out["ref_coverage_2"] == pytest.approx(1 / 2)  # ref {(1,2),(2,3)}; cand has (1,2)
+    assert 0.0 < out["js_1"] < 1.0 and 0.0 < out["js_2"] < 1.0
+    assert set(out) == {f"{m}_{n}" for m in M.NGRAM_METRICS for n in (1, 2)}
+
+
+def test_ngram_metrics_agree_with_the_single_metric_functions():
+    rng = np.random.default_rng(5)
+    cand = [rng.zipf(1.5, rng.integers(1, 50)) % 100 for _ in range(60)]
+    ref = [rng.zipf(1.5, rng.integers(1, 50)) % 100 for _ in range(60)]
+    out = M.ngram_metrics(cand, ref, buckets=1024)
+    for n in (1, 2, 3):
+        ck, rk = M.ngram_keys(cand, n), M.ngram_keys(ref, n)
+        assert out[f"distinct_{n}"] == pytest.approx(M.distinct_n(ck))
+        assert out[f"top1pct_mass_{n}"] == pytest.approx(M.top1pct_mass(M.ngram_counts(ck)[1]))
+        assert out[f"ref_coverage_{n}"] == pytest.approx(M.ref_coverage(ck, rk))
+        # per-occurrence hashing, written out, gives the same divergence
+        p = np.bincount(M.hash_buckets(ck, 1024), minlength=1024) / ck.size
+        q = np.bincount(M.hash_buckets(rk, 1024), minlength=1024) / rk.size
+        m = (p + q) / 2
+        js = sum(0.5 * x * math.log2(x / y) for d in (p, q) for x, y in zip(d, m, strict=True) if x > 0)
+        assert out[f"js_{n}"] == pytest.approx(js)
+        assert M.js_divergence(ck, rk, 1024) == pytest.approx(js)
+
+
+def test_ngram_metrics_on_a_million_tokens_runs():
+    rng = np.random.default_rng(0)
+    tokens = rng.zipf(1.2, 1_000_000) % 50_000  # zipfy, like text
+    corpus = np.split(tokens, np.arange(1000, 1_000_000, 1000))
+    ref = np.split(rng.zipf(1.2, 1_000_000) % 50_000, np.arange(1000, 1_000_000, 1000))
+    start = time.perf_counter()
+    out = M.ngram_metrics(corpus, ref)
+    print(f"ngram_metrics, 1e6 + 1e6 tokens, n=1..3: {time.perf_counter() - start:.2f}s")
+    assert len(out) == 12
+
+
+# --- perplexity ---------------------------------------------------------------
+
+def test_ppl_metrics_known_answers():
+    cand = np.arange(1, 102, dtype=float)  # 101 values: quantile q sits at index 100 q exactly
+    ref = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    out = M.ppl_metrics(cand, ref)
+    expected_q = {"ppl_q01": 2, "ppl_q05": 6, "ppl_q10": 11, "ppl_q25": 26, "ppl_q50": 51,
+                  "ppl_q75": 76, "ppl_q90": 91, "ppl_q95": 96, "ppl_q99": 100}
+    for name, value in expected_q.items():
+        assert out[name] == pytest.approx(value)
+    assert out["ppl_low_frac"] == pytest.approx(2 / 101)  # ref q25 = 2: candidates 1, 2
+    assert out["ppl_tail_frac"] == pytest.approx(97 / 101)  # ref q90 = 4.6: candidates 5..101
+    small = M.ppl_metrics(np.array([1.0, 2.0, 3.0, 10.0]), ref)
+    assert small["ppl_low_frac"] == 2 / 4 and small["ppl_tail_frac"] == 1 / 4
+
+
+def test_ppl_ks_and_w1_known_answers():
+    e = math.e
+    out = M.ppl_metrics(np.array([1.0, e]), np.array([e, e**2]))  # logs [0,1] vs [1,2]
+    assert out["ppl_w1"] == pytest.approx(1.0)
+    assert out["ppl_ks"] == pytest.approx(0.5)
+    out = M.ppl_metrics(np.array([1.0, 2.0]), np.array([10.0, 20.0]))
+    assert out["ppl_ks"] == pytest.approx(1.0)
+    assert out["ppl_w1"] == pytest.approx(math.log(10))
+
+
+def test_ppl_of_reference_against_itself():
+    ref = np.random.default_rng(0).lognormal(3.0, 0.5, 10_001)
+    out = M.ppl_metrics(ref, ref)
+    assert out["ppl_low_frac"] == pytest.approx(0.25, abs=1e-3)
+    assert out["ppl_tail_frac"] == pytest.approx(0.10, abs=1e-3)
+    assert out["ppl_ks"] == 0.0 and out["ppl_w1"] == 0.0
+
+
+def test_log_bins_and_histogram():
+    bins = M.log_bins([10.0, 1.0, 100.0, np.inf, 0.0], num=2)
+    assert bins.tolist() == pytest.approx([1.0, 10.0, 100.0])
+    rows = M.ppl_histogram([2.0, 5.0, 50.0, 100.0], bins)
+    assert [r["documents"] for r in rows] == [2, 2]  # last bin closed: 100 counts
+    assert [r["bin_low"] for r in rows] == pytest.approx([1.0, 10.0])
+    assert [r["bin_high"] for r in rows] == pytest.approx([10.0, 100.0])
+    assert len(M.log_bins(np.full(5, 7.0), num=40)) == 41  # one value still gives 40 bins
+
+
+# --- bootstrap and comparison -----------------------------------------------
+
+def test_bootstrap_ci_contains_estimate_and_is_reproducible():
+    rng = np.random.default_rng(0)
+    ref, cand = rng.lognormal(3, 0.5, 400), rng.lognormal(2.8, 0.5, 300)
+    point = M.ppl_low_frac(cand, ref)
+    low, high = M.bootstrap_ci(M.ppl_low_frac, cand, ref, reps=200, seed=5)
+    assert low <= point <= high and low < high
+    assert M.bootstrap_ci(M.ppl_low_frac, cand, ref, reps=200, seed=5) == (low, high)
+    assert M.bootstrap_ci(M.ppl_low_frac, cand, ref, reps=200, seed=6) != (low, high)
+
+
+def test_bootstrap_ci_of_a_constant_is_that_constant():
+    low, high = M.bootstrap_ci(lambda c, r: float(np.mean(c)), np.full(10, 3.0), None)
+    assert (low, high) == (3.0, 3.0)
+
+
+def test_fast_coverage_bootstrap_equals_the_direct_one():
+    rng = np.random.default_rng(2)
+    cand = [rng.integers(0, 30, rng.integers(1, 40)) for _ in range(40)]
+    ref = [rng.integers(0, 30, rng.integers(1, 40)) for _ in range(40)]
+    ref_keys = M.ngram_keys(ref, 2)
+
+    def direct(sample, _):
+        return M.ref_coverage(M.ngram_keys(sample, 2), ref_keys)
+
+    per_doc, n_types = M._covered_types_by_doc(cand, ref, 2)
+    assert M._coverage_of_covered(per_doc, n_types) == pytest.approx(direct(cand, None))
+    point = direct(cand, None)
+    for debias in (False, True):
+        slow = M.bootstrap_ci(direct, cand, None, reps=50, seed=1, debias=debias)
+        fast = M.bootstrap_ci(M._coverage_of_covered, per_doc, n_types, reps=50, seed=1,
+                              debias=debias)
+        assert fast == pytest.approx(slow)
+    # why compare() debiases coverage: resamples repeat documents, repeats add no types,
+    # so the plain percentile interval lies wholly below the estimate
+    assert M.bootstrap_ci(direct, cand, None, reps=50, seed=1)[1] < point
+    low, high = M.bootstrap_ci(direct, cand, None, reps=50, seed=1, debias=True)
+    assert low <= point <= high and low < high
+
+
+def corpus(seed, n_docs=80, vocab=200):
+    rng = np.random.default_rng(seed)
+    toks = [rng.zipf(1.5, rng.integers(20, 60)) % vocab for _ in range(n_docs)]
+    return toks, rng.lognormal(3, 0.5, n_docs)
+
+
+EXPECTED_NAMES = (
+    [f"ppl_q{q:02d}" for q in (1, 5, 10, 25, 50, 75, 90, 95, 99)]
+    + ["ppl_low_frac", "ppl_tail_frac", "ppl_ks", "ppl_w1"]
+    + [f"{m}_{n}" for n in (1, 2, 3) for m in ("distinct", "top1pct_mass", "ref_coverage", "js")]
+)
+
+
+def test_compare_returns_every_metric_with_the_budget():
+    cand_docs, cand_ppl = corpus(0)
+    ref_docs, ref_ppl = corpus(1)
+    rows = M.compare(cand_docs, cand_ppl, ref_docs, ref_ppl, budget=1000, seed=0, bootstrap=50)
+    assert sorted(r["metric"] for r in rows) == sorted(EXPECTED_NAMES)
+    by_name = {r["metric"]: r for r in rows}
+    for r in rows:
+        assert r["budget"] == 1000
+        assert set(r) == {"metric", "n", "budget", "value", "ci_low", "ci_high"}
+        assert r["n"] == (int(r["metric"][-1]) if not r["metric"].startswith("ppl") else None)
+        if r["metric"] in ("ppl_low_frac", "ppl_tail_frac", "ref_coverage_2"):
+            assert r["ci_low"] <= r["value"] <= r["ci_high"]
+        else:
+            assert r["ci_low"] is None and r["ci_high"] is None
+    # reproducible with the seed
+    again = M.compare(cand_docs, cand_ppl, ref_docs, ref_ppl, budget=1000, seed=0, bootstrap=50)
+    assert again == rows
+    assert 0.0 <= by_name["js_2"]["value"] <= 1.0
+    plain = M.compare(cand_docs, cand_ppl, ref_docs, ref_ppl, 1000, 0, orders=(1,), bootstrap=0)
+    assert all(r["ci_low"] is None for r in plain)
+    assert not any(r["metric"].endswith("_2") for r in plain)
+
+
+def test_compare_of_a_corpus_with_itself_is_close():
+    docs_, ppl = corpus(3, n_docs=200)
+    by_name = {r["metric"]: r["value"]
+               for r in M.compare(docs_, ppl, docs_, ppl, budget=3000, seed=1, bootstrap=0)}
+    assert 0.1 < by_name["ppl_low_frac"] < 0.4  # independent samples of the same corpus
+    assert by_name["js_1"] < 0.2
+
+
+def test_compare_rejects_mismatched_ppl():
+    docs_, ppl = corpus(0)
+    with pytest.raises(ValueError, match="perplexities"):
+        M.compare(docs_, ppl[:-1], docs_, ppl, budget=100, seed=0)
+
+
+def test_split_half_yardstick():
+    ref_docs, ref_ppl = corpus(4, n_docs=100)
+    rows = M.split_half_yardstick(ref_docs, ref_ppl, budget=1000, seed=0, bootstrap=20)
+    assert sorted(r["metric"] for r in rows) == sorted(EXPECTED_NAMES)
+    assert all(r["budget"] == 1000 for r in rows)
+    half_tokens = sum(map(len, ref_docs)) // 2
+    with pytest.raises(ValueError, match="half"):
+        M.split_half_yardstick(ref_docs, ref_ppl, budget=half_tokens + 100, seed=0)
