@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-import semisynth.documents as documents
+from semisynth import documents as docio
 from semisynth.tasks.prior import Prior
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def fetch_brown(root: Path) -> list[Path]:
             buckets[i % len(shards)].append({"id": f"brown/{name}", "text": text, "genre": genres[name]})
         out.mkdir(parents=True, exist_ok=True)
         for shard, docs in zip(shards, buckets, strict=True):
-            documents.write_documents(docs, shard)
+            docio.write_documents(docs, shard)
     log.info("Brown Corpus: %d documents in %d shards under %s", len(names), len(shards), out)
     return shards
 
@@ -140,7 +140,7 @@ def synthesize(
         return out
     seeds = []
     for path in human_paths:
-        for rec in documents.read_records(str(path)):
+        for rec in docio.read_records(str(path)):
             if rec.reason is None:
                 seeds.append((rec.id, seed_words(rec.text, prompt_words)))
             if len(seeds) == documents:
@@ -153,5 +153,5 @@ def synthesize(
         for i, ((source, _), text) in enumerate(zip(seeds, texts, strict=True))
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    documents.write_documents(docs, out)
+    docio.write_documents(docs, out)
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -11,17 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def content_hash(ids: list[str], texts: list[str]) -> str:
-    """The shard key: its documents (id, text) in order."""
-    h = hashlib.sha256()
-    for doc_id, text in zip(ids, texts, strict=True):
-        h.update(doc_id.encode("utf-8") + b"\x00" + text.encode("utf-8") + b"\x01")
-    return h.hexdigest()[:16]
+from semisynth.tasks.ingest import doc_hash, shard_hash, write_shard
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> Path:
@@ -40,18 +29,15 @@ def write_table_atomic(table: pa.Table, path: Path) -> Path:
 def edited_shard(score_path: Path, source_shard: Path, out_dir: Path) -> Path:
     """The edited documents of one scored shard, as a shard of the edited corpus."""
     scores = pq.read_table(score_path, columns=["id", "edited_text"])
-    ids = scores.column("id").to_pylist()
-    texts = scores.column("edited_text").to_pylist()
-    table = pa.table(
-        {
-            "id": ids,
-            "text": texts,
-            "doc_hash": [text_hash(t) for t in texts],
-            "source": [f"toedit:{Path(source_shard).name}"] * len(ids),
-            "line": list(range(1, len(ids) + 1)),
-        }
-    )
-    return write_table_atomic(table, Path(out_dir) / f"{content_hash(ids, texts)}.parquet")
+    source = f"toedit:{Path(source_shard).name}"
+    rows = [
+        {"id": doc_id, "text": text, "doc_hash": doc_hash(text), "source": source, "line": line}
+        for line, (doc_id, text) in enumerate(
+            zip(scores.column("id").to_pylist(), scores.column("edited_text").to_pylist(), strict=True),
+            start=1,
+        )
+    ]
+    return Path(write_shard(rows, Path(out_dir), source).path)
 
 
 def mix_selection(doc_counts: dict[str, int], shares: dict[str, float], seed: int) -> dict[str, np.ndarray]:
@@ -89,7 +75,7 @@ def mixed_shard(
         score_parts.append(scores[name].take(index))
     mixed_docs = pa.concat_tables(doc_parts)
     mixed_docs = mixed_docs.append_column("line", pa.array(range(1, mixed_docs.num_rows + 1)))
-    key = content_hash(mixed_docs.column("id").to_pylist(), mixed_docs.column("text").to_pylist())
+    key = shard_hash(mixed_docs.select(["id", "text"]).to_pylist())
     shard = write_table_atomic(mixed_docs, Path(shard_dir) / f"{key}.parquet")
     score = write_table_atomic(pa.concat_tables(score_parts), Path(score_dir) / f"{key}.parquet")
     return shard, score

@@ -51,3 +51,6 @@ CREATE OR REPLACE VIEW release_lineage AS
          r.model, rl.documents, rl.tokens, rl.path
   FROM releases rl LEFT JOIN runs r USING (run_id)
   LEFT JOIN corpora c ON c.run_id = rl.run_id AND c.corpus = rl.corpus;
+
+-- migrations: columns added after a table first shipped
+ALTER TABLE edits ADD COLUMN IF NOT EXISTS revised_tokens BIGINT;

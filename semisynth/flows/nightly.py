@@ -1,0 +1,355 @@
+"""The nightly corpus refresh: ingest -> score+edit -> metrics -> gate -> release.
+
+Tasks wrap the plain functions of ``semisynth.tasks`` and ``semisynth.quality``; this
+module only wires them. Only this (the flow) process writes the DuckDB warehouse;
+Dask workers write Parquet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
+
+from semisynth.config import Config, load_config
+from semisynth.quality import gate as gate_mod
+from semisynth.quality import metrics as metrics_mod
+from semisynth.tasks import corpora as corpora_mod
+from semisynth.tasks import ingest as ingest_mod
+from semisynth.tasks import release as release_mod
+from semisynth.tasks.prior import resolve_model
+from semisynth.tasks.score import score_key, score_shard
+from semisynth.warehouse import db
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest_task(cfg: Config, corpus: str, run_id: str) -> list[Path]:
+    c = cfg.corpora[corpus]
+    logger = get_run_logger()
+    result = ingest_mod.ingest(
+        [cfg.resolve(p) for p in c.paths], cfg.root / "shards" / corpus, corpus,
+        text_field=c.text_field, id_field=c.id_field, shard_docs=cfg.shard_docs,
+        limit_docs=c.limit_docs,
+    )
+    wh = db.warehouse_path(cfg.root)
+    seen = set(db.query(wh, "SELECT shard_hash FROM shards WHERE corpus = ?", [corpus])["shard_hash"])
+    db.insert(wh, "shards", [
+        {"shard_hash": s.shard_hash, "corpus": corpus, "source": s.source, "path": str(s.path),
+         "documents": s.documents, "first_seen_run": run_id}
+        for s in result.shards if s.shard_hash not in seen
+    ])
+    db.insert(wh, "quarantine", [{**q, "run_id": run_id} for q in result.quarantine])
+    logger.info(
+        "ingest %s: %d rows in, %d ok, %d quarantined, %d shards (%d new)", corpus,
+        result.rows_in, result.rows_ok, result.rows_quarantined, len(result.shards),
+        sum(s.shard_hash not in seen for s in result.shards),
+    )
+    return [Path(s.path) for s in result.shards]
+
+
+@task(name="score-edit", cache_policy=NO_CACHE, retries=1)
+def score_task(cfg: Config, shard: Path, out: Path) -> dict:
+    """The accelerator stage: one shard through the prior, cached by shard and params."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    scored = [0]
+
+    def progress(docs: int, tokens: int) -> None:
+        scored[0] += tokens
+        rate = scored[0] / max(time.perf_counter() - started, 1e-9)
+        logger.info("shard %s: %d docs, %d tokens scored (%.0f tokens/s)", shard.stem, docs, scored[0], rate)
+
+    stats = score_shard(shard, out, cfg.root, cfg.prior, cfg.edit, cfg.seed, progress=progress)
+    if not stats.model_work:
+        logger.info("shard %s: cached scores reused, no model work", shard.stem)
+    return asdict(stats)
+
+
+@task(name="metrics", cache_policy=NO_CACHE)
+def metrics_task(cfg: Config, run_id: str, scores: dict[str, list[Path]]) -> dict[str, dict]:
+    logger = get_run_logger()
+    wh = db.warehouse_path(cfg.root)
+    m = cfg.metrics
+    loaded = {}
+    for name, paths in scores.items():
+        frames = [pq.read_table(p, columns=["token_ids", "ppl", "scored_tokens", "edited_tokens"]) for p in paths]
+        docs = [np.asarray(x, dtype=np.int64) for f in frames for x in f.column("token_ids").to_pylist()]
+        ppl = np.concatenate([f.column("ppl").to_numpy() for f in frames])
+        loaded[name] = (docs, ppl, frames)
+    tokens = {name: int(sum(len(d) for d in docs)) for name, (docs, _, _) in loaded.items()}
+    refs = sorted({c.reference for c in cfg.corpora.values() if c.reference})
+    others = [n for n, c in cfg.corpora.items() if c.role != "reference"]
+    def smaller_half(docs: list) -> int:
+        halves = metrics_mod.split_half(len(docs), cfg.seed)
+        return min(sum(len(docs[i]) for i in half) for half in halves)
+
+    budget = m.budget_tokens or min(
+        [smaller_half(loaded[r][0]) for r in refs] + [tokens[n] for n in others]
+    )
+    logger.info("metrics on equal budgets of %d tokens (corpus tokens: %s)", budget, tokens)
+    rows, summary = [], {}
+    for ref in refs:
+        docs, ppl, _ = loaded[ref]
+        for r in metrics_mod.split_half_yardstick(
+            docs, ppl, budget, cfg.seed, orders=tuple(m.ngram_orders), buckets=m.js_buckets,
+            bootstrap=m.bootstrap,
+        ):
+            rows.append({**r, "corpus": ref, "reference": ref, "comparison": "split_half"})
+    bins = metrics_mod.log_bins(np.concatenate([p for _, p, _ in loaded.values()]))
+    hist_rows, top_rows = [], []
+    for name, (docs, ppl, _frames) in loaded.items():
+        for row in metrics_mod.ppl_histogram(ppl, bins):
+            hist_rows.append({"run_id": run_id, "corpus": name, **row})
+        for n in m.ngram_orders:
+            keys = metrics_mod.ngram_keys(docs, n)
+            top, counts = metrics_mod.rank_frequency(keys, top=20)
+            total = max(len(keys), 1)
+            for rank, (key, count) in enumerate(zip(top, counts, strict=True), start=1):
+                top_rows.append({"run_id": run_id, "corpus": name, "n": n, "rank": rank,
+                                 "ngram": json.dumps(list(metrics_mod.unpack_ngram(int(key), n))),
+                                 "count": int(count), "share": float(count) / total})
+        c = cfg.corpora[name]
+        if c.role == "reference":
+            continue
+        ref_docs, ref_ppl, _ = loaded[c.reference]
+        corpus_rows = metrics_mod.compare(
+            docs, ppl, ref_docs, ref_ppl, budget, cfg.seed, orders=tuple(m.ngram_orders),
+            buckets=m.js_buckets, bootstrap=m.bootstrap,
+        )
+        if c.edited_from:
+            src_frames = loaded[c.edited_from][2]
+            edited = sum(int(f.column("edited_tokens").to_numpy().sum()) for f in src_frames)
+            scored = sum(int(f.column("scored_tokens").to_numpy().sum()) for f in src_frames)
+            corpus_rows.append({"metric": "edit_rate", "n": None, "budget": scored,
+                                "value": edited / max(scored, 1), "ci_low": None, "ci_high": None})
+        for r in corpus_rows:
+            rows.append({**r, "corpus": name, "reference": c.reference, "comparison": "vs_reference"})
+        summary[name] = {r["metric"]: r["value"] for r in corpus_rows}
+    db.insert(wh, "metrics", [{**r, "run_id": run_id} for r in rows])
+    db.insert(wh, "ppl_histograms", hist_rows)
+    db.insert(wh, "ngram_top", top_rows)
+    return summary
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate_task(cfg: Config, run_id: str, corpus: str) -> dict:
+    c = cfg.corpora[corpus]
+    wh = db.warehouse_path(cfg.root)
+    result = gate_mod.validate_corpus(
+        wh, cfg.root / "gx", run_id, corpus, c.reference, cfg.gate, edited=c.edited_from is not None
+    )
+    gate_mod.record(wh, result)
+    logger = get_run_logger()
+    if result.success:
+        logger.info("gate %s on %s: PASSED (%d expectations)", cfg.gate.suite, corpus, len(result.rows))
+    else:
+        logger.warning("gate %s on %s: FAILED\n%s", cfg.gate.suite, corpus, result.summary())
+    return {"success": result.success, "failures": result.failures(), "rows": result.rows}
+
+
+@task(name="release", cache_policy=NO_CACHE)
+def release_task(cfg: Config, run_id: str, corpus: str, shards: list[Path], model_id: str,
+                 metric_snapshot: dict, validation: dict) -> str:
+    root = cfg.root / "releases"
+    name = f"{cfg.name}-{corpus}"
+    version = release_mod.next_version(root, name)
+    manifest = {
+        "run_id": run_id,
+        "corpus": corpus,
+        "config": cfg.name,
+        "sources": {
+            "shards": [{"shard_hash": Path(s).stem, "path": str(s)} for s in shards],
+            "reference": cfg.corpora[corpus].reference,
+            "edited_from": cfg.corpora[corpus].edited_from,
+            "mix": cfg.corpora[corpus].mix,
+        },
+        "model": model_id,
+        "parameters": {"prior": cfg.prior.model_dump(), "edit": cfg.edit.model_dump(),
+                       "beta": cfg.edit.effective_beta, "seed": cfg.seed},
+        "metrics": metric_snapshot,
+        "validation": {"suite": cfg.gate.suite, "success": validation["success"],
+                       "expectations": validation["rows"]},
+    }
+    path = release_mod.write_release(root, name, version, [Path(s) for s in shards], manifest)
+    problems = release_mod.verify_release(path)
+    if problems:
+        raise RuntimeError(f"release {path} failed verification: {problems}")
+    docs = sum(pq.read_metadata(s).num_rows for s in shards)
+    sha = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
+    db.insert(db.warehouse_path(cfg.root), "releases", [{
+        "name": name, "version": version, "run_id": run_id, "corpus": corpus, "path": str(path),
+        "manifest_sha256": sha, "documents": docs, "tokens": None, "created_at": _now(),
+    }])
+    return str(path)
+
+
+def summary_markdown(run_id: str, budget_note: str, metrics: dict, gates: dict,
+                     releases: dict, blocked: list[str]) -> str:
+    shown = ["ppl_q50", "ppl_low_frac", "ppl_tail_frac", "ppl_ks", "distinct_2",
+             "top1pct_mass_2", "ref_coverage_2", "js_2", "edit_rate"]
+    lines = [f"# semisynth run `{run_id}`", "", budget_note, "", "## Metrics per corpus (vs its reference)", "",
+             "| corpus | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
+    for corpus, values in metrics.items():
+        cells = [f"{values[m]:.4g}" if m in values and values[m] is not None else "" for m in shown]
+        lines.append(f"| {corpus} | " + " | ".join(cells) + " |")
+    lines += ["", "## Gate verdicts (suite `coverage`)", ""]
+    for corpus, g in gates.items():
+        verdict = "PASSED" if g["success"] else "FAILED"
+        lines.append(f"- **{corpus}**: {verdict}")
+        for f in g["failures"]:
+            lines.append(f"  - `{f['metric']}` observed {f['observed']:.4g}, expected {f['threshold']}")
+    lines += ["", "## Releases", ""]
+    lines += [f"- {c}: `{p}`" for c, p in releases.items()] or ["- none"]
+    lines += [f"- {c}: blocked by the gate, not released" for c in blocked]
+    return "\n".join(lines)
+
+
+@flow(name="nightly_refresh", log_prints=True)
+def nightly_refresh(config_path: str, overrides: list[str] | None = None) -> dict:
+    """Ingest every source, score and edit with the prior, measure each corpus against
+    its human reference, gate the release candidates, release those that pass."""
+    cfg = load_config(config_path, overrides)
+    logger = get_run_logger()
+    wh = db.init(db.warehouse_path(cfg.root))
+    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{flow_run.get_name() or 'local'}"
+    folder, model_id = resolve_model(cfg.prior.model, cfg.root)
+    db.insert(wh, "runs", [{
+        "run_id": run_id, "flow_run_id": str(flow_run.get_id() or ""), "config_name": cfg.name,
+        "config_json": cfg.model_dump_json(), "started_at": _now(), "status": "RUNNING", "model": model_id,
+    }])
+    logger.info("run %s: config %s, prior %s, warehouse %s", run_id, cfg.name, model_id, wh)
+    try:
+        return _refresh(cfg, run_id, model_id, wh)
+    except BaseException as exc:
+        db.execute(wh, "UPDATE runs SET finished_at = ?, status = 'CRASHED', message = ? WHERE run_id = ?",
+                   [_now(), f"{type(exc).__name__}: {exc}", run_id])
+        raise
+
+
+def _refresh(cfg: Config, run_id: str, model_id: str, wh: Path):
+    key = score_key(model_id, cfg.prior, cfg.edit, cfg.seed)
+    score_dir = cfg.root / "scores" / key
+    shards: dict[str, list[Path]] = {}
+    scores: dict[str, list[Path]] = {}
+    model_work_tokens = [0]
+
+    def score_all(names: list[str]) -> None:
+        futures = {n: [score_task.submit(cfg, s, score_dir / s.name) for s in shards[n]] for n in names}
+        for n, fs in futures.items():
+            stats = [f.result() for f in fs]
+            scores[n] = [Path(st["path"]) for st in stats]
+            model_work_tokens[0] += sum(st["scored_tokens"] for st in stats if st["model_work"])
+
+    order = cfg.order()
+    file_backed = [n for n in order if cfg.corpora[n].paths]
+    for n in file_backed:
+        shards[n] = ingest_task(cfg, n, run_id)
+    score_all(file_backed)
+    for n in order:
+        c = cfg.corpora[n]
+        if c.edited_from:
+            shards[n] = [
+                corpora_mod.edited_shard(sc, sh, cfg.root / "shards" / n)
+                for sh, sc in zip(shards[c.edited_from], scores[c.edited_from], strict=True)
+            ]
+            score_all([n])
+        elif c.mix:
+            shard, score = corpora_mod.mixed_shard(
+                {m: (shards[m], scores[m]) for m in c.mix}, c.mix, cfg.seed,
+                cfg.root / "shards" / n, score_dir,
+            )
+            shards[n], scores[n] = [shard], [score]
+    _record_corpora(cfg, run_id, shards, scores)
+    summary = metrics_task(cfg, run_id, scores)
+    gates = {n: gate_task(cfg, run_id, n) for n, c in cfg.corpora.items() if c.role != "reference"}
+    releases, blocked = {}, []
+    for n, c in cfg.corpora.items():
+        if not c.release:
+            continue
+        if gates[n]["success"]:
+            releases[n] = release_task(cfg, run_id, n, shards[n], model_id, summary[n], gates[n])
+        else:
+            blocked.append(n)
+    budget = db.query(wh, "SELECT max(budget) FROM metrics WHERE run_id = ? AND metric = 'ppl_ks'",
+                      [run_id], read_only=False).iloc[0, 0]
+    markdown = summary_markdown(run_id, f"Equal token budget per comparison: {budget} tokens.",
+                                summary, gates, releases, blocked)
+    create_markdown_artifact(markdown, key="semisynth-summary", description=f"semisynth run {run_id}")
+    status = "FAILED" if blocked else "COMPLETED"
+    message = f"release candidates blocked by the gate: {', '.join(blocked)}" if blocked else "all release candidates passed"
+    db.execute(wh, "UPDATE runs SET finished_at = ?, status = ?, message = ? WHERE run_id = ?",
+               [_now(), status, message, run_id])
+    result = {"run_id": run_id, "warehouse": str(wh), "releases": releases, "blocked": blocked,
+              "gates": {n: g["success"] for n, g in gates.items()},
+              "failures": {n: g["failures"] for n, g in gates.items() if not g["success"]},
+              "metrics": summary, "summary": markdown, "model_work_tokens": model_work_tokens[0]}
+    if blocked:
+        return Failed(message=message, data=result)
+    return Completed(message=message, data=result)
+
+
+def _record_corpora(cfg: Config, run_id: str, shards: dict, scores: dict) -> None:
+    rows, doc_rows, edit_rows = [], [], []
+    for n, c in cfg.corpora.items():
+        origin = "files" if c.paths else ("edited_from:" + c.edited_from if c.edited_from else "mix")
+        docs = tokens = 0
+        for shard, score in zip(shards[n], scores[n], strict=True):
+            t = pq.read_table(score, columns=["id", "doc_hash", "scored_tokens", "nll_sum", "ppl",
+                                               "revised_tokens", "edited_tokens", "dropped_tokens"]).to_pandas()
+            docs += len(t)
+            tokens += int(t["scored_tokens"].sum())
+            doc_rows.append(t.rename(columns={"id": "doc_id", "scored_tokens": "tokens"})[
+                ["doc_id", "doc_hash", "tokens", "nll_sum", "ppl"]].assign(
+                run_id=run_id, corpus=n, shard_hash=Path(shard).stem))
+            edited = [m for m, mc in cfg.corpora.items() if mc.edited_from == n]
+            for target in edited:
+                edit_rows.append(t.rename(columns={"id": "doc_id", "scored_tokens": "tokens"})[
+                    ["doc_id", "tokens", "revised_tokens", "edited_tokens", "dropped_tokens"]].assign(
+                    run_id=run_id, corpus=target, source_corpus=n, shard_hash=Path(shard).stem,
+                    strategy=cfg.edit.strategy, threshold=cfg.edit.threshold, top_k=cfg.edit.top_k,
+                    beta=cfg.edit.effective_beta, seed=cfg.seed))
+        rows.append({"run_id": run_id, "corpus": n, "role": c.role, "reference": c.reference,
+                     "origin": origin, "documents": docs, "tokens": tokens, "shards": len(shards[n])})
+    wh = db.warehouse_path(cfg.root)
+    db.insert(wh, "corpora", rows)
+    for table, frames in (("doc_scores", doc_rows), ("edits", edit_rows)):
+        if frames:
+            db.insert(wh, table, pd.concat(frames, ignore_index=True))
+
+
+def run(config_path: str, overrides: list[str] | None = None) -> dict:
+    """Run the flow with the configured task runner; returns the result dict."""
+    from semisynth.flows.runner import task_runner
+
+    cfg = load_config(config_path, overrides)
+    state = nightly_refresh.with_options(task_runner=task_runner(cfg))(
+        str(config_path), overrides, return_state=True
+    )
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    if not isinstance(result, dict):
+        result = state.data if isinstance(getattr(state, "data", None), dict) else {}
+    result["state"] = state.type.value
+    result["flow_run_id"] = str(state.state_details.flow_run_id)
+    return result
+
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -1,0 +1,136 @@
+"""The nightly_refresh flow end to end on a small slice: real prior, real Prefect server,
+real DuckDB, real Great Expectations, a real (local) Dask cluster."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from semisynth.cli import main as cli
+from semisynth.tasks import assets
+from semisynth.tasks.prior import default_prior_folder, load_prior
+from semisynth.tasks.release import verify_release
+from semisynth.warehouse import db
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def synthetic_slice(assets_root, brown_shards) -> Path:
+    out = assets_root / "synthetic" / "slice-24x128.jsonl.gz"
+    prior = load_prior("default", assets_root, "float32")
+    return assets.synthesize(prior, brown_shards, out, documents=24, max_new_tokens=128, seed=7)
+
+
+@pytest.fixture(scope="session")
+def flow_run(prefect_server, tmp_path_factory, assets_root, brown_shards, synthetic_slice):
+    home = tmp_path_factory.mktemp("home")
+    config = {
+        "name": "slice",
+        "data_root": str(home),
+        "seed": 11,
+        "shard_docs": 16,
+        "prior": {"model": str(default_prior_folder(assets_root)), "precision": "float32",
+                  "max_tokens": 128},
+        "corpora": {
+            "brown": {"role": "reference", "paths": [str(p) for p in brown_shards[:2]],
+                      "limit_docs": 48},
+            "brown_toedit": {"edited_from": "brown", "reference": "brown", "release": True},
+            "synthetic": {"role": "monitored", "paths": [str(synthetic_slice)], "reference": "brown"},
+            "mix50": {"mix": {"brown": 0.5, "synthetic": 0.5}, "reference": "brown", "release": True},
+        },
+        "metrics": {"bootstrap": 50},
+    }
+    path = home / "slice.yaml"
+    path.write_text(yaml.safe_dump(config))
+    from semisynth.flows.nightly import run
+
+    return home, path, run(str(path))
+
+
+def test_flow_ends_failed_because_the_mixture_is_blocked(flow_run):
+    _, _, result = flow_run
+    assert result["state"] == "FAILED"
+    assert result["gates"]["brown_toedit"] is True
+    assert result["gates"]["mix50"] is False
+    assert set(result["releases"]) == {"brown_toedit"}
+    assert result["blocked"] == ["mix50"]
+    failing = {f["metric"] for f in result["failures"]["mix50"]}
+    assert "ppl_low_frac" in failing
+
+
+def test_warehouse_tables_are_filled(flow_run):
+    home, _, result = flow_run
+    wh = db.warehouse_path(home)
+    for table in ("runs", "corpora", "shards", "doc_scores", "edits", "metrics",
+                  "ppl_histograms", "ngram_top", "validations", "releases"):
+        count = db.query(wh, f"SELECT count(*) FROM {table}").iloc[0, 0]
+        assert count > 0, table
+    metrics = db.query(wh, "SELECT DISTINCT corpus, comparison, metric FROM metrics")
+    expected = {"ppl_q01", "ppl_q50", "ppl_q99", "ppl_low_frac", "ppl_tail_frac", "ppl_ks",
+                "ppl_w1", "distinct_1", "distinct_3", "top1pct_mass_2", "ref_coverage_2", "js_3"}
+    for corpus in ("brown_toedit", "synthetic", "mix50"):
+        have = set(metrics[metrics.corpus == corpus].metric)
+        assert expected <= have, (corpus, expected - have)
+    assert "edit_rate" in set(metrics[metrics.corpus == "brown_toedit"].metric)
+    split = metrics[(metrics.corpus == "brown") & (metrics.comparison == "split_half")]
+    assert expected <= set(split.metric)
+    budgets = db.query(wh, "SELECT DISTINCT budget FROM metrics WHERE metric <> 'edit_rate'")
+    assert len(budgets) == 1  # every comparison on the same token budget
+    failed = db.query(wh, "SELECT corpus, metric, observed FROM validations WHERE NOT success")
+    assert set(failed.corpus) >= {"mix50"}
+    assert "brown_toedit" not in set(failed.corpus)
+    run = db.query(wh, "SELECT status, flow_run_id FROM runs").iloc[0]
+    assert run.status == "FAILED" and run.flow_run_id == result["flow_run_id"]
+
+
+def test_release_is_verified_and_recorded(flow_run, capsys):
+    home, _, result = flow_run
+    path = Path(result["releases"]["brown_toedit"])
+    assert verify_release(path) == []
+    assert (path / "manifest.json").exists()
+    rel = db.query(db.warehouse_path(home), "SELECT name, path FROM releases")
+    assert list(rel.path) == [str(path)]
+    assert cli(["--data-root", str(home), "release", "verify", rel.name[0]]) == 0
+    assert not list((home / "releases").glob("*mix50*"))
+
+
+def test_second_run_reuses_cached_scores(flow_run):
+    home, path, _ = flow_run
+    from semisynth.flows.nightly import run
+
+    again = run(str(path))
+    assert again["state"] == "FAILED"
+    assert again["model_work_tokens"] == 0
+
+
+def test_query_command_is_read_only(flow_run, capsys):
+    home, _, _ = flow_run
+    assert cli(["--data-root", str(home), "query", "SELECT count(*) AS n FROM runs", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[0] == "n"
+    assert cli(["--data-root", str(home), "query", "DELETE FROM runs"]) == 2
+
+
+def test_flow_run_and_artifact_are_visible_in_prefect(flow_run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    _, _, result = flow_run
+
+    async def look():
+        async with get_client() as client:
+            fr = await client.read_flow_run(result["flow_run_id"])
+            tasks = await client.read_task_runs()
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[fr.id]))
+            )
+            return fr, tasks, arts
+
+    fr, tasks, arts = asyncio.run(look())
+    assert fr.state.type.value == "FAILED"
+    names = {t.name.split("-")[0] for t in tasks if t.flow_run_id == fr.id}
+    assert {"ingest", "score", "metrics", "gate", "release"} <= names
+    summary = [a for a in arts if a.key == "semisynth-summary"]
+    assert summary and "Gate verdicts" in summary[0].data

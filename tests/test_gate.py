@@ -1,0 +1,109 @@
+"""The release gate on a real DuckDB warehouse through real Great Expectations."""
+
+from pathlib import Path
+
+import pytest
+
+from semisynth.config import GateConfig
+from semisynth.quality import gate
+from semisynth.warehouse import db
+
+RUN = "20261124T000000-test"
+GATE = GateConfig(
+    ppl_low_frac_max_excess=0.15, ppl_tail_frac_max_deficit=0.08, ppl_ks_max_excess=0.2,
+    ppl_w1_max_excess=0.35, distinct_min_ratio=0.85, top1pct_mass_max_ratio=1.25,
+    ref_coverage_min_ratio=0.85, js_max_excess=0.1, edit_rate_min=0.0005, edit_rate_max=0.25,
+)
+# The reference's split-half values (half A vs half B): the yardstick.
+YARDSTICK = {"ppl_low_frac": 0.26, "ppl_tail_frac": 0.1, "ppl_ks": 0.05, "ppl_w1": 0.1,
+             "distinct_2": 0.8, "top1pct_mass_2": 0.2, "ref_coverage_2": 0.7, "js_2": 0.05}
+HEALTHY = {**YARDSTICK, "ppl_low_frac": 0.3, "distinct_2": 0.78, "ppl_q50": 21.0}
+COLLAPSED = {**HEALTHY, "ppl_low_frac": 0.9, "distinct_2": 0.3}
+
+
+def _rows(corpus: str, comparison: str, values: dict) -> list[dict]:
+    return [{"run_id": RUN, "corpus": corpus, "reference": "human", "comparison": comparison,
+             "metric": m, "n": None, "budget": 10_000, "value": v} for m, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("gate")
+    wh = db.init(root / "warehouse.duckdb")
+    without_js = {m: v for m, v in HEALTHY.items() if m != "js_2"}
+    db.insert(wh, "metrics", _rows("human", "split_half", YARDSTICK) + _rows("healthy", "vs_reference", HEALTHY)
+              + _rows("collapsed", "vs_reference", COLLAPSED)
+              + _rows("edited", "vs_reference", {**without_js, "edit_rate": 0.05})
+              + _rows("incomplete", "vs_reference", {**without_js, "js_3": 0.1}))
+    return wh, root / "gx"  # one GX project for every test: validations repeat in it
+
+
+def _rounded(bounds: dict) -> dict:
+    return {m: tuple(None if b is None else round(b, 9) for b in pair) for m, pair in bounds.items()}
+
+
+def test_thresholds_known_answers():
+    names = [*YARDSTICK, "ppl_q50", "js_3"]  # no rule for ppl_q50, no yardstick for js_3
+    bounds = gate.thresholds(YARDSTICK, GATE, names, edited=False)
+    assert _rounded(bounds) == {
+        "ppl_low_frac": (None, 0.41), "ppl_tail_frac": (0.02, None), "ppl_ks": (None, 0.25),
+        "ppl_w1": (None, 0.45), "distinct_2": (0.68, None), "top1pct_mass_2": (None, 0.25),
+        "ref_coverage_2": (0.595, None), "js_2": (None, 0.15)}
+    edited = gate.thresholds(YARDSTICK, GATE, ["distinct_2"], edited=True)
+    assert _rounded(edited) == {"distinct_2": (0.68, None), "edit_rate": (0.0005, 0.25)}
+    assert gate.threshold_text((None, 0.41000000000000003)) == "<= 0.41"
+    assert gate.threshold_text((0.73, None)) == ">= 0.73"
+    assert gate.expectation_name("edit_rate", (0.0005, 0.25)) == "edit_rate in [0.0005, 0.25]"
+
+
+def test_healthy_corpus_passes(warehouse):
+    wh, gx_root = warehouse
+    result = gate.validate_corpus(wh, gx_root, RUN, "healthy", "human", GATE, edited=False)
+    assert result.success, result.summary()
+    assert result.suite == "coverage" and result.failures() == []
+    assert sorted(r["metric"] for r in result.rows) == sorted(YARDSTICK)  # ppl_q50 is not gated
+    low = next(r for r in result.rows if r["metric"] == "ppl_low_frac")
+    assert low["expectation"] == "ppl_low_frac <= 0.41" and low["threshold"] == "<= 0.41"
+    assert low["observed"] == pytest.approx(0.3)
+    assert set(low) == set(gate.VALIDATION_COLUMNS)
+    # GX stored the result under the run's id (what Data Docs are built from).
+    assert (gx_root / "gx" / "uncommitted" / "validations" / "coverage" / RUN).is_dir()
+
+
+def test_collapsed_corpus_fails_naming_metrics_and_is_recorded(warehouse):
+    wh, gx_root = warehouse
+    result = gate.validate_corpus(wh, gx_root, RUN, "collapsed", "human", GATE, edited=False)
+    assert not result.success
+    failed = {r["metric"]: r for r in result.failures()}
+    assert set(failed) == {"ppl_low_frac", "distinct_2"}
+    assert failed["ppl_low_frac"]["observed"] == pytest.approx(0.9)
+    assert failed["distinct_2"]["observed"] == pytest.approx(0.3)
+    assert failed["distinct_2"]["threshold"] == ">= 0.68"
+    summary = result.summary()
+    assert "ppl_low_frac: observed 0.9, want <= 0.41" in summary
+    assert "distinct_2: observed 0.3, want >= 0.68" in summary
+
+    assert gate.record(wh, result) == len(result.rows)
+    stored = db.query(wh, "SELECT metric, observed, threshold, success, suite FROM validations "
+                          "WHERE corpus = 'collapsed' AND NOT success ORDER BY metric")
+    assert stored["metric"].tolist() == ["distinct_2", "ppl_low_frac"]
+    assert stored["observed"].tolist() == pytest.approx([0.3, 0.9])
+    assert set(stored["suite"]) == {"coverage"}
+
+
+def test_missing_metrics_fail_clearly(warehouse):
+    wh, gx_root = warehouse
+    result = gate.validate_corpus(wh, gx_root, RUN, "incomplete", "human", GATE, edited=True)
+    failed = {r["metric"]: r for r in result.failures()}
+    # No js_2 row; edited but no edit_rate; js_3 has no split-half value to set a bound.
+    assert set(failed) == {"js_2", "edit_rate", "js_3"}
+    assert failed["js_2"]["observed"] is None
+    assert f"js_2: missing from the warehouse for run {RUN}" in result.summary()
+    assert failed["js_3"]["threshold"] == gate.NO_YARDSTICK
+    # The edited corpus that has its edit_rate (within bounds) fails on js_2 only.
+    edited = gate.validate_corpus(wh, gx_root, RUN, "edited", "human", GATE, edited=True)
+    assert [r["metric"] for r in edited.failures()] == ["js_2"]
+    # A corpus with no rows at all, or a run without a yardstick, fails too.
+    assert not gate.validate_corpus(wh, gx_root, RUN, "absent", "human", GATE, False).success
+    lone = gate.validate_corpus(wh, gx_root, "other-run", "healthy", "human", GATE, False)
+    assert not lone.success and lone.rows[0]["metric"] == "*"
