@@ -90,7 +90,11 @@ def cmd_demo(args) -> int:
                           seed=cfg.seed, progress=_progress("generated", args.synthetic_docs))
     else:
         print(f"[3/4] synthetic corpus: cached at {synthetic}", flush=True)
-    print(f"[4/4] Prefect flow nightly_refresh on {config}", flush=True)
+    for extra in cfg.corpora["synthetic"].paths[1:]:
+        if extra.endswith("damaged-batch.jsonl"):
+            assets.damaged_batch(Path(cfg.resolve(extra)))
+    print(f"[4/4] Prefect flow nightly_refresh on {config} (scoring progress in the flow's log)",
+          flush=True)
     result = run(str(config), args.set)
     _print_outcome(result)
     released = set(result.get("releases", {}))

@@ -155,3 +155,18 @@ def synthesize(
     out.parent.mkdir(parents=True, exist_ok=True)
     docio.write_documents(docs, out)
     return out
+
+
+def damaged_batch(out: Path) -> Path:
+    """A small file of broken rows, the kind a crashed writer or a bad export leaves, so
+    that the demo's ingest shows its quarantine (file, line, reason) at work."""
+    lines = [
+        b'{"id": "synthetic/broken-1", "text": "The jury said the election was conducted',
+        b'{"id": "synthetic/broken-2", "text": "caf\xe9 society \xff\xfe"}',
+        b'{"id": "synthetic/broken-3", "text": "   "}',
+        b'{"id": "synthetic/broken-4", "body": "a row from another schema"}',
+        b'["not", "an", "object"]',
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(b"\n".join(lines) + b"\n")
+    return out

@@ -70,7 +70,7 @@ def score_shard(
     prior_cfg: PriorConfig,
     edit_cfg: EditConfig,
     seed: int,
-    batch_docs: int = 64,
+    batch_docs: int = 16,
     progress: Callable[[int, int], None] | None = None,
 ) -> ScoreStats:
     """Score and edit one shard unless its scores exist; stream batches of documents
