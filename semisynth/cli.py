@@ -100,9 +100,13 @@ def cmd_demo(args) -> int:
     released = set(result.get("releases", {}))
     blocked = set(result.get("blocked", []))
     expected_release, expected_block = set(args.expect_release), set(args.expect_blocked)
+    exe = os.path.relpath(sys.argv[0]) if sys.argv[0].endswith("semisynth") else "semisynth"
     print("\nTry these against the warehouse:")
     for sql in EXAMPLE_QUERIES:
-        print(f'  semisynth query "{sql}"')
+        print(f'  {exe} query "{sql}"')
+    print("The flow run, its task runs and its summary artifact are in Prefect: "
+          f"`{os.path.dirname(exe) + '/' if '/' in exe else ''}prefect server start`, then "
+          "http://127.0.0.1:4200/runs")
     if released == expected_release and blocked == expected_block:
         print(f"\nDemo outcome as expected: {', '.join(sorted(released))} released; "
               f"{', '.join(sorted(blocked))} blocked. The blocked mixture is the gate working: "

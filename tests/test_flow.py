@@ -96,12 +96,16 @@ def test_release_is_verified_and_recorded(flow_run, capsys):
 
 
 def test_second_run_reuses_cached_scores(flow_run):
-    home, path, _ = flow_run
+    home, path, first = flow_run
     from semisynth.flows.nightly import run
 
     again = run(str(path))
     assert again["state"] == "FAILED"
     assert again["model_work_tokens"] == 0
+    assert first["model_work_tokens"] > 0
+    # unchanged inputs, prior and parameters: the same release, not a new version
+    assert again["releases"] == first["releases"]
+    assert len(list((home / "releases").glob("*/v*"))) == 1
 
 
 def test_query_command_is_read_only(flow_run, capsys):

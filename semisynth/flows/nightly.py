@@ -169,8 +169,21 @@ def release_task(cfg: Config, run_id: str, corpus: str, shards: list[Path], mode
                  metric_snapshot: dict, validation: dict) -> str:
     root = cfg.root / "releases"
     name = f"{cfg.name}-{corpus}"
+    parameters = {"prior": cfg.prior.model_dump(), "edit": cfg.edit.model_dump(),
+                  "beta": cfg.edit.effective_beta, "seed": cfg.seed}
+    # the same shards made with the same prior and parameters are the same release: a
+    # nightly run over unchanged inputs must not pile up identical versions
+    content_key = hashlib.sha256(json.dumps(
+        [[Path(s).stem for s in shards], model_id, parameters], sort_keys=True).encode()).hexdigest()
+    existing = [r for r in release_mod.list_releases(root) if r["name"] == name]
+    if existing:
+        latest = Path(existing[-1]["path"])
+        if json.loads((latest / "manifest.json").read_text()).get("content_key") == content_key:
+            get_run_logger().info("release %s: content unchanged since %s, no new version", name, latest)
+            return str(latest)
     version = release_mod.next_version(root, name)
     manifest = {
+        "content_key": content_key,
         "run_id": run_id,
         "corpus": corpus,
         "config": cfg.name,
@@ -181,8 +194,7 @@ def release_task(cfg: Config, run_id: str, corpus: str, shards: list[Path], mode
             "mix": cfg.corpora[corpus].mix,
         },
         "model": model_id,
-        "parameters": {"prior": cfg.prior.model_dump(), "edit": cfg.edit.model_dump(),
-                       "beta": cfg.edit.effective_beta, "seed": cfg.seed},
+        "parameters": parameters,
         "metrics": metric_snapshot,
         "validation": {"suite": cfg.gate.suite, "success": validation["success"],
                        "expectations": validation["rows"]},

@@ -43,6 +43,7 @@ class DocResult:
     revised_tokens: int  # positions chosen for a redraw (p > threshold)
     edited_tokens: int  # positions whose token changed
     dropped_tokens: int
+    revised_mask: np.ndarray | None = None  # per position: chosen for a redraw
 
     @property
     def ppl(self) -> float:
@@ -172,6 +173,7 @@ class Scorer:
                     revised_tokens=int(revised[i].sum()),
                     edited_tokens=int((new_ids[i] != ids)[~dropped[i]].sum()),
                     dropped_tokens=int(dropped[i].sum()),
+                    revised_mask=revised[i],
                 )
             )
         return results
