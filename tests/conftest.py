@@ -18,6 +18,14 @@ def assets_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def prior_folder(assets_root) -> Path:
+    """The default prior converted to safetensors (once; later sessions reuse it)."""
+    from semisynth.tasks.prior import fetch_default_prior
+
+    return fetch_default_prior(assets_root)
+
+
+@pytest.fixture(scope="session")
 def prior_f32(assets_root):
     from semisynth.tasks.prior import load_prior
 

@@ -19,12 +19,12 @@ DOCS = [
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl.gz", ".jsonl"])
-def test_edit_writes_one_document_per_input_in_order(tmp_path, assets_root, suffix, capsys):
+def test_edit_writes_one_document_per_input_in_order(tmp_path, prior_folder, suffix, capsys):
     src = tmp_path / "in.jsonl"
     lines = [json.dumps(DOCS[0]), "{broken", json.dumps(DOCS[1]), json.dumps(DOCS[2])]
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / f"out{suffix}"
-    code = cli(["edit", str(src), str(out), "--model", str(default_prior_folder(assets_root)),
+    code = cli(["edit", str(src), str(out), "--model", str(prior_folder),
                 "--precision", "float32", "--max-tokens", "8", "--beta", "8", "--seed", "3"])
     assert code == 0
     got = [r for r in documents.read_records(str(out))]
@@ -36,13 +36,13 @@ def test_edit_writes_one_document_per_input_in_order(tmp_path, assets_root, suff
     assert "3 documents" in captured.out
 
 
-def test_edit_is_reproducible_with_the_seed(tmp_path, assets_root):
+def test_edit_is_reproducible_with_the_seed(tmp_path, prior_folder):
     src = tmp_path / "in.jsonl"
     documents.write_documents([{"id": d["id"], "text": d["text"] + " " + d["text"]} for d in DOCS], src)
     outs = []
     for i in range(2):
         out = tmp_path / f"o{i}.parquet"
-        assert cli(["edit", str(src), str(out), "--model", str(default_prior_folder(assets_root)),
+        assert cli(["edit", str(src), str(out), "--model", str(prior_folder),
                     "--precision", "float32", "--beta", "8", "--seed", "9"]) == 0
         outs.append(pd.read_parquet(out))
     assert outs[0]["text"].tolist() == outs[1]["text"].tolist()

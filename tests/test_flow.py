@@ -8,7 +8,7 @@ import yaml
 
 from semisynth.cli import main as cli
 from semisynth.tasks import assets
-from semisynth.tasks.prior import default_prior_folder, load_prior
+from semisynth.tasks.prior import load_prior
 from semisynth.tasks.release import verify_release
 from semisynth.warehouse import db
 
@@ -23,14 +23,14 @@ def synthetic_slice(assets_root, brown_shards) -> Path:
 
 
 @pytest.fixture(scope="session")
-def flow_run(prefect_server, tmp_path_factory, assets_root, brown_shards, synthetic_slice):
+def flow_run(prefect_server, tmp_path_factory, prior_folder, brown_shards, synthetic_slice):
     home = tmp_path_factory.mktemp("home")
     config = {
         "name": "slice",
         "data_root": str(home),
         "seed": 11,
         "shard_docs": 16,
-        "prior": {"model": str(default_prior_folder(assets_root)), "precision": "float32",
+        "prior": {"model": str(prior_folder), "precision": "float32",
                   "max_tokens": 128},
         "corpora": {
             "brown": {"role": "reference", "paths": [str(p) for p in brown_shards[:2]],
