@@ -199,8 +199,13 @@ class Scorer:
         ).unsqueeze(1)
 
         model = self.prior.model
+        pin = device.type == "cuda"
+        if pin:  # pinned host memory lets the copy overlap with queued GPU work
+            inputs, mask = inputs.pin_memory(), mask.pin_memory()
+        # without padding, no mask: attention takes its plain causal fast path
+        attention_mask = None if bool(mask.all()) else mask.to(device, non_blocking=pin)
         hidden = model.base_model(
-            input_ids=inputs.to(device, non_blocking=True), attention_mask=mask.to(device)
+            input_ids=inputs.to(device, non_blocking=pin), attention_mask=attention_mask
         ).last_hidden_state
         flat_mask = target_mask.to(device)
         hidden = hidden[flat_mask]
@@ -211,10 +216,12 @@ class Scorer:
         head = model.get_output_embeddings()
         for lo in range(0, hidden.shape[0], self.logits_chunk):
             hi = lo + self.logits_chunk
-            logp = torch.log_softmax(head(hidden[lo:hi]).float(), dim=-1)
-            tok_logp = logp.gather(1, tgt[lo:hi, None]).squeeze(1)
+            logits = head(hidden[lo:hi]).float()
+            # log p = logit - logsumexp: no second vocabulary-sized tensor per chunk
+            log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+            tok_logp = logits.gather(1, tgt[lo:hi, None]).squeeze(1) - log_norm.squeeze(1)
             chosen, revise, dropping = toedit_decisions(
-                logp, tgt[lo:hi], pos_keys[lo:hi], pos[lo:hi], self.edit
+                logits, tgt[lo:hi], pos_keys[lo:hi], pos[lo:hi], self.edit, log_norm
             )
             nll.append(-tok_logp.double().cpu())
             new_tok.append(chosen.cpu())
@@ -237,18 +244,23 @@ def toedit_decisions(
     doc_keys: torch.Tensor,
     positions: torch.Tensor,
     cfg: EditConfig | None,
+    log_norm: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ToEdit for a block of positions. logp: [N, V] log-probabilities; targets: [N] the
-    actual tokens; doc_keys, positions: [N] what seeds each draw.
-    Returns (new token ids, revised mask, dropped mask)."""
+    """ToEdit for a block of positions. logp: [N, V] log-probabilities, or logits with
+    their log-normalizer log_norm [N, 1]; targets: [N] the actual tokens; doc_keys,
+    positions: [N] what seeds each draw. Returns (new token ids, revised, dropped)."""
     no = torch.zeros_like(targets, dtype=torch.bool)
     if cfg is None:
         return targets, no, no
-    prob = logp.gather(1, targets[:, None]).squeeze(1).exp()
+    token_logp = logp.gather(1, targets[:, None]).squeeze(1)
+    if log_norm is not None:
+        token_logp = token_logp - log_norm.squeeze(1)
+    prob = token_logp.exp()
     revise = prob > cfg.threshold if cfg.strategy != "filtering" else no
     dropping = prob < cfg.low_threshold if cfg.strategy != "up_revise" else no
     chosen = targets.clone()
     if revise.any():
+        # softmax over the top-k is shift-invariant: logits serve as well as log-probs
         top_logp, top_idx = logp[revise].topk(cfg.top_k, dim=-1)
         weights = torch.softmax(top_logp.double() / cfg.effective_beta, dim=-1)
         u = position_uniforms(doc_keys[revise], positions[revise])
