@@ -80,6 +80,13 @@ def test_warehouse_tables_are_filled(flow_run):
     failed = db.query(wh, "SELECT corpus, metric, observed FROM validations WHERE NOT success")
     assert set(failed.corpus) >= {"mix50"}
     assert "brown_toedit" not in set(failed.corpus)
+    counts = db.query(wh, "SELECT corpus, rows_in, rows_ok, rows_quarantined, documents "
+                          "FROM corpora WHERE rows_in IS NOT NULL")
+    assert set(counts.corpus) == {"brown", "synthetic"}
+    assert (counts.rows_in == counts.rows_ok + counts.rows_quarantined).all()
+    assert (counts.rows_ok == counts.documents).all()
+    shard_corpora = set(db.query(wh, "SELECT DISTINCT corpus FROM shards").corpus)
+    assert shard_corpora == {"brown", "brown_toedit", "synthetic", "mix50"}
     run = db.query(wh, "SELECT status, flow_run_id FROM runs").iloc[0]
     assert run.status == "FAILED" and run.flow_run_id == result["flow_run_id"]
 

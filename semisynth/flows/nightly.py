@@ -39,8 +39,20 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def record_new_shards(wh: Path, run_id: str, corpus: str, shards: list) -> set[str]:
+    """Add the corpus's shards not seen in an earlier run; returns the hashes seen before."""
+    seen = set(db.query(wh, "SELECT shard_hash FROM shards WHERE corpus = ?", [corpus],
+                        read_only=False)["shard_hash"])
+    db.insert(wh, "shards", [
+        {"shard_hash": s.shard_hash, "corpus": corpus, "source": s.source, "path": str(s.path),
+         "documents": s.documents, "first_seen_run": run_id}
+        for s in shards if s.shard_hash not in seen
+    ])
+    return seen
+
+
 @task(name="ingest", cache_policy=NO_CACHE)
-def ingest_task(cfg: Config, corpus: str, run_id: str) -> list[Path]:
+def ingest_task(cfg: Config, corpus: str, run_id: str) -> tuple[list[Path], dict]:
     c = cfg.corpora[corpus]
     logger = get_run_logger()
     result = ingest_mod.ingest(
@@ -49,19 +61,16 @@ def ingest_task(cfg: Config, corpus: str, run_id: str) -> list[Path]:
         limit_docs=c.limit_docs,
     )
     wh = db.warehouse_path(cfg.root)
-    seen = set(db.query(wh, "SELECT shard_hash FROM shards WHERE corpus = ?", [corpus])["shard_hash"])
-    db.insert(wh, "shards", [
-        {"shard_hash": s.shard_hash, "corpus": corpus, "source": s.source, "path": str(s.path),
-         "documents": s.documents, "first_seen_run": run_id}
-        for s in result.shards if s.shard_hash not in seen
-    ])
+    seen = record_new_shards(wh, run_id, corpus, result.shards)
     db.insert(wh, "quarantine", [{**q, "run_id": run_id} for q in result.quarantine])
     logger.info(
         "ingest %s: %d rows in, %d ok, %d quarantined, %d shards (%d new)", corpus,
         result.rows_in, result.rows_ok, result.rows_quarantined, len(result.shards),
         sum(s.shard_hash not in seen for s in result.shards),
     )
-    return [Path(s.path) for s in result.shards]
+    counts = {"rows_in": result.rows_in, "rows_ok": result.rows_ok,
+              "rows_quarantined": result.rows_quarantined}
+    return [Path(s.path) for s in result.shards], counts
 
 
 @task(name="score-edit", cache_policy=NO_CACHE, retries=1)
@@ -271,8 +280,9 @@ def _refresh(cfg: Config, run_id: str, model_id: str, wh: Path):
 
     order = cfg.order()
     file_backed = [n for n in order if cfg.corpora[n].paths]
+    ingest_counts = {}
     for n in file_backed:
-        shards[n] = ingest_task(cfg, n, run_id)
+        shards[n], ingest_counts[n] = ingest_task(cfg, n, run_id)
     score_all(file_backed)
     for n in order:
         c = cfg.corpora[n]
@@ -288,7 +298,14 @@ def _refresh(cfg: Config, run_id: str, model_id: str, wh: Path):
                 cfg.root / "shards" / n, score_dir,
             )
             shards[n], scores[n] = [shard], [score]
-    _record_corpora(cfg, run_id, shards, scores)
+    for n, c in cfg.corpora.items():
+        if not c.paths:  # derived corpora: their shards are made here, not ingested
+            origin = f"toedit:{c.edited_from}" if c.edited_from else "mix"
+            record_new_shards(wh, run_id, n, [
+                ingest_mod.ShardInfo(p.stem, str(p), pq.read_metadata(p).num_rows, origin)
+                for p in shards[n]
+            ])
+    _record_corpora(cfg, run_id, shards, scores, ingest_counts)
     summary = metrics_task(cfg, run_id, scores)
     gates = {n: gate_task(cfg, run_id, n) for n, c in cfg.corpora.items() if c.role != "reference"}
     releases, blocked = {}, []
@@ -317,7 +334,7 @@ def _refresh(cfg: Config, run_id: str, model_id: str, wh: Path):
     return Completed(message=message, data=result)
 
 
-def _record_corpora(cfg: Config, run_id: str, shards: dict, scores: dict) -> None:
+def _record_corpora(cfg: Config, run_id: str, shards: dict, scores: dict, ingest_counts: dict) -> None:
     rows, doc_rows, edit_rows = [], [], []
     for n, c in cfg.corpora.items():
         origin = "files" if c.paths else ("edited_from:" + c.edited_from if c.edited_from else "mix")
@@ -338,7 +355,8 @@ def _record_corpora(cfg: Config, run_id: str, shards: dict, scores: dict) -> Non
                     strategy=cfg.edit.strategy, threshold=cfg.edit.threshold, top_k=cfg.edit.top_k,
                     beta=cfg.edit.effective_beta, seed=cfg.seed))
         rows.append({"run_id": run_id, "corpus": n, "role": c.role, "reference": c.reference,
-                     "origin": origin, "documents": docs, "tokens": tokens, "shards": len(shards[n])})
+                     "origin": origin, "documents": docs, "tokens": tokens, "shards": len(shards[n]),
+                     **ingest_counts.get(n, {})})
     wh = db.warehouse_path(cfg.root)
     db.insert(wh, "corpora", rows)
     for table, frames in (("doc_scores", doc_rows), ("edits", edit_rows)):

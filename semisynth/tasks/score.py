@@ -39,9 +39,14 @@ SCORE_SCHEMA = pa.schema(
 )
 
 
+# Bump when a change to the engine changes what it writes: old caches then miss.
+ENGINE_VERSION = 1
+
+
 def score_key(model_id: str, prior: PriorConfig, edit: EditConfig, seed: int) -> str:
     """Everything that changes a shard's scores or edits, hashed."""
     params = {
+        "engine": ENGINE_VERSION,
         "model": model_id,
         "precision": prior.precision,
         "max_tokens": prior.max_tokens,

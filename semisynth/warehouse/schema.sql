@@ -4,10 +4,11 @@ CREATE TABLE IF NOT EXISTS runs (
   started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR, model VARCHAR, message VARCHAR);
 CREATE TABLE IF NOT EXISTS corpora (
   run_id VARCHAR, corpus VARCHAR, role VARCHAR, reference VARCHAR, origin VARCHAR,
-  documents BIGINT, tokens BIGINT, shards INTEGER);
+  documents BIGINT, tokens BIGINT, shards INTEGER,
+  rows_in BIGINT, rows_ok BIGINT, rows_quarantined BIGINT);  -- ingest counts, file-backed corpora
 CREATE TABLE IF NOT EXISTS shards (
   shard_hash VARCHAR, corpus VARCHAR, source VARCHAR, path VARCHAR, documents BIGINT,
-  first_seen_run VARCHAR, rows_in BIGINT, rows_ok BIGINT, rows_quarantined BIGINT);
+  first_seen_run VARCHAR);
 CREATE TABLE IF NOT EXISTS quarantine (
   run_id VARCHAR, corpus VARCHAR, file VARCHAR, line BIGINT, reason VARCHAR, excerpt VARCHAR);
 CREATE TABLE IF NOT EXISTS doc_scores (
@@ -54,3 +55,6 @@ CREATE OR REPLACE VIEW release_lineage AS
 
 -- migrations: columns added after a table first shipped
 ALTER TABLE edits ADD COLUMN IF NOT EXISTS revised_tokens BIGINT;
+ALTER TABLE corpora ADD COLUMN IF NOT EXISTS rows_in BIGINT;
+ALTER TABLE corpora ADD COLUMN IF NOT EXISTS rows_ok BIGINT;
+ALTER TABLE corpora ADD COLUMN IF NOT EXISTS rows_quarantined BIGINT;
