@@ -142,3 +142,15 @@ def test_batches_respect_the_token_budget_and_keep_every_segment():
     for b in batches:
         width = max(s.stop - s.start for s in b)
         assert width * len(b) <= 256 or len(b) == 1
+
+
+def test_token_arrays_match_the_stored_lists():
+    import pyarrow as pa
+
+    from semisynth.tasks.score import token_arrays
+
+    lists = [[1, 2, 3], [], [4, 5], [6]]
+    table = pa.table({"token_ids": pa.array(lists, type=pa.list_(pa.int32()))})
+    for t in (table, table.slice(1), pa.concat_tables([table, table.slice(2)])):
+        expected = t.column("token_ids").to_pylist()
+        assert [a.tolist() for a in token_arrays(t)] == expected

@@ -31,7 +31,7 @@ from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import ingest as ingest_mod
 from semisynth.tasks import release as release_mod
 from semisynth.tasks.prior import resolve_model
-from semisynth.tasks.score import score_key, score_shard
+from semisynth.tasks.score import score_key, score_shard, token_arrays
 from semisynth.warehouse import db
 
 
@@ -99,12 +99,13 @@ def metrics_task(cfg: Config, run_id: str, scores: dict[str, list[Path]]) -> dic
     loaded = {}
     for name, paths in scores.items():
         frames = [pq.read_table(p, columns=["token_ids", "ppl", "scored_tokens", "edited_tokens"]) for p in paths]
-        docs = [np.asarray(x, dtype=np.int64) for f in frames for x in f.column("token_ids").to_pylist()]
+        docs = [doc for f in frames for doc in token_arrays(f)]
         ppl = np.concatenate([f.column("ppl").to_numpy() for f in frames])
         loaded[name] = (docs, ppl, frames)
     tokens = {name: int(sum(len(d) for d in docs)) for name, (docs, _, _) in loaded.items()}
     refs = sorted({c.reference for c in cfg.corpora.values() if c.reference})
     others = [n for n, c in cfg.corpora.items() if c.role != "reference"]
+
     def smaller_half(docs: list) -> int:
         halves = metrics_mod.split_half(len(docs), cfg.seed)
         return min(sum(len(docs[i]) for i in half) for half in halves)

@@ -134,3 +134,13 @@ def score_shard(
 def read_scores(paths: list[Path], columns: list[str] | None = None) -> pa.Table:
     tables = [pq.read_table(p, columns=columns) for p in paths]
     return pa.concat_tables(tables) if tables else SCORE_SCHEMA.empty_table()
+
+
+def token_arrays(table: pa.Table) -> list[np.ndarray]:
+    """Each document's token ids as a numpy view, straight from Arrow's flat buffer."""
+    column = table.column("token_ids").combine_chunks()
+    if len(column) == 0:
+        return []
+    values = column.values.to_numpy().astype(np.int64)
+    offsets = column.offsets.to_numpy()
+    return np.split(values[offsets[0] : offsets[-1]], offsets[1:-1] - offsets[0])
