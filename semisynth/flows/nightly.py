@@ -374,10 +374,8 @@ def run(config_path: str, overrides: list[str] | None = None) -> dict:
         str(config_path), overrides, return_state=True
     )
     result = state.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
+    if isinstance(result, BaseException):  # a crash, not a gate verdict
         raise result
-    if not isinstance(result, dict):
-        result = state.data if isinstance(getattr(state, "data", None), dict) else {}
     result["state"] = state.type.value
     result["flow_run_id"] = str(state.state_details.flow_run_id)
     return result

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from semisynth.tasks.ingest import doc_hash, shard_hash, write_shard
+from semisynth.tasks.ingest import doc_hash, write_shard
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> Path:
@@ -75,7 +75,6 @@ def mixed_shard(
         score_parts.append(scores[name].take(index))
     mixed_docs = pa.concat_tables(doc_parts)
     mixed_docs = mixed_docs.append_column("line", pa.array(range(1, mixed_docs.num_rows + 1)))
-    key = shard_hash(mixed_docs.select(["id", "text"]).to_pylist())
-    shard = write_table_atomic(mixed_docs, Path(shard_dir) / f"{key}.parquet")
-    score = write_table_atomic(pa.concat_tables(score_parts), Path(score_dir) / f"{key}.parquet")
-    return shard, score
+    shard = write_shard(mixed_docs.to_pylist(), Path(shard_dir), "mix")
+    score = write_table_atomic(pa.concat_tables(score_parts), Path(score_dir) / f"{shard.shard_hash}.parquet")
+    return Path(shard.path), score

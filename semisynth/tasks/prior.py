@@ -91,7 +91,8 @@ def resolve_model(model: str, root: Path) -> tuple[str, str]:
     """(folder or hub id to load, model id recorded in the warehouse)."""
     if model == "default":
         return str(fetch_default_prior(root)), DEFAULT_MODEL_ID
-    looks_local = model.startswith((".", "/", "~")) or os.sep in model.rstrip(os.sep).split(os.sep, 1)[-1]
+    # a hub id is "name" or "owner/name"; anything else names a folder
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
     if looks_local and not Path(model).expanduser().is_dir():
         raise FileNotFoundError(f"prior model folder not found: {model}")
     return model, model
