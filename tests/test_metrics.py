@@ -210,6 +210,167 @@ def test_ngram_metrics_on_a_million_tokens_runs():
     assert len(out) == 12
 
 
+# --- count tables, map-reduce over shards ----------------------------------------
+
+def as_dict(tbl, n):
+    types, counts = tbl
+    return {M.unpack_ngram(int(t), n): int(c) for t, c in zip(types, counts, strict=True)}
+
+
+def test_count_tables_known_answers():
+    counts = M.count_ngrams(docs([1, 2, 3, 1, 2], [1, 2]))
+    assert (counts.order, counts.tokens, counts.documents) == (3, 7, 2)
+    assert as_dict(counts.top, 3) == {(1, 2, 3): 1, (2, 3, 1): 1, (3, 1, 2): 1}
+    # each document's last n-gram: the only ones that are not the prefix of an (n+1)-gram
+    assert as_dict(counts.tails[1], 1) == {(2,): 2}
+    assert as_dict(counts.tails[2], 2) == {(1, 2): 2}
+    assert as_dict(counts.table(2), 2) == {(1, 2): 3, (2, 3): 1, (3, 1): 1}
+    assert as_dict(counts.table(1), 1) == {(1,): 3, (2,): 3, (3,): 1}
+    tables = counts.tables()
+    assert sorted(tables) == [1, 2, 3] and as_dict(tables[3], 3) == as_dict(counts.top, 3)
+    for n in (1, 2, 3):
+        assert tables[n][0].dtype == np.int64 and tables[n][1].dtype == np.int64
+        assert np.all(np.diff(tables[n][0]) > 0)  # sorted, unique
+    # documents shorter than the order give none of it, and never a tail of it
+    short = M.count_ngrams(docs([5], [], [6, 7]))
+    assert as_dict(short.table(3), 3) == {} and as_dict(short.table(2), 2) == {(6, 7): 1}
+    assert as_dict(short.table(1), 1) == {(5,): 1, (6,): 1, (7,): 1}
+    assert M.count_ngrams(docs([1, 2]), orders=(1, 2)).order == 2
+    assert M.count_ngrams([], orders=(1, 2, 3)).table(1)[0].size == 0
+
+
+def test_merged_shards_equal_the_one_pass_counts():
+    a, b = docs([1, 2, 3, 1, 2]), docs([1, 2], [3, 1, 2, 3])
+    merged = M.merge_counts([M.count_ngrams(a), M.count_ngrams(b)])
+    one = M.count_ngrams(a + b)
+    # by hand: trigrams (1,2,3) x2, (2,3,1), (3,1,2) x2; bigrams (1,2) x4, (2,3) x2, (3,1) x2
+    assert as_dict(merged.table(3), 3) == {(1, 2, 3): 2, (2, 3, 1): 1, (3, 1, 2): 2}
+    assert as_dict(merged.table(2), 2) == {(1, 2): 4, (2, 3): 2, (3, 1): 2}
+    assert as_dict(merged.table(1), 1) == {(1,): 4, (2,): 4, (3,): 3}
+    assert (merged.tokens, merged.documents) == (11, 3)
+    for n in (1, 2, 3):
+        assert as_dict(merged.table(n), n) == as_dict(one.table(n), n)
+
+
+@pytest.mark.parametrize("vocab", [3, 1000, 30_000, 2**21])  # dense uint32, LSD radix, int64 paths
+def test_count_tables_equal_np_unique_of_the_keys(vocab):
+    rng = np.random.default_rng(vocab)
+    corpus = [rng.integers(0, vocab, rng.integers(0, 300)).astype(rng.choice([np.int32, np.int64, np.uint64]))
+              for _ in range(1200 if vocab == 2**21 else 400)]
+    counts = M.count_ngrams(corpus)
+    if vocab == 2**21:
+        assert counts.table(1)[0].size >= 2**16  # too many distinct tokens for the short keys
+    for n in (1, 2, 3):
+        types, freq = np.unique(M.ngram_keys(corpus, n), return_counts=True)
+        assert counts.table(n)[0].tolist() == types.tolist()
+        assert counts.table(n)[1].tolist() == freq.tolist()
+
+
+def test_reduce_of_random_shards_equals_one_pass(monkeypatch):
+    monkeypatch.setattr(M, "MERGE_PIECE", 64)  # make every merge cut the key space in pieces
+    rng = np.random.default_rng(3)
+    corpus = [rng.zipf(1.3, rng.integers(0, 60)) % 500 for _ in range(300)]
+    one = M.count_ngrams(corpus)
+    cuts = np.sort(rng.integers(0, len(corpus) + 1, 12))  # some shards empty
+    shards = [corpus[lo:hi] for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(corpus)], strict=True)]
+    parts = [M.count_ngrams(s) for s in shards]
+    reducer = M.CountReducer()
+    for part in parts:
+        reducer.add(part)
+        waiting = sum(p.entries for p in reducer._waiting)
+        assert waiting <= max(reducer._total.entries, part.entries)  # memory stays bounded
+    for merged in (M.merge_counts(parts), reducer.result(), M.reduce_counts(iter(parts))):
+        assert (merged.tokens, merged.documents) == (one.tokens, one.documents)
+        for n in (1, 2, 3):
+            assert merged.table(n)[0].tolist() == one.table(n)[0].tolist()
+            assert merged.table(n)[1].tolist() == one.table(n)[1].tolist()
+    assert 1 < reducer.merges < len(parts)
+    ref = [rng.zipf(1.3, rng.integers(0, 60)) % 500 for _ in range(300)]
+    assert M.metrics_of_counts(reducer.result(), M.count_ngrams(ref)) == M.ngram_metrics(corpus, ref)
+
+
+def test_metrics_of_counts_known_answers():
+    cand = M.count_ngrams(docs([1, 2, 3, 1, 2], [1, 2]))
+    ref = M.count_ngrams(docs([1, 2, 3], [2, 3, 4], [4, 4]))
+    out = M.metrics_of_counts(cand, ref)
+    assert out["distinct_1"] == 3 / 7 and out["distinct_2"] == 3 / 5 and out["distinct_3"] == 1.0
+    # at most 100 types: the top 1% is the single most frequent type
+    assert out["top1pct_mass_1"] == 3 / 7 and out["top1pct_mass_2"] == 3 / 5
+    assert out["top1pct_mass_3"] == 1 / 3
+    assert out["ref_coverage_1"] == 2 / 3  # ref types twice or more: 2, 3, 4; cand lacks 4
+    assert out["ref_coverage_2"] == 1.0  # only (2,3) is frequent in ref
+    assert math.isnan(out["ref_coverage_3"])  # no ref trigram occurs twice
+    assert len(set(M.hash_buckets(np.array([1, 2, 3, 4]), 2**20).tolist())) == 4  # no collisions
+    p, q = [3 / 7, 3 / 7, 1 / 7, 0], [1 / 8, 2 / 8, 2 / 8, 3 / 8]  # tokens 1..4
+    expected = sum(0.5 * x * math.log2(2 * x / (x + y)) for a, b in ((p, q), (q, p))
+                   for x, y in zip(a, b, strict=True) if x > 0)
+    assert out["js_1"] == pytest.approx(expected, abs=1e-12)
+    again = M.ngram_metrics(docs([1, 2, 3, 1, 2], [1, 2]), docs([1, 2, 3], [2, 3, 4], [4, 4]))
+    assert {k: v for k, v in out.items() if k != "ref_coverage_3"} == {
+        k: v for k, v in again.items() if k != "ref_coverage_3"}
+
+
+def write_score_file(path, corpus, row_group_size=None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = pa.array([np.asarray(d).tolist() for d in corpus], pa.list_(pa.int32()))
+    pq.write_table(pa.table({"id": [str(i) for i in range(len(corpus))], "token_ids": ids}), path,
+                   row_group_size=row_group_size)
+    return path
+
+
+def test_count_shard_reads_a_score_file(tmp_path):
+    corpus = docs([1, 2, 3, 1, 2], [], [7], [1, 2, 3, 4, 5, 6])
+    path = write_score_file(tmp_path / "s.parquet", corpus, row_group_size=2)  # two chunks
+    got, want = M.count_shard(path), M.count_ngrams(corpus)
+    assert (got.tokens, got.documents) == (12, 4)
+    for n in (1, 2, 3):
+        assert got.table(n)[0].tolist() == want.table(n)[0].tolist()
+        assert got.table(n)[1].tolist() == want.table(n)[1].tolist()
+    assert M.count_shard(path, orders=(1, 2)).order == 2
+
+
+def test_shard_ngram_metrics_equal_ngram_metrics(tmp_path):
+    rng = np.random.default_rng(8)
+    cand = [rng.zipf(1.4, rng.integers(1, 80)) % 3000 for _ in range(200)]
+    ref = [rng.zipf(1.4, rng.integers(1, 80)) % 3000 for _ in range(200)]
+    cand_paths = [write_score_file(tmp_path / f"c{i}.parquet", cand[i::3]) for i in range(3)]
+    ref_paths = [write_score_file(tmp_path / f"r{i}.parquet", ref[i * 50 : (i + 1) * 50]) for i in range(4)]
+    # exactly equal: the merged tables are the one-pass tables
+    assert M.shard_ngram_metrics(cand_paths, ref_paths, buckets=4096) == M.ngram_metrics(cand, ref, buckets=4096)
+    assert (M.shard_ngram_metrics(cand_paths, ref_paths, orders=(2,))
+            == M.ngram_metrics(cand, ref, orders=(2,)))
+
+
+def test_dask_ngram_metrics_equal_shard_ngram_metrics(tmp_path):
+    from distributed import Client, LocalCluster
+
+    rng = np.random.default_rng(9)
+    cand = [rng.zipf(1.4, rng.integers(1, 80)) % 3000 for _ in range(120)]
+    ref = [rng.zipf(1.4, rng.integers(1, 80)) % 3000 for _ in range(120)]
+    cand_paths = [write_score_file(tmp_path / f"c{i}.parquet", cand[i::5]) for i in range(5)]
+    ref_paths = [write_score_file(tmp_path / f"r{i}.parquet", ref[i::3]) for i in range(3)]
+    with (LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+          Client(cluster) as client):
+        got = M.dask_ngram_metrics(client, cand_paths, ref_paths, buckets=4096, fan_in=2)
+    assert got == M.shard_ngram_metrics(cand_paths, ref_paths, buckets=4096)
+    assert list(got) == list(M.ngram_metrics(cand, ref, buckets=4096))
+
+
+def test_count_tables_reject_bad_input():
+    with pytest.raises(ValueError, match="orders"):
+        M.count_ngrams(docs([1, 2]), orders=(4,))
+    with pytest.raises(ValueError):
+        M.count_ngrams(docs([2**21]))
+    with pytest.raises(ValueError, match="offsets"):
+        M.count_stream(np.array([1, 2, 3]), np.array([0, 2]))
+    with pytest.raises(ValueError, match="orders"):
+        M.merge_counts([M.count_ngrams(docs([1, 2])), M.count_ngrams(docs([1, 2]), orders=(1, 2))])
+    with pytest.raises(ValueError, match="orders"):
+        M.count_ngrams(docs([1, 2]), orders=(1, 2)).table(3)
+
+
 # --- perplexity ---------------------------------------------------------------
 
 def test_ppl_metrics_known_answers():
@@ -264,6 +425,19 @@ def test_bootstrap_ci_contains_estimate_and_is_reproducible():
     assert low <= point <= high and low < high
     assert M.bootstrap_ci(M.ppl_low_frac, cand, ref, reps=200, seed=5) == (low, high)
     assert M.bootstrap_ci(M.ppl_low_frac, cand, ref, reps=200, seed=6) != (low, high)
+
+
+def test_bootstrap_ci_known_answer_is_the_binomial_interval():
+    # 30 of 100 candidate documents lie below the reference's 25th percentile: a resample's
+    # ppl_low_frac is Binomial(100, 0.3) / 100, whose 2.5% and 97.5% quantiles are 21 and 39
+    ref = np.arange(1, 101, dtype=float)
+    cand = np.concatenate([np.full(30, 10.0), np.full(70, 50.0)])
+    assert M.ppl_low_frac(cand, ref) == 0.3
+    low, high = M.bootstrap_ci(M.ppl_low_frac, cand, ref, reps=20_000, seed=0)
+    assert (low, high) == pytest.approx((0.21, 0.39), abs=0.005)
+    # debias shifts the interval by the estimate minus the replicates' median (0.30 - 0.30)
+    assert M.bootstrap_ci(M.ppl_low_frac, cand, ref, reps=20_000, seed=0, debias=True) == \
+        pytest.approx((low, high), abs=0.005)
 
 
 def test_bootstrap_ci_of_a_constant_is_that_constant():
