@@ -107,3 +107,66 @@ def test_missing_metrics_fail_clearly(warehouse):
     assert not gate.validate_corpus(wh, gx_root, RUN, "absent", "human", GATE, False).success
     lone = gate.validate_corpus(wh, gx_root, "other-run", "healthy", "human", GATE, False)
     assert not lone.success and lone.rows[0]["metric"] == "*"
+
+
+def test_noise_slack_widens_bounds_known_answers():
+    g = GateConfig(ci_z=3.0)  # defaults otherwise: coverage ratio 0.5 for trigrams
+    assert gate.standard_error(0.1, 0.1 + 2 * gate.Z_95 * 0.05) == pytest.approx(0.05)
+    assert gate.standard_error(None, 0.3) == 0.0 and gate.standard_error(0.1, float("nan")) == 0.0
+    # 2 se is the standard error of the difference; the larger se of the two counts
+    assert gate.noise_slack(0.05, 0.1, g) == pytest.approx(3.0 * 2 * 0.1)
+    y = {"ppl_low_frac": 0.25, "ppl_tail_frac": 0.1, "ref_coverage_2": 0.4, "ref_coverage_3": 0.2,
+         "top1pct_mass_3": 0.04}
+    noise = {"ppl_low_frac": 0.36, "ppl_tail_frac": 0.05, "ref_coverage_2": 0.1}
+    bounds = gate.thresholds(y, g, list(y), edited=False, noise=noise)
+    assert _rounded(bounds) == {
+        "ppl_low_frac": (None, 0.61),      # noise 0.36 > fixed 0.15
+        "ppl_tail_frac": (0.02, None),     # fixed 0.08 > noise 0.05
+        "ref_coverage_2": (0.3, None),     # noise 0.1 > fixed 0.15 * 0.4
+        "ref_coverage_3": (0.1, None),     # trigram coverage: 0.5 Y by default
+        "top1pct_mass_3": (None, 0.06)}    # 1.5 Y
+    assert _rounded(gate.thresholds(y, g, list(y), False)) != _rounded(bounds)  # no CIs: fixed
+
+
+def test_coverage_ratio_per_order():
+    assert GateConfig(ref_coverage_min_ratio=0.8).coverage_ratio(3) == 0.8
+    per_order = GateConfig(ref_coverage_min_ratio={1: 0.9, 3: 0.6})
+    assert per_order.coverage_ratio(1) == 0.9 and per_order.coverage_ratio(3) == 0.6
+    assert per_order.coverage_ratio(2) == 0.6 and per_order.coverage_ratio(None) == 0.6
+    with pytest.raises(ValueError, match="at least one order"):
+        GateConfig(ref_coverage_min_ratio={})
+
+
+def test_stored_cis_widen_bounds_and_budgets_must_match(tmp_path):
+    """Through GX: the yardstick's and candidate's CIs widen ppl_low_frac's bound, and a
+    metric measured on another budget than its yardstick fails as not comparable."""
+    wh = db.init(tmp_path / "warehouse.duckdb")
+
+    def row(corpus, comparison, metric, value, budget=10_000, ci=(None, None)):
+        return {"run_id": RUN, "corpus": corpus, "reference": "ref", "comparison": comparison,
+                "metric": metric, "n": None, "budget": budget, "value": value,
+                "ci_low": ci[0], "ci_high": ci[1]}
+
+    half = 0.1 * gate.Z_95  # the candidate's CI: +- this, se 0.1; the yardstick's se: 0.051
+    db.insert(wh, "metrics", [
+        row("ref", "split_half", "ppl_low_frac", 0.25, ci=(0.15, 0.35)),
+        row("ref", "split_half", "distinct_2", 0.8),
+        row("noisy", "vs_reference", "ppl_low_frac", 0.55, ci=(0.55 - half, 0.55 + half)),
+        row("noisy", "vs_reference", "distinct_2", 0.79),
+        row("other_budget", "vs_reference", "ppl_low_frac", 0.25, ci=(0.15, 0.35)),
+        row("other_budget", "vs_reference", "distinct_2", 0.79, budget=20_000),
+    ])
+    g = GateConfig(ci_z=3.0)
+    noisy = gate.validate_corpus(wh, tmp_path / "gx", RUN, "noisy", "ref", g, edited=False)
+    assert noisy.success, noisy.summary()
+    low = next(r for r in noisy.rows if r["metric"] == "ppl_low_frac")
+    assert low["threshold"] == "<= 0.85"  # 0.25 + 3 * 2 * max(0.051, 0.1)
+    strict = gate.validate_corpus(wh, tmp_path / "gx", RUN, "noisy", "ref",
+                                  GateConfig(ci_z=0.0), edited=False)
+    assert [r["metric"] for r in strict.failures()] == ["ppl_low_frac"]  # <= 0.25 + 0.15
+
+    other = gate.validate_corpus(wh, tmp_path / "gx", RUN, "other_budget", "ref", g, False)
+    failed = {r["metric"]: r for r in other.failures()}
+    assert set(failed) == {"distinct_2"}
+    assert failed["distinct_2"]["threshold"] == f"{gate.BUDGET_MISMATCH}: 20000 vs 10000 tokens"
+    assert "distinct_2: not comparable" in other.summary()
