@@ -1,0 +1,170 @@
+"""Pictures of a run: perplexity distributions and n-gram rank-frequency curves.
+
+PNG files in the run folder ``<data root>/runs/<run_id>/``; the flow attaches them to its
+Prefect flow run as markdown artifacts (the image inlined as a data URI: Prefect's image
+artifact only takes a URL, and the UI cannot load ``file://`` ones), and ``semisynth
+report`` inlines them the same way. Matplotlib draws through its Agg canvas on
+``Figure`` objects (no pyplot, no global state), so it is safe in a worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from semisynth.quality import metrics as metrics_mod
+
+REFERENCE_STYLE = {"color": "black", "linewidth": 2.2}
+QUARTILES = (0.25, 0.50, 0.75)
+CURVE_POINTS = 400  # points per rank-frequency curve (log-spaced ranks); keeps PNGs small
+
+
+def run_folder(root: Path, run_id: str) -> Path:
+    """The folder of a run's files (plots, report) under the data root."""
+    if not run_id or "/" in run_id or run_id in (".", ".."):
+        raise ValueError(f"not a run id: {run_id!r}")
+    return Path(root) / "runs" / run_id
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def ppl_distribution_png(path: Path, reference: str, ppl: Mapping[str, np.ndarray],
+                         title: str | None = None) -> Path:
+    """Per-document perplexity of the reference and each candidate, overlaid on one log-x
+    axis (share of each corpus's documents per log-spaced bin); dashed vertical lines at
+    the reference's quartiles."""
+    if reference not in ppl:
+        raise ValueError(f"no perplexities for the reference {reference!r}")
+    clean = {name: np.asarray(p, float)[np.isfinite(p) & (np.asarray(p, float) > 0)]
+             for name, p in ppl.items()}
+    clean = {name: p for name, p in clean.items() if p.size}
+    bins = metrics_mod.log_bins(np.concatenate(list(clean.values())), num=40)
+    fig = _figure(9, 5)
+    ax = fig.add_subplot()
+    ordered = [reference] + [n for n in clean if n != reference]
+    for i, name in enumerate(ordered):
+        values = clean.get(name)
+        if values is None:
+            continue
+        style = REFERENCE_STYLE if name == reference else {"color": f"C{i - 1}", "linewidth": 1.6}
+        label = f"{name} (reference)" if name == reference else name
+        ax.hist(values, bins=bins, weights=np.full(values.size, 1.0 / values.size),
+                histtype="step", label=f"{label}, {values.size} docs", **style)
+    quartiles = np.quantile(clean[reference], QUARTILES)
+    label = "reference quartiles (" + ", ".join(
+        f"q{round(q * 100)} = {x:.3g}" for q, x in zip(QUARTILES, quartiles, strict=True)) + ")"
+    for i, x in enumerate(quartiles):
+        ax.axvline(x, color="black", linestyle="--", linewidth=1, alpha=0.7,
+                   label=label if i == 0 else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("document perplexity under the prior (log scale)")
+    ax.set_ylabel("share of the corpus's documents")
+    ax.set_title(title or f"Perplexity distributions vs reference {reference}")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(True, which="both", alpha=0.2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def rank_frequency_curve(docs: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ranks, counts) of the n-gram types, most frequent first, at up to CURVE_POINTS
+    log-spaced ranks (the first and the last rank always included)."""
+    _, counts = metrics_mod.ngram_counts(metrics_mod.ngram_keys(list(docs), n))
+    if counts.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    counts = np.sort(counts)[::-1]
+    ranks = np.unique(np.geomspace(1, counts.size, min(CURVE_POINTS, counts.size)).round()
+                      .astype(np.int64))
+    return ranks, counts[ranks - 1]
+
+
+def rank_frequency_png(path: Path, docs: Mapping[str, Sequence[np.ndarray]],
+                       orders: Sequence[int], references: Sequence[str] = (),
+                       title: str | None = None) -> Path:
+    """Rank-frequency (Zipf) curves, log-log, one panel per n-gram order, one curve per
+    corpus (references drawn thick and black-ish). Frequencies are shares of the corpus's
+    n-gram occurrences, so corpora of different sizes compare."""
+    orders = list(orders)
+    fig = _figure(4.2 * len(orders) + 0.6, 4.6)
+    axes = fig.subplots(1, len(orders), squeeze=False)[0]
+    for ax, n in zip(axes, orders, strict=True):
+        for i, (name, corpus_docs) in enumerate(docs.items()):
+            ranks, counts = rank_frequency_curve(corpus_docs, n)
+            if ranks.size == 0:
+                continue
+            total = metrics_mod.ngram_keys(list(corpus_docs), n).size
+            is_ref = name in references
+            style = {"color": "black" if i == 0 and is_ref else f"C{i}",
+                     "linewidth": 2.2 if is_ref else 1.4}
+            ax.plot(ranks, counts / total, label=name + (" (reference)" if is_ref else ""), **style)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{n}-grams")
+        ax.set_xlabel("rank")
+        ax.grid(True, which="both", alpha=0.2)
+    axes[0].set_ylabel("share of n-gram occurrences")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or "n-gram rank-frequency curves (token ids of the prior)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def write_run_plots(folder: Path, corpora: Mapping[str, object], references: Mapping[str, str],
+                    orders: Sequence[int]) -> list[Path]:
+    """The run's PNGs in ``folder``: ``ppl-<reference>.png`` (one per reference, with the
+    candidates measured against it) and ``ngram-rank-frequency.png``.
+
+    ``corpora`` maps names to objects with ``docs`` (token arrays) and ``ppl`` (per-document
+    perplexities), e.g. ``measure.Scored``; ``references`` maps each candidate to its
+    reference."""
+    folder = Path(folder)
+    paths = []
+    refs = sorted(set(references.values()))
+    for ref in refs:
+        names = [ref] + [c for c, r in references.items() if r == ref and c != ref]
+        paths.append(ppl_distribution_png(
+            folder / f"ppl-{_safe(ref)}.png", ref, {n: corpora[n].ppl for n in names if n in corpora}))
+    ordered = [r for r in refs if r in corpora] + [n for n in corpora if n not in refs]
+    paths.append(rank_frequency_png(folder / "ngram-rank-frequency.png",
+                                    {n: corpora[n].docs for n in ordered}, orders, refs))
+    return paths
+
+
+def write_flow_plots(root: Path, run_id: str, scores: Mapping[str, Sequence[Path]],
+                     references: Mapping[str, str], orders: Sequence[int]) -> list[Path]:
+    """write_run_plots for the flow: the corpora's score files in, the run folder's PNGs out."""
+    from semisynth.quality.measure import load_scores
+
+    corpora = {name: load_scores(paths) for name, paths in scores.items()}
+    return write_run_plots(run_folder(root, run_id), corpora, references, orders)
+
+
+def data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode("ascii")
+
+
+def artifact_key(png: Path) -> str:
+    """A Prefect artifact key for a plot (lowercase letters, digits and dashes only)."""
+    return "semisynth-" + re.sub(r"[^a-z0-9]+", "-", Path(png).stem.lower()).strip("-")
+
+
+def image_markdown(png: Path, caption: str | None = None) -> str:
+    """Markdown that shows the PNG inline (a data URI), with its file path under it."""
+    caption = caption or Path(png).stem
+    return f"![{caption}]({data_uri(png)})\n\n`{png}`"

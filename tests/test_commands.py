@@ -1,0 +1,198 @@
+"""`semisynth metrics` and `semisynth validate` on a few short Brown documents: the real
+prior, DuckDB and Great Expectations (the tests share one data root, so the documents are
+scored once)."""
+
+import gzip
+import json
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+from semisynth.cli import main as cli
+from semisynth.config import MetricsConfig
+from semisynth.quality import measure
+from semisynth.quality import metrics as M
+from semisynth.warehouse import db
+
+pytestmark = pytest.mark.slow
+
+METRICS = ([f"ppl_q{q:02d}" for q in (1, 5, 10, 25, 50, 75, 90, 95, 99)]
+           + ["ppl_low_frac", "ppl_tail_frac", "ppl_ks", "ppl_w1"]
+           + [f"{m}_{n}" for n in (1, 2, 3) for m in ("distinct", "top1pct_mass", "ref_coverage", "js")])
+
+
+@pytest.fixture(autouse=True)
+def _restore_home(monkeypatch):
+    monkeypatch.delenv("SEMISYNTH_HOME", raising=False)  # --data-root sets it; undone after
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, brown_shards, prior_folder):
+    """A data root, a config whose reference `brown` is 24 Brown documents (first 48 tokens
+    each), the same documents as a separate file, and a collapsed corpus with a bad row."""
+    root = tmp_path_factory.mktemp("commands")
+    with gzip.open(brown_shards[0], "rt") as f:
+        docs = [json.loads(line) for line in f][:24]
+    lines = [json.dumps({"id": d["id"], "text": d["text"]}) for d in docs]
+    (root / "brown16.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "copy.jsonl").write_text("\n".join(lines) + "\n")
+    collapsed = [json.dumps({"id": f"c{i}", "text": "The cat sat on the mat. " * 12})
+                 for i in range(12)]
+    (root / "collapsed.jsonl").write_text("\n".join(collapsed + ["{not json"]) + "\n")
+    config = {
+        "name": "commands", "seed": 3,
+        "prior": {"model": str(prior_folder), "precision": "float32", "max_tokens": 48},
+        "corpora": {
+            "brown": {"role": "reference", "paths": [str(root / "brown16.jsonl")]},
+            "brown_toedit": {"edited_from": "brown", "reference": "brown"},
+        },
+        "metrics": {"bootstrap": 20},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def _args(home, command, candidate, *extra):
+    return ["--data-root", str(home), command, str(candidate), "--reference", "brown",
+            "--config", str(home / "config.yaml"), *extra]
+
+
+def _run_id(out: str, kind: str) -> str:
+    return re.search(rf"run ({kind}-[0-9T-]+)", out).group(1)
+
+
+def _brown_scores(home):
+    """The score files of the reference's shards (the copy has the same content)."""
+    shards = sorted((home / "shards" / "brown").glob("*.parquet"))
+    return [p for s in shards for p in (home / "scores").glob(f"*/{s.name}")]
+
+
+def test_metrics_command_prints_and_stores_every_metric_with_its_budget(home, capsys):
+    assert cli(_args(home, "metrics", home / "copy.jsonl", "--budget", "400")) == 0
+    out = capsys.readouterr().out
+    run_id = _run_id(out, "metrics")
+    for name in METRICS:
+        assert re.search(rf"^{name}\s.*\s400$", out, re.M), name  # one line each, budget last
+    wh = db.warehouse_path(home)
+    rows = db.query(wh, "SELECT * FROM metrics WHERE run_id = ?", [run_id])
+    cand = rows[rows.comparison == "vs_reference"]
+    assert sorted(cand.metric) == sorted(METRICS)
+    assert set(cand.corpus) == {str(home / "copy.jsonl")} and set(cand.reference) == {"brown"}
+    yardstick = rows[rows.comparison == "split_half"]
+    assert sorted(yardstick.metric) == sorted(METRICS) and set(yardstick.corpus) == {"brown"}
+    assert set(rows.budget) == {400}
+    ci = cand.set_index("metric")
+    for name in ("ppl_low_frac", "ppl_tail_frac", "ref_coverage_2"):
+        assert ci.ci_low[name] <= ci.value[name] <= ci.ci_high[name]
+    run = db.query(wh, "SELECT status, message FROM runs WHERE run_id = ?", [run_id]).iloc[0]
+    assert run.status == "COMPLETED" and "--budget 400" in run.message
+    docs = db.query(wh, "SELECT corpus, count(*) AS n FROM doc_scores WHERE run_id = ? "
+                        "GROUP BY corpus", [run_id])
+    assert dict(zip(docs.corpus, docs.n, strict=True)) == {"brown": 24, str(home / "copy.jsonl"): 24}
+    # the stored values are the library's, on the same score files, budget and seed
+    assert len(_brown_scores(home)) == 1
+    corpus = measure.load_scores(_brown_scores(home))
+    expected = M.compare(corpus.docs, corpus.ppl, corpus.docs, corpus.ppl, 400, seed=3,
+                         bootstrap=20)
+    for r in expected:
+        assert ci.value[r["metric"]] == pytest.approx(r["value"], nan_ok=True), r["metric"]
+    folder = home / "runs" / run_id
+    assert sorted(p.name for p in folder.glob("*.png")) == ["ngram-rank-frequency.png",
+                                                            "ppl-brown.png"]
+
+
+def test_second_metrics_call_does_no_model_work(home, capsys):
+    assert cli(_args(home, "metrics", home / "copy.jsonl")) == 0
+    capsys.readouterr()
+    assert cli(_args(home, "metrics", home / "copy.jsonl")) == 0
+    captured = capsys.readouterr()
+    assert "model work: 0 tokens" in captured.out
+    assert "scoring with the prior" not in captured.err and "cached scores" in captured.err
+    # no --budget: the most both sides allow, the smaller half of the reference
+    run_id = _run_id(captured.out, "metrics")
+    budget = db.query(db.warehouse_path(home), "SELECT DISTINCT budget FROM metrics "
+                                                "WHERE run_id = ?", [run_id]).budget
+    corpus = measure.load_scores(_brown_scores(home))
+    assert list(budget) == [measure.smaller_half_tokens(corpus.docs, seed=3)]
+
+
+def test_validate_passes_with_exit_0(home, capsys):
+    assert cli(_args(home, "validate", home / "copy.jsonl")) == 0
+    out = capsys.readouterr().out
+    run_id = _run_id(out, "validate")
+    rows = db.query(db.warehouse_path(home), "SELECT * FROM validations WHERE run_id = ?", [run_id])
+    assert len(rows) >= 12 and rows.success.all() and set(rows.suite) == {"coverage"}
+    for r in rows.itertuples():  # every expectation printed with its observed value, threshold
+        assert re.search(rf"^PASS {r.metric}\s+{r.observed:.4g}\s+{re.escape(r.threshold)}$", out,
+                         re.M), r.metric
+    assert "PASSED" in out
+
+
+def test_validate_fails_with_exit_1_naming_the_failing_expectations(home, capsys):
+    assert cli(_args(home, "validate", home / "collapsed.jsonl")) == 1
+    out = capsys.readouterr().out
+    run_id = _run_id(out, "validate")
+    wh = db.warehouse_path(home)
+    rows = db.query(wh, "SELECT * FROM validations WHERE run_id = ?", [run_id])
+    failing = rows[~rows.success]
+    assert {"ppl_low_frac", "distinct_1", "distinct_2"} <= set(failing.metric)
+    assert re.search(r"FAILED: \d+ of \d+ expectations failed", out)
+    for r in failing.itertuples():
+        assert f"  - {r.expectation}: observed {r.observed:.4g}" in out
+        assert re.search(rf"^FAIL {r.metric}\s", out, re.M)
+    assert db.query(wh, "SELECT status FROM runs WHERE run_id = ?", [run_id]).status[0] == "FAILED"
+    # the bad row of the input went to quarantine, with its file and line
+    bad = db.query(wh, "SELECT file, line, reason FROM quarantine WHERE run_id = ?", [run_id])
+    assert list(bad.line) == [13] and bad.file[0].endswith("collapsed.jsonl")
+
+
+@pytest.mark.parametrize("candidate, extra, message", [
+    ("nosuch", [], "neither a corpus of the config"),
+    ("{home}/missing/*.jsonl", [], "no document files match"),
+    ("{home}/copy.jsonl", ["--suite", "nosuite"], "unknown suite 'nosuite'"),
+    ("{home}/copy.jsonl", ["--budget", "0"], "positive"),
+    ("{home}/copy.jsonl", ["--budget", "100000000"], "fewer than the budget"),
+    ("brown_toedit", [], "no run has made it"),
+])
+def test_validate_usage_and_input_errors_exit_2(home, capsys, candidate, extra, message):
+    args = _args(home, "validate", candidate.format(home=home), *extra)
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err
+
+
+def test_missing_arguments_exit_2(home, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli(["--data-root", str(home), "validate", str(home / "copy.jsonl")])  # no --reference
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli(_args(home, "metrics", home / "copy.jsonl", "--budget", "lots"))
+    assert exc.value.code == 2
+
+
+def test_measure_is_the_flows_computation():
+    """measure() gives the rows the flow stores: yardstick, comparison, edit_rate."""
+    rng = np.random.default_rng(0)
+
+    def corpus(n, edited=0):
+        docs = [rng.integers(0, 8, rng.integers(20, 40)) for _ in range(n)]  # n-grams repeat
+        return measure.Scored(docs, rng.lognormal(3, 0.4, n), sum(map(len, docs)), edited)
+
+    corpora = {"ref": corpus(30, edited=7), "ed": corpus(20), "other": corpus(25)}
+    cfg = MetricsConfig(bootstrap=10)
+    rows, budget = measure.measure(corpora, {"ed": "ref", "other": "ref"}, cfg, seed=1,
+                                   edited_from={"ed": "ref"})
+    assert budget == min(measure.smaller_half_tokens(corpora["ref"].docs, 1),
+                         corpora["ed"].tokens, corpora["other"].tokens)
+    split = [r for r in rows if r["comparison"] == "split_half"]
+    assert split == [{**r, "corpus": "ref", "reference": "ref", "comparison": "split_half"}
+                     for r in M.split_half_yardstick(corpora["ref"].docs, corpora["ref"].ppl,
+                                                     budget, 1, bootstrap=10)]
+    ed = {r["metric"]: r for r in rows if r["corpus"] == "ed"}
+    assert ed["edit_rate"]["value"] == 7 / corpora["ref"].scored_tokens
+    assert ed["edit_rate"]["budget"] == corpora["ref"].scored_tokens
+    assert "edit_rate" not in {r["metric"] for r in rows if r["corpus"] == "other"}
+    with pytest.raises(ValueError, match="fewer than the budget"):
+        measure.measure(corpora, {"ed": "ref"}, cfg, seed=1, budget=10_000)
