@@ -1,25 +1,108 @@
-"""Where the flow's tasks run: an existing Dask cluster, or a LocalCluster."""
+"""Where the flow's tasks run: an existing Dask cluster, or a LocalCluster.
+
+``SEMISYNTH_DASK_ADDRESS`` names the scheduler of an existing cluster (``tcp://host:8786``);
+without it the flow starts a LocalCluster of ``dask_workers`` processes for the run.
+
+The score+edit stage is the only accelerator stage. Workers on GPU machines are started
+with ``--resources GPU=1``; when any worker of the cluster advertises that resource, the
+score tasks are submitted under ``dask.annotate(resources={"GPU": 1})`` and the scheduler
+runs them only there (one at a time per GPU). A cluster without such workers runs them
+anywhere. ``SEMISYNTH_DASK_GPU`` overrides the detection: ``auto`` (the default),
+``require`` (always annotate: for clusters whose GPU workers join after the flow starts)
+or ``off`` (never annotate).
+
+On the CPU, torch takes every core of the machine; when several worker processes share a
+host, start each with ``SEMISYNTH_TORCH_THREADS`` = its share of the cores (the
+LocalCluster does this itself when ``dask_workers`` > 1).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from semisynth.config import Config
+from semisynth.tasks.toedit import TORCH_THREADS_ENV
+
+GPU_RESOURCE = "GPU"
+ADDRESS_ENV = "SEMISYNTH_DASK_ADDRESS"
+GPU_MODE_ENV = "SEMISYNTH_DASK_GPU"
 
 
-def task_runner(cfg: Config):
+WORKERS_ENV = "SEMISYNTH_DASK_WORKERS"
+
+
+def task_runner(cfg: Config | None = None):
+    """The cluster at ``SEMISYNTH_DASK_ADDRESS``, else a LocalCluster of ``cfg.dask_workers``
+    (without a config, e.g. when a Prefect worker loads the flow from its entrypoint:
+    ``SEMISYNTH_DASK_WORKERS``, default 1) worker processes."""
     from prefect_dask import DaskTaskRunner
 
-    address = os.environ.get("SEMISYNTH_DASK_ADDRESS")
+    address = os.environ.get(ADDRESS_ENV)
     if address:
         return DaskTaskRunner(address=address)
+    workers = cfg.dask_workers if cfg is not None else int(os.environ.get(WORKERS_ENV, "1"))
     # One worker process holds the prior once and uses every core through torch's own
-    # threads; more workers on a small machine would only split the same cores.
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": cfg.dask_workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-        }
-    )
+    # threads; more workers on a small machine would only split the same cores, so each
+    # then gets its share of them for torch.
+    cluster_kwargs = {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+    }
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        cluster_kwargs["env"] = {TORCH_THREADS_ENV: str(share)}
+    return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
+
+
+def gpu_workers(client) -> list[str]:
+    """Addresses of the cluster's workers that advertise the GPU resource."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return sorted(a for a, w in workers.items() if (w.get("resources") or {}).get(GPU_RESOURCE, 0) > 0)
+
+
+def _flow_dask_client():
+    """The Dask client of the running flow's task runner, or None (not on Dask)."""
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
+
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx else None
+    if not isinstance(runner, DaskTaskRunner):
+        return None
+    return runner.client
+
+
+@contextlib.contextmanager
+def score_placement() -> Iterator[dict | None]:
+    """Submit the score tasks inside this block: on a cluster with GPU workers they are
+    annotated to need one GPU each, so only those workers run them. Yields the resources
+    asked for (None: run anywhere)."""
+    import dask
+
+    mode = os.environ.get(GPU_MODE_ENV, "auto").lower()
+    if mode not in ("auto", "require", "off"):
+        raise ValueError(f"{GPU_MODE_ENV} must be auto, require or off, got {mode!r}")
+    client = _flow_dask_client() if mode != "off" else None
+    if client is None:
+        yield None
+        return
+    from prefect.logging import get_run_logger
+
+    log = get_run_logger()  # a client exists only inside a flow run
+    gpus = gpu_workers(client)
+    if not gpus and mode == "auto":
+        log.info("no Dask worker advertises a %s resource: score tasks run on any worker", GPU_RESOURCE)
+        yield None
+        return
+    resources = {GPU_RESOURCE: 1}
+    if gpus:
+        log.info("score tasks need resources %s (%d GPU workers now: %s)", resources, len(gpus), gpus)
+    else:
+        log.warning("score tasks need resources %s and no worker has them yet: they wait for "
+                    "GPU workers to join (%s=require)", resources, GPU_MODE_ENV)
+    with dask.annotate(resources=resources):
+        yield resources

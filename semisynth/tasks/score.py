@@ -3,6 +3,9 @@
 A shard's scores land in ``scores/<score_key>/<shard_hash>.parquet`` under the data root;
 the file's existence is the cache, so a re-run (or a retry after a lost worker) does no
 model work for a shard that was already scored with the same prior and parameters.
+The file is written under a unique temporary name and renamed into place, so it is either
+complete or absent: a worker killed mid-shard leaves only a hidden ``.*.tmp`` file, and
+the shard is scored again from the start by whichever worker Dask reschedules it to.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +63,9 @@ def score_key(model_id: str, prior: PriorConfig, edit: EditConfig, seed: int) ->
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 @dataclass
 class ScoreStats:
     shard_hash: str
@@ -83,17 +91,17 @@ def score_shard(
     shard_path, out_path = Path(shard_path), Path(out_path)
     shard_hash = shard_path.stem
     if out_path.exists():
-        meta = pq.read_metadata(out_path)
-        tokens = pq.read_table(out_path, columns=["scored_tokens"]).column(0).to_numpy().sum()
-        return ScoreStats(shard_hash, str(out_path), meta.num_rows, int(tokens), False, 0.0)
+        return _cached(shard_hash, out_path)
     started = time.perf_counter()
-    prior = load_prior(prior_cfg.model, root, prior_cfg.precision)
+    with _LOAD_LOCK:  # threads of one worker share the prior: load it once per process
+        prior = load_prior(prior_cfg.model, root, prior_cfg.precision)
     scorer = Scorer(
         prior, edit_cfg, seed=seed, max_tokens=prior_cfg.max_tokens,
         batch_tokens=prior_cfg.batch_tokens, window=prior_cfg.window,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    # unique across processes and machines sharing the data root
+    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
     shard = pq.ParquetFile(shard_path)
     documents = scored = 0
     try:
@@ -125,10 +133,20 @@ def score_shard(
                 scored += batch_tokens
                 if progress:
                     progress(documents, batch_tokens)
+        if out_path.exists():
+            # another attempt (a task Dask thought lost, still running) finished first:
+            # keep its file, the scores are the same (deterministic), readers keep theirs
+            return _cached(shard_hash, out_path)
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
     return ScoreStats(shard_hash, str(out_path), documents, scored, True, time.perf_counter() - started)
+
+
+def _cached(shard_hash: str, out_path: Path) -> ScoreStats:
+    meta = pq.read_metadata(out_path)
+    tokens = pq.read_table(out_path, columns=["scored_tokens"]).column(0).to_numpy().sum()
+    return ScoreStats(shard_hash, str(out_path), meta.num_rows, int(tokens), False, 0.0)
 
 
 def read_scores(paths: list[Path], columns: list[str] | None = None) -> pa.Table:
