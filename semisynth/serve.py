@@ -1,0 +1,270 @@
+"""`semisynth serve`: the nightly refresh on its schedule, with a Prefect server and UI.
+
+Starts a Prefect server on 127.0.0.1 (``prefect server start`` as a subprocess, its UI
+pointed at its own API), or uses the server at ``PREFECT_API_URL`` when that is set, and
+serves the deployment ``nightly_refresh/nightly-refresh`` on its cron schedule (UTC) with
+the flow exactly as ``semisynth run`` runs it: the Dask task runner of
+``semisynth.flows.runner`` (``SEMISYNTH_DASK_ADDRESS``, else a LocalCluster of the config's
+``dask_workers``). Runs triggered from the UI or with ``prefect deployment run`` are
+executed here too. At most one run at a time (deployment concurrency limit 1, further runs
+wait); the tag concurrency limit ``gpu`` is set to the number of workers that run the
+score+edit tasks. Ctrl-C or SIGTERM stops the runner (its schedule is paused while nobody
+serves it) and then the server it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+DEPLOYMENT = "nightly-refresh"
+FLOW = "nightly_refresh"
+DEFAULT_CRON = "0 2 * * *"
+CRON_ENV = "SEMISYNTH_NIGHTLY_CRON"
+GPU_WORKERS_ENV = "SEMISYNTH_GPU_WORKERS"
+GPU_TAG = "gpu"
+
+
+class _Stop(Exception):
+    """SIGTERM before the runner took over its own signal handling."""
+
+
+def _raise_stop(signum, frame):  # noqa: ARG001
+    raise _Stop()
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is fine
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _die_with_parent() -> None:
+    """In the server's process (Linux): get SIGTERM when `semisynth serve` dies, even by
+    SIGKILL, so that no orphaned server keeps the port."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: the finally clause of serve() still stops it
+        pass
+
+
+def _prefect_command() -> list[str]:
+    exe = Path(sys.executable).with_name("prefect")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
+
+
+class PrefectServer:
+    """``prefect server start --host 127.0.0.1 --port PORT`` as a subprocess."""
+
+    def __init__(self, port: int, log_path: Path):
+        self.port = port
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        self.ui_url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180.0) -> None:
+        if not _port_free(self.port):
+            raise ValueError(f"port {self.port} on 127.0.0.1 is in use: pass --port, or set "
+                             "PREFECT_API_URL to use a running Prefect server")
+        env = dict(os.environ)
+        env.pop("PREFECT_API_URL", None)
+        env.update({
+            "PREFECT_UI_API_URL": self.api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.port),
+        })
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the server writes it while it runs
+        try:
+            # its own session: a Ctrl-C in the terminal reaches only `semisynth serve`,
+            # which stops the runner first and the server after it
+            self.process = subprocess.Popen(
+                [*_prefect_command(), "server", "start", "--host", "127.0.0.1",
+                 "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Prefect server exited with code {self.process.returncode}"
+                                   f" while starting:\n{self.log_tail()}")
+            if healthy(self.api_url):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the Prefect server did not answer {self.api_url}/health within "
+                           f"{timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def gpu_slots(cfg, explicit: int | None = None) -> int:
+    """How many score+edit tasks may run at once: the workers that run them.
+
+    --gpu-workers, else $SEMISYNTH_GPU_WORKERS, else: on the Dask cluster at
+    SEMISYNTH_DASK_ADDRESS its workers with the GPU resource (all its workers when none
+    has it), on the LocalCluster its ``dask_workers``."""
+    from semisynth.flows import runner
+
+    if explicit is not None:
+        return max(1, explicit)
+    if os.environ.get(GPU_WORKERS_ENV):
+        return max(1, int(os.environ[GPU_WORKERS_ENV]))
+    address = os.environ.get(runner.ADDRESS_ENV)
+    if not address:
+        return max(1, cfg.dask_workers)
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=10) as client:
+            gpus = runner.gpu_workers(client)
+            return max(1, len(gpus) or len(client.scheduler_info(n_workers=-1)["workers"]))
+    except Exception as exc:  # the cluster may come up later
+        _say(f"could not count the workers of {address} ({exc}); tag limit {GPU_TAG!r} = 1")
+        return 1
+
+
+def set_gpu_limit(slots: int) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)  # an upsert
+
+
+def served_flow(cfg):
+    """The flow exactly as `semisynth run` runs it: with semisynth's Dask task runner.
+
+    Served through ``Runner.add_flow``, which keeps this flow object for its runs (a
+    deployment object would be reloaded from its entrypoint, without the task runner)."""
+    from semisynth.flows.nightly import nightly_refresh
+    from semisynth.flows.runner import task_runner
+
+    return nightly_refresh.with_options(task_runner=task_runner(cfg))
+
+
+def deployment_options(config_path: str, overrides: list[str], cron: str) -> dict:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.schedules import Cron
+
+    return {
+        "name": DEPLOYMENT,
+        "description": ("Nightly corpus refresh (served by `semisynth serve`): ingest -> "
+                        "score+edit -> metrics -> gate -> release"),
+        "schedules": [Cron(cron, timezone="UTC")],
+        "parameters": {"config_path": config_path, "overrides": list(overrides)},
+        "concurrency_limit": ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        "tags": ["semisynth", "nightly"],
+    }
+
+
+def serve(config_path: str, overrides: list[str] | None = None, port: int = 4200,
+          cron: str | None = None, gpu_workers: int | None = None) -> int:
+    from semisynth.config import load_config
+
+    overrides = list(overrides or [])
+    config_path = str(Path(config_path).resolve())
+    cfg = load_config(config_path, overrides)  # fail early on a bad config
+    cron = cron or os.environ.get(CRON_ENV) or DEFAULT_CRON
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    previous_term = signal.signal(signal.SIGTERM, _raise_stop)
+    server = None
+    try:
+        api_url = os.environ.get("PREFECT_API_URL")
+        if api_url:
+            if not healthy(api_url, timeout=10):
+                raise ValueError(f"PREFECT_API_URL={api_url} does not answer {api_url}/health")
+            ui_url = os.environ.get("PREFECT_UI_URL") or api_url.rstrip("/").removesuffix("/api")
+            _say(f"using the Prefect server at {api_url}")
+        else:
+            server = PrefectServer(port, cfg.root / "logs" / f"prefect-server-{port}.log")
+            _say(f"starting a Prefect server on 127.0.0.1:{port} (log: {server.log_path}) ...")
+            server.start()
+            api_url, ui_url = server.api_url, server.ui_url
+            # flow runs start in subprocesses: they read the server from the environment
+            os.environ["PREFECT_API_URL"] = api_url
+        from prefect.exceptions import TerminationSignal
+        from prefect.runner import Runner
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            slots = gpu_slots(cfg, gpu_workers)
+            set_gpu_limit(slots)
+            runner = Runner(name="semisynth-serve", pause_on_shutdown=True)
+            deployment_id = runner.add_flow(served_flow(cfg),
+                                            **deployment_options(config_path, overrides, cron))
+            _say(f"Prefect UI: {ui_url}\n"
+                 f"serving {FLOW}/{DEPLOYMENT}: cron '{cron}' (UTC), config {config_path}"
+                 f"{' --set ' + ' --set '.join(overrides) if overrides else ''}; one run at a time; "
+                 f"tag limit {GPU_TAG!r} = {slots}\n"
+                 f"  deployment: {ui_url}/deployments/deployment/{deployment_id}\n"
+                 f"  runs:       {ui_url}/runs\n"
+                 f"  run now:    PREFECT_API_URL={api_url} prefect deployment run "
+                 f"'{FLOW}/{DEPLOYMENT}'  (or the Run button in the UI)\n"
+                 f"Ctrl-C stops it.")
+            # the runner installs its own SIGTERM handler: it pauses the schedule, stops
+            # the runs in flight and returns
+            try:
+                asyncio.run(runner.start())
+            except TerminationSignal:
+                pass
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        # a second Ctrl-C or SIGTERM must not cut the cleanup short (it is bounded: the
+        # server gets 20 s after SIGTERM, then SIGKILL)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if server is not None and server.process is not None:
+            _say("stopping the Prefect server ...")
+            server.stop()
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+    _say("semisynth serve stopped")
+    return 0
