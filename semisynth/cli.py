@@ -221,6 +221,64 @@ def cmd_release(args) -> int:
     return 0
 
 
+def _measure_args(args):
+    from semisynth.quality.measure import load_command_config
+
+    cfg, _ = load_command_config(args.config, args.set)
+    command = " ".join(["semisynth", args.command, args.candidate, "--reference", args.reference]
+                       + ([f"--budget {args.budget}"] if args.budget is not None else []))
+
+    def say(message: str) -> None:
+        print(f"  {message}", file=sys.stderr, flush=True)
+
+    return cfg, command, say
+
+
+def cmd_metrics(args) -> int:
+    from semisynth.quality import measure
+
+    cfg, command, say = _measure_args(args)
+    result = measure.run_metrics(cfg, args.candidate, args.reference, args.budget, "metrics",
+                                 command, say)
+    print(measure.format_table(result))
+    print(f"\nstored {len(result.rows)} rows in {result.warehouse} (table metrics, "
+          f"run_id {result.run_id}); model work: {result.model_work_tokens} tokens scored now")
+    for png in result.plots:
+        print(f"plot: {png}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from semisynth.quality import measure
+
+    cfg, command, say = _measure_args(args)
+    result, verdict = measure.run_validation(cfg, args.candidate, args.reference, args.budget,
+                                             args.suite, command, say)
+    print(measure.format_verdict(result, verdict))
+    print(f"\nrecorded in {result.warehouse} (table validations, run_id {result.run_id})")
+    return 0 if verdict.success else 1
+
+
+def cmd_report(args) -> int:
+    from semisynth.config import data_root
+    from semisynth.quality.report import UnknownRun, build_report
+
+    try:
+        out = build_report(data_root(args.data_root), args.run_id, args.out)
+    except UnknownRun as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from semisynth.serve import serve
+
+    config = args.config or str(demo_config())
+    return serve(config, args.set, port=args.port, cron=args.cron, gpu_workers=args.gpu_workers)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="semisynth", description=__doc__)
     parser.add_argument("--data-root", default=None, help="default: $SEMISYNTH_HOME or ./var")
@@ -261,6 +319,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sql")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_query)
+
+    for name, help_text in (("metrics", "every collapse metric of a candidate vs a reference"),
+                            ("validate", "metrics, then the GX gate suite; exit 0 pass, 1 fail")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("candidate", help="a document file, a glob or a corpus of the config")
+        p.add_argument("--reference", required=True, help="a file, a glob or a corpus name")
+        p.add_argument("--budget", type=int, default=None, metavar="TOKENS",
+                       help="tokens per side (default: the most both corpora allow)")
+        p.add_argument("--config", default=None, help="default: configs/demo.yaml if found")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        if name == "validate":
+            p.add_argument("--suite", default="coverage")
+        p.set_defaults(func=cmd_metrics if name == "metrics" else cmd_validate)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of a run")
+    p.add_argument("run_id")
+    p.add_argument("--out", default=None, help="default: <data root>/runs/RUN_ID/report.html")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", help="serve the nightly-refresh deployment on its schedule, "
+                                     "with a local Prefect server and UI")
+    p.add_argument("--config", default=None, help="default: configs/demo.yaml if found")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--port", type=int, default=4200,
+                   help="port of the Prefect server started on 127.0.0.1 (not used when "
+                        "PREFECT_API_URL is set)")
+    p.add_argument("--cron", default=None,
+                   help="cron of the nightly run, UTC (default $SEMISYNTH_NIGHTLY_CRON or '0 2 * * *')")
+    p.add_argument("--gpu-workers", type=int, default=None, metavar="N",
+                   help="tag concurrency limit 'gpu' (default: the workers that run score+edit)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("release", help="list or verify releases")
     p.add_argument("action", choices=["list", "verify"])

@@ -15,7 +15,6 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from prefect import flow, get_run_logger, task
@@ -25,13 +24,15 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from semisynth.config import Config, load_config
+from semisynth.flows.runner import score_placement, task_runner
 from semisynth.quality import gate as gate_mod
-from semisynth.quality import metrics as metrics_mod
+from semisynth.quality import measure as measure_mod
+from semisynth.quality import plots as plots_mod
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import ingest as ingest_mod
 from semisynth.tasks import release as release_mod
 from semisynth.tasks.prior import resolve_model
-from semisynth.tasks.score import score_key, score_shard, token_arrays
+from semisynth.tasks.score import score_key, score_shard
 from semisynth.warehouse import db
 
 
@@ -73,9 +74,14 @@ def ingest_task(cfg: Config, corpus: str, run_id: str) -> tuple[list[Path], dict
     return [Path(s.path) for s in result.shards], counts
 
 
-@task(name="score-edit", cache_policy=NO_CACHE, retries=1)
+@task(name="score-edit", cache_policy=NO_CACHE, retries=1, tags=["gpu"])
 def score_task(cfg: Config, shard: Path, out: Path) -> dict:
-    """The accelerator stage: one shard through the prior, cached by shard and params."""
+    """The accelerator stage: one shard through the prior, cached by shard and params.
+
+    Tagged ``gpu`` (a Prefect tag concurrency limit caps how many run at once); on a Dask
+    cluster with GPU workers it runs only there (see ``runner.score_placement``). A retry,
+    or Dask rerunning it after its worker died, reuses the shard's score file if the lost
+    attempt had finished it."""
     logger = get_run_logger()
     started = time.perf_counter()
     scored = [0]
@@ -95,63 +101,17 @@ def score_task(cfg: Config, shard: Path, out: Path) -> dict:
 def metrics_task(cfg: Config, run_id: str, scores: dict[str, list[Path]]) -> dict[str, dict]:
     logger = get_run_logger()
     wh = db.warehouse_path(cfg.root)
-    m = cfg.metrics
-    loaded = {}
-    for name, paths in scores.items():
-        frames = [pq.read_table(p, columns=["token_ids", "ppl", "scored_tokens", "edited_tokens"]) for p in paths]
-        docs = [doc for f in frames for doc in token_arrays(f)]
-        ppl = np.concatenate([f.column("ppl").to_numpy() for f in frames])
-        loaded[name] = (docs, ppl, frames)
-    tokens = {name: int(sum(len(d) for d in docs)) for name, (docs, _, _) in loaded.items()}
-    refs = sorted({c.reference for c in cfg.corpora.values() if c.reference})
-    others = [n for n, c in cfg.corpora.items() if c.role != "reference"]
-
-    def smaller_half(docs: list) -> int:
-        halves = metrics_mod.split_half(len(docs), cfg.seed)
-        return min(sum(len(docs[i]) for i in half) for half in halves)
-
-    budget = m.budget_tokens or min(
-        [smaller_half(loaded[r][0]) for r in refs] + [tokens[n] for n in others]
-    )
-    logger.info("metrics on equal budgets of %d tokens (corpus tokens: %s)", budget, tokens)
-    rows, summary = [], {}
-    for ref in refs:
-        docs, ppl, _ = loaded[ref]
-        for r in metrics_mod.split_half_yardstick(
-            docs, ppl, budget, cfg.seed, orders=tuple(m.ngram_orders), buckets=m.js_buckets,
-            bootstrap=m.bootstrap,
-        ):
-            rows.append({**r, "corpus": ref, "reference": ref, "comparison": "split_half"})
-    bins = metrics_mod.log_bins(np.concatenate([p for _, p, _ in loaded.values()]))
-    hist_rows, top_rows = [], []
-    for name, (docs, ppl, _frames) in loaded.items():
-        for row in metrics_mod.ppl_histogram(ppl, bins):
-            hist_rows.append({"run_id": run_id, "corpus": name, **row})
-        for n in m.ngram_orders:
-            keys = metrics_mod.ngram_keys(docs, n)
-            top, counts = metrics_mod.rank_frequency(keys, top=20)
-            total = max(len(keys), 1)
-            for rank, (key, count) in enumerate(zip(top, counts, strict=True), start=1):
-                top_rows.append({"run_id": run_id, "corpus": name, "n": n, "rank": rank,
-                                 "ngram": json.dumps(list(metrics_mod.unpack_ngram(int(key), n))),
-                                 "count": int(count), "share": float(count) / total})
-        c = cfg.corpora[name]
-        if c.role == "reference":
-            continue
-        ref_docs, ref_ppl, _ = loaded[c.reference]
-        corpus_rows = metrics_mod.compare(
-            docs, ppl, ref_docs, ref_ppl, budget, cfg.seed, orders=tuple(m.ngram_orders),
-            buckets=m.js_buckets, bootstrap=m.bootstrap,
-        )
-        if c.edited_from:
-            src_frames = loaded[c.edited_from][2]
-            edited = sum(int(f.column("edited_tokens").to_numpy().sum()) for f in src_frames)
-            scored = sum(int(f.column("scored_tokens").to_numpy().sum()) for f in src_frames)
-            corpus_rows.append({"metric": "edit_rate", "n": None, "budget": scored,
-                                "value": edited / max(scored, 1), "ci_low": None, "ci_high": None})
-        for r in corpus_rows:
-            rows.append({**r, "corpus": name, "reference": c.reference, "comparison": "vs_reference"})
-        summary[name] = {r["metric"]: r["value"] for r in corpus_rows}
+    loaded = {name: measure_mod.load_scores(paths) for name, paths in scores.items()}
+    pairs = {n: c.reference for n, c in cfg.corpora.items() if c.role != "reference"}
+    edited = {n: c.edited_from for n, c in cfg.corpora.items() if c.edited_from}
+    rows, budget = measure_mod.measure(loaded, pairs, cfg.metrics, cfg.seed, edited_from=edited)
+    logger.info("metrics on equal budgets of %d tokens (corpus tokens: %s)", budget,
+                {name: c.tokens for name, c in loaded.items()})
+    hist_rows, top_rows = measure_mod.distribution_rows(run_id, loaded, cfg.metrics.ngram_orders)
+    summary: dict[str, dict] = {}
+    for r in rows:
+        if r["comparison"] == "vs_reference":
+            summary.setdefault(r["corpus"], {})[r["metric"]] = r["value"]
     db.insert(wh, "metrics", [{**r, "run_id": run_id} for r in rows])
     db.insert(wh, "ppl_histograms", hist_rows)
     db.insert(wh, "ngram_top", top_rows)
@@ -236,14 +196,17 @@ def summary_markdown(run_id: str, budget_note: str, metrics: dict, gates: dict,
         verdict = "PASSED" if g["success"] else "FAILED"
         lines.append(f"- **{corpus}**: {verdict}")
         for f in g["failures"]:
-            lines.append(f"  - `{f['metric']}` observed {f['observed']:.4g}, expected {f['threshold']}")
+            observed = "none (undefined on this sample)" if f["observed"] is None else f"{f['observed']:.4g}"
+            lines.append(f"  - `{f['metric']}` observed {observed}, expected {f['threshold']}")
     lines += ["", "## Releases", ""]
     lines += [f"- {c}: `{p}`" for c, p in releases.items()] or ["- none"]
     lines += [f"- {c}: blocked by the gate, not released" for c in blocked]
     return "\n".join(lines)
 
 
-@flow(name="nightly_refresh", log_prints=True)
+# The task runner is declared here too (not only in ``run``): a Prefect worker that loads
+# the flow from its entrypoint (deployments/prefect.yaml) must score on Dask as well.
+@flow(name="nightly_refresh", log_prints=True, task_runner=task_runner())
 def nightly_refresh(config_path: str, overrides: list[str] | None = None) -> dict:
     """Ingest every source, score and edit with the prior, measure each corpus against
     its human reference, gate the release candidates, release those that pass."""
@@ -273,7 +236,8 @@ def _refresh(cfg: Config, run_id: str, model_id: str, wh: Path):
     model_work_tokens = [0]
 
     def score_all(names: list[str]) -> None:
-        futures = {n: [score_task.submit(cfg, s, score_dir / s.name) for s in shards[n]] for n in names}
+        with score_placement():  # GPU workers only, when the cluster has them
+            futures = {n: [score_task.submit(cfg, s, score_dir / s.name) for s in shards[n]] for n in names}
         for n, fs in futures.items():
             stats = [f.result() for f in fs]
             scores[n] = [Path(st["path"]) for st in stats]
@@ -308,6 +272,12 @@ def _refresh(cfg: Config, run_id: str, model_id: str, wh: Path):
             ])
     _record_corpora(cfg, run_id, shards, scores, ingest_counts)
     summary = metrics_task(cfg, run_id, scores)
+    # the run's plots: PNGs in <data root>/runs/<run_id>/, attached to the flow run
+    for png in plots_mod.write_flow_plots(cfg.root, run_id, scores, {
+            n: c.reference for n, c in cfg.corpora.items() if c.role != "reference"},
+            cfg.metrics.ngram_orders):
+        create_markdown_artifact(plots_mod.image_markdown(png), key=plots_mod.artifact_key(png),
+                                 description=f"semisynth run {run_id}: {png.name}")
     gates = {n: gate_task(cfg, run_id, n) for n, c in cfg.corpora.items() if c.role != "reference"}
     releases, blocked = {}, []
     for n, c in cfg.corpora.items():
@@ -367,8 +337,6 @@ def _record_corpora(cfg: Config, run_id: str, shards: dict, scores: dict, ingest
 
 def run(config_path: str, overrides: list[str] | None = None) -> dict:
     """Run the flow with the configured task runner; returns the result dict."""
-    from semisynth.flows.runner import task_runner
-
     cfg = load_config(config_path, overrides)
     state = nightly_refresh.with_options(task_runner=task_runner(cfg))(
         str(config_path), overrides, return_state=True
