@@ -170,3 +170,11 @@ def test_stored_cis_widen_bounds_and_budgets_must_match(tmp_path):
     assert set(failed) == {"distinct_2"}
     assert failed["distinct_2"]["threshold"] == f"{gate.BUDGET_MISMATCH}: 20000 vs 10000 tokens"
     assert "distinct_2: not comparable" in other.summary()
+
+
+def test_a_value_exactly_at_a_relative_bound_passes():
+    # small samples give exact ratios: 9/368 is 1.5 times 6/368, but 6/368 + 0.5 * 6/368
+    # lands one float step below 9/368
+    bounds = gate.thresholds({"top1pct_mass_3": 6 / 368}, GateConfig(top1pct_mass_max_ratio=1.5),
+                             ["top1pct_mass_3"], edited=False)
+    assert bounds["top1pct_mass_3"][1] >= 9 / 368

@@ -96,7 +96,7 @@ def thresholds(yardstick: dict[str, float], gate: GateConfig, metric_names: list
         y = yardstick[metric]
         # a relative hair of slack: a candidate exactly at the bound (small samples give
         # exact ratios, e.g. 9/368 vs 1.5 * 6/368) must not fail on the last float bit
-        slack = max(fixed(y, order, gate), noise.get(metric, 0.0)) + 1e-9 * abs(y)
+        slack = max(fixed(y, order, gate), noise.get(metric, 0.0)) + 1e-12 * abs(y)
         bounds[metric] = (None, y + slack) if direction == "max" else (y - slack, None)
     if edited:
         bounds["edit_rate"] = (gate.edit_rate_min, gate.edit_rate_max)
