@@ -498,6 +498,15 @@ def metrics_of_counts(cand: NgramCounts, ref: NgramCounts, orders=(1, 2, 3),
     return out
 
 
+def count_shards(paths, orders=(1, 2, 3), column: str = "token_ids") -> NgramCounts:
+    """count_shard over several shards, merged where they were counted: on a cluster, a
+    group of shards per task means no shard's count table travels between workers."""
+    reducer = CountReducer()
+    for path in paths:
+        reducer.add(count_shard(path, orders, column))
+    return reducer.result()
+
+
 def shard_ngram_metrics(cand_paths, ref_paths, orders=(1, 2, 3), buckets: int = 2**20,
                         column: str = "token_ids", map_fn=map) -> dict[str, float]:
     """ngram_metrics of two corpora stored as Parquet shards, by map-reduce: ``map_fn(f, paths)``
@@ -511,13 +520,18 @@ def shard_ngram_metrics(cand_paths, ref_paths, orders=(1, 2, 3), buckets: int = 
 def dask_ngram_metrics(client, cand_paths, ref_paths, orders=(1, 2, 3), buckets: int = 2**20,
                        column: str = "token_ids", fan_in: int = 4) -> dict[str, float]:
     """shard_ngram_metrics on a Dask cluster (``client``: a ``distributed.Client``): the map
-    step per shard, the merges (``fan_in`` counts at a time, a tree per corpus) and each
-    order's metrics are tasks on the workers; only the metric values come back here, and a
-    shard's counts are dropped once merged."""
+    step (``count_shards`` over about four groups of shards per worker, so count tables move
+    between workers only once per group), the merges (``fan_in`` at a time, a tree per
+    corpus) and each order's metrics are tasks on the workers; only the metric values come
+    back here."""
     orders = tuple(orders)
+    groups_per_corpus = 4 * max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
 
     def tree(paths):
-        level = client.map(count_shard, list(paths), orders=orders, column=column, pure=False)
+        paths = list(paths)
+        size = -(-len(paths) // groups_per_corpus)  # ceil
+        groups = [paths[i : i + size] for i in range(0, len(paths), size)]
+        level = client.map(count_shards, groups, orders=orders, column=column, pure=False)
         while len(level) > 1:
             level = [client.submit(merge_counts, level[i : i + fan_in], pure=False)
                      for i in range(0, len(level), fan_in)]
