@@ -49,11 +49,13 @@ def cmd_run(args) -> int:
 
 
 def _print_outcome(result: dict) -> None:
+    from semisynth.quality.gate import failure_reason
+
     print(f"\nrun {result.get('run_id')}: flow run {result.get('flow_run_id')} ended {result['state']}")
     for corpus, ok in result.get("gates", {}).items():
         print(f"  gate coverage on {corpus}: {'PASSED' if ok else 'FAILED'}")
         for f in result.get("failures", {}).get(corpus, []):
-            print(f"    - {f['metric']}: observed {f['observed']:.4g}, expected {f['threshold']}")
+            print(f"    - {f['metric']}: {failure_reason(f)}")
     for corpus, path in result.get("releases", {}).items():
         print(f"  released {corpus}: {path}")
     for corpus in result.get("blocked", []):
@@ -62,10 +64,12 @@ def _print_outcome(result: dict) -> None:
 
 
 def demo_config() -> Path:
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        if (base / "configs" / "demo.yaml").exists():
-            return base / "configs" / "demo.yaml"
-    raise FileNotFoundError("configs/demo.yaml not found: run `semisynth demo` from the repository")
+    from semisynth.config import find_demo_config
+
+    path = find_demo_config()
+    if path is None:
+        raise FileNotFoundError("configs/demo.yaml not found: run `semisynth demo` from the repository")
+    return path
 
 
 def cmd_demo(args) -> int:
@@ -175,10 +179,7 @@ def cmd_query(args) -> int:
     path = db.warehouse_path(data_root(args.data_root))
     try:
         frame = db.query(path, args.sql)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # duckdb raises its own error classes for bad SQL
+    except Exception as exc:  # no warehouse yet, or duckdb's own error classes for bad SQL
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.format == "csv":

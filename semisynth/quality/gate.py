@@ -126,20 +126,21 @@ class GateResult:
         return [r for r in self.rows if not r["success"]]
 
     def summary(self) -> str:
-        lines = []
-        for r in self.failures():
-            if r["metric"] == "*":
-                why = f"no gated metrics in the warehouse for run {r['run_id']}"
-            elif r["threshold"] == NO_YARDSTICK:
-                why = f"no split-half value of the reference in run {r['run_id']} to set a threshold"
-            elif r["threshold"].startswith(BUDGET_MISMATCH):
-                why = f"not comparable, {r['threshold']} (corpus vs yardstick)"
-            elif r["observed"] is None:
-                why = f"missing from the warehouse for run {r['run_id']} (want {r['threshold']})"
-            else:
-                why = f"observed {r['observed']:.4g}, want {r['threshold']}"
-            lines.append(f"{self.corpus}: {r['metric']}: {why}")
+        lines = [f"{self.corpus}: {r['metric']}: {failure_reason(r)}" for r in self.failures()]
         return "\n".join(lines) or f"{self.corpus}: all {len(self.rows)} expectations passed"
+
+
+def failure_reason(row: dict) -> str:
+    """Why a failed expectation (a ``validations`` row) failed, in words."""
+    if row["metric"] == "*":
+        return f"no gated metrics in the warehouse for run {row['run_id']}"
+    if row["threshold"] == NO_YARDSTICK:
+        return f"no split-half value of the reference in run {row['run_id']} to set a threshold"
+    if row["threshold"].startswith(BUDGET_MISMATCH):
+        return f"not comparable, {row['threshold']} (corpus vs yardstick)"
+    if row["observed"] is None:
+        return f"missing from the warehouse for run {row['run_id']} (want {row['threshold']})"
+    return f"observed {row['observed']:.4g}, want {row['threshold']}"
 
 
 def _sql_text(value: str) -> str:
