@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,14 +100,21 @@ def resolve_model(model: str, root: Path) -> tuple[str, str]:
 
 
 _LOADED: dict[tuple, Prior] = {}
+_LOADING = threading.Lock()
 
 
 def load_prior(model: str, root: Path, precision: str = "bfloat16", device: str | None = None) -> Prior:
-    """Load (once per process) the prior named by the config."""
+    """Load (once per process, also when threads of a Dask worker ask at once) the prior
+    named by the config."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     key = (model, str(root), precision, device)
-    if key in _LOADED:
+    with _LOADING:
+        if key not in _LOADED:
+            _LOADED[key] = _load(model, root, precision, device)
         return _LOADED[key]
+
+
+def _load(model: str, root: Path, precision: str, device: str) -> Prior:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, model_id = resolve_model(model, root)
@@ -117,6 +125,4 @@ def load_prior(model: str, root: Path, precision: str = "bfloat16", device: str 
     ).to(device)
     lm.eval()
     context = int(getattr(lm.config, "max_position_embeddings", 2048) or 2048)
-    prior = Prior(lm, tokenizer, model_id, context, torch.device(device))
-    _LOADED[key] = prior
-    return prior
+    return Prior(lm, tokenizer, model_id, context, torch.device(device))

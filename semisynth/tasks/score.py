@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -63,9 +62,6 @@ def score_key(model_id: str, prior: PriorConfig, edit: EditConfig, seed: int) ->
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_LOAD_LOCK = threading.Lock()
-
-
 @dataclass
 class ScoreStats:
     shard_hash: str
@@ -93,8 +89,7 @@ def score_shard(
     if out_path.exists():
         return _cached(shard_hash, out_path)
     started = time.perf_counter()
-    with _LOAD_LOCK:  # threads of one worker share the prior: load it once per process
-        prior = load_prior(prior_cfg.model, root, prior_cfg.precision)
+    prior = load_prior(prior_cfg.model, root, prior_cfg.precision)
     scorer = Scorer(
         prior, edit_cfg, seed=seed, max_tokens=prior_cfg.max_tokens,
         batch_tokens=prior_cfg.batch_tokens, window=prior_cfg.window,
