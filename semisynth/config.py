@@ -224,15 +224,27 @@ def _set_dotted(tree: dict, dotted: str, value: object) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load YAML, then apply ``key.sub=value`` overrides (values parsed as YAML)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
-    tree = yaml.safe_load(path.read_text()) or {}
+def config_from_tree(tree: dict, overrides: list[str] | None = None) -> Config:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a config tree; validate."""
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override must look like key.sub=value, got {item!r}")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
     return Config.model_validate(tree)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load YAML, then apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    return config_from_tree(yaml.safe_load(path.read_text()) or {}, overrides)
+
+
+def find_demo_config() -> Path | None:
+    """configs/demo.yaml in the current folder, else in the repository this package is in."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (base / "configs" / "demo.yaml").exists():
+            return base / "configs" / "demo.yaml"
+    return None

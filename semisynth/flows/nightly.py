@@ -34,22 +34,11 @@ from semisynth.tasks import release as release_mod
 from semisynth.tasks.prior import resolve_model
 from semisynth.tasks.score import score_key, score_shard
 from semisynth.warehouse import db
+from semisynth.warehouse.loaders import record_new_shards
 
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def record_new_shards(wh: Path, run_id: str, corpus: str, shards: list) -> set[str]:
-    """Add the corpus's shards not seen in an earlier run; returns the hashes seen before."""
-    seen = set(db.query(wh, "SELECT shard_hash FROM shards WHERE corpus = ?", [corpus],
-                        read_only=False)["shard_hash"])
-    db.insert(wh, "shards", [
-        {"shard_hash": s.shard_hash, "corpus": corpus, "source": s.source, "path": str(s.path),
-         "documents": s.documents, "first_seen_run": run_id}
-        for s in shards if s.shard_hash not in seen
-    ])
-    return seen
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
@@ -98,7 +87,10 @@ def score_task(cfg: Config, shard: Path, out: Path) -> dict:
 
 
 @task(name="metrics", cache_policy=NO_CACHE)
-def metrics_task(cfg: Config, run_id: str, scores: dict[str, list[Path]]) -> dict[str, dict]:
+def metrics_task(cfg: Config, run_id: str, scores: dict[str, list[Path]]
+                 ) -> tuple[dict[str, dict], int, list[Path]]:
+    """Every metric on one equal token budget, stored; returns (metric values per candidate,
+    the budget, the run's plots)."""
     logger = get_run_logger()
     wh = db.warehouse_path(cfg.root)
     loaded = {name: measure_mod.load_scores(paths) for name, paths in scores.items()}
@@ -115,7 +107,10 @@ def metrics_task(cfg: Config, run_id: str, scores: dict[str, list[Path]]) -> dic
     db.insert(wh, "metrics", [{**r, "run_id": run_id} for r in rows])
     db.insert(wh, "ppl_histograms", hist_rows)
     db.insert(wh, "ngram_top", top_rows)
-    return summary
+    # the run's plots, from the scores loaded above: PNGs in <data root>/runs/<run_id>/
+    pngs = plots_mod.write_run_plots(plots_mod.run_folder(cfg.root, run_id), loaded, pairs,
+                                     cfg.metrics.ngram_orders)
+    return summary, budget, pngs
 
 
 @task(name="gate", cache_policy=NO_CACHE)
@@ -196,8 +191,7 @@ def summary_markdown(run_id: str, budget_note: str, metrics: dict, gates: dict,
         verdict = "PASSED" if g["success"] else "FAILED"
         lines.append(f"- **{corpus}**: {verdict}")
         for f in g["failures"]:
-            observed = "none (undefined on this sample)" if f["observed"] is None else f"{f['observed']:.4g}"
-            lines.append(f"  - `{f['metric']}` observed {observed}, expected {f['threshold']}")
+            lines.append(f"  - `{f['metric']}`: {gate_mod.failure_reason(f)}")
     lines += ["", "## Releases", ""]
     lines += [f"- {c}: `{p}`" for c, p in releases.items()] or ["- none"]
     lines += [f"- {c}: blocked by the gate, not released" for c in blocked]
@@ -271,11 +265,8 @@ def _refresh(cfg: Config, run_id: str, model_id: str, wh: Path):
                 for p in shards[n]
             ])
     _record_corpora(cfg, run_id, shards, scores, ingest_counts)
-    summary = metrics_task(cfg, run_id, scores)
-    # the run's plots: PNGs in <data root>/runs/<run_id>/, attached to the flow run
-    for png in plots_mod.write_flow_plots(cfg.root, run_id, scores, {
-            n: c.reference for n, c in cfg.corpora.items() if c.role != "reference"},
-            cfg.metrics.ngram_orders):
+    summary, budget, pngs = metrics_task(cfg, run_id, scores)
+    for png in pngs:  # attached to the flow run
         create_markdown_artifact(plots_mod.image_markdown(png), key=plots_mod.artifact_key(png),
                                  description=f"semisynth run {run_id}: {png.name}")
     gates = {n: gate_task(cfg, run_id, n) for n, c in cfg.corpora.items() if c.role != "reference"}
@@ -287,8 +278,6 @@ def _refresh(cfg: Config, run_id: str, model_id: str, wh: Path):
             releases[n] = release_task(cfg, run_id, n, shards[n], model_id, summary[n], gates[n])
         else:
             blocked.append(n)
-    budget = db.query(wh, "SELECT max(budget) FROM metrics WHERE run_id = ? AND metric = 'ppl_ks'",
-                      [run_id], read_only=False).iloc[0, 0]
     markdown = summary_markdown(run_id, f"Equal token budget per comparison: {budget} tokens.",
                                 summary, gates, releases, blocked)
     create_markdown_artifact(markdown, key="semisynth-summary", description=f"semisynth run {run_id}")

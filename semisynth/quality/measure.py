@@ -21,7 +21,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -51,12 +50,9 @@ class Scored:
 
 def load_scores(paths: Sequence[Path]) -> Scored:
     """A corpus's score files (``scores/<key>/<shard>.parquet``), concatenated in order."""
-    from semisynth.tasks.score import token_arrays
+    from semisynth.tasks.score import read_scores, token_arrays
 
-    tables = [pq.read_table(p, columns=SCORE_COLUMNS) for p in paths]
-    if not tables:
-        return Scored([], np.zeros(0, float))
-    table = pa.concat_tables(tables)
+    table = read_scores(list(paths), SCORE_COLUMNS)
     return Scored(
         docs=token_arrays(table),
         ppl=table.column("ppl").to_numpy().astype(float),
@@ -155,25 +151,15 @@ def new_run_id(kind: str) -> str:
 def load_command_config(path: str | None, overrides: list[str] | None) -> tuple[Config, str]:
     """The config named by --config; else configs/demo.yaml when it can be found (the
     current folder or the repository); else built-in defaults with no corpora."""
-    from semisynth.config import _set_dotted, load_config
+    from semisynth.config import config_from_tree, find_demo_config, load_config
 
-    if path is None:
-        here = Path(__file__).resolve().parents[2]
-        for base in (Path.cwd(), here):
-            if (base / "configs" / "demo.yaml").exists():
-                path = str(base / "configs" / "demo.yaml")
-                break
+    path = path or find_demo_config()
     if path is not None:
-        return load_config(path, overrides), path
-    tree: dict = {"corpora": {}}
-    import yaml
-
-    for item in overrides or []:
-        if "=" not in item:
-            raise InputError(f"override must look like key.sub=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    return Config.model_validate(tree), "(built-in defaults)"
+        return load_config(path, overrides), str(path)
+    try:
+        return config_from_tree({"corpora": {}}, overrides), "(built-in defaults)"
+    except ValueError as exc:  # a malformed override is the user's to fix (exit 2)
+        raise InputError(str(exc)) from exc
 
 
 @dataclass
@@ -374,15 +360,11 @@ def _store_inputs(wh: Path, run_id: str, cfg: Config, m: Measurer, corpora: dict
                   roles: dict[str, str]) -> None:
     """shards, quarantine, corpora and doc_scores rows of the command's run."""
     from semisynth.warehouse import db
+    from semisynth.warehouse.loaders import record_new_shards
 
     for s in m.sources.values():
         if s.new_shards:
-            seen = set(db.query(wh, "SELECT shard_hash FROM shards WHERE corpus = ?", [s.label],
-                                read_only=False)["shard_hash"])
-            db.insert(wh, "shards", [
-                {"shard_hash": i.shard_hash, "corpus": s.label, "source": i.source,
-                 "path": str(i.path), "documents": i.documents, "first_seen_run": run_id}
-                for i in s.new_shards if i.shard_hash not in seen])
+            record_new_shards(wh, run_id, s.label, s.new_shards)
         db.insert(wh, "quarantine", [{**q, "run_id": run_id} for q in s.quarantine])
     rows, frames = [], []
     for s in m.sources.values():

@@ -81,15 +81,15 @@ def ppl_distribution_png(path: Path, reference: str, ppl: Mapping[str, np.ndarra
 
 
 def rank_frequency_curve(docs: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ranks, counts) of the n-gram types, most frequent first, at up to CURVE_POINTS
-    log-spaced ranks (the first and the last rank always included)."""
+    """(ranks, shares of all n-gram occurrences) of the n-gram types, most frequent first,
+    at up to CURVE_POINTS log-spaced ranks (the first and the last rank always included)."""
     _, counts = metrics_mod.ngram_counts(metrics_mod.ngram_keys(list(docs), n))
     if counts.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    counts = np.sort(counts)[::-1]
+        return np.zeros(0, np.int64), np.zeros(0, float)
+    shares = np.sort(counts)[::-1] / counts.sum()
     ranks = np.unique(np.geomspace(1, counts.size, min(CURVE_POINTS, counts.size)).round()
                       .astype(np.int64))
-    return ranks, counts[ranks - 1]
+    return ranks, shares[ranks - 1]
 
 
 def rank_frequency_png(path: Path, docs: Mapping[str, Sequence[np.ndarray]],
@@ -103,14 +103,13 @@ def rank_frequency_png(path: Path, docs: Mapping[str, Sequence[np.ndarray]],
     axes = fig.subplots(1, len(orders), squeeze=False)[0]
     for ax, n in zip(axes, orders, strict=True):
         for i, (name, corpus_docs) in enumerate(docs.items()):
-            ranks, counts = rank_frequency_curve(corpus_docs, n)
+            ranks, shares = rank_frequency_curve(corpus_docs, n)
             if ranks.size == 0:
                 continue
-            total = metrics_mod.ngram_keys(list(corpus_docs), n).size
             is_ref = name in references
             style = {"color": "black" if i == 0 and is_ref else f"C{i}",
                      "linewidth": 2.2 if is_ref else 1.4}
-            ax.plot(ranks, counts / total, label=name + (" (reference)" if is_ref else ""), **style)
+            ax.plot(ranks, shares, label=name + (" (reference)" if is_ref else ""), **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"{n}-grams")
@@ -144,15 +143,6 @@ def write_run_plots(folder: Path, corpora: Mapping[str, object], references: Map
     paths.append(rank_frequency_png(folder / "ngram-rank-frequency.png",
                                     {n: corpora[n].docs for n in ordered}, orders, refs))
     return paths
-
-
-def write_flow_plots(root: Path, run_id: str, scores: Mapping[str, Sequence[Path]],
-                     references: Mapping[str, str], orders: Sequence[int]) -> list[Path]:
-    """write_run_plots for the flow: the corpora's score files in, the run folder's PNGs out."""
-    from semisynth.quality.measure import load_scores
-
-    corpora = {name: load_scores(paths) for name, paths in scores.items()}
-    return write_run_plots(run_folder(root, run_id), corpora, references, orders)
 
 
 def data_uri(png: Path) -> str:
