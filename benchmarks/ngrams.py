@@ -29,7 +29,6 @@ timings and memory, and one JSON line.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -47,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from semisynth.documents import read_records
 from semisynth.quality import metrics as M
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,10 +78,8 @@ def brown_token_ids(root: Path) -> list[np.ndarray]:
 
     folder, _ = resolve_model("default", root)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    texts = []
-    for shard in fetch_brown(root):
-        with gzip.open(shard, "rt", encoding="utf-8") as f:
-            texts += [json.loads(line)["text"] for line in f if line.strip()]
+    texts = [rec.text for shard in fetch_brown(root) for rec in read_records(str(shard))
+             if rec.reason is None]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [np.asarray(d, np.int32) for d in ids]
 
@@ -201,7 +199,7 @@ def child(args) -> None:
     out = {"seconds": seconds, "cpu_seconds": cpu, "all_seconds": [t for t, _ in times],
            "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(), "values": values}
     if args.child == "semisynth":  # the size of what the reduce holds at the end
-        tables = [M.reduce_counts(M.count_shard(p, orders) for p in spec[side]) for side in ("cand", "ref")]
+        tables = [M.count_shards(spec[side], orders) for side in ("cand", "ref")]
         out["table_mb"] = sum(t.nbytes for t in tables) / 2**20
     print(json.dumps(out))
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +33,9 @@ from semisynth.config import EditConfig, PriorConfig, data_root
 from semisynth.tasks.assets import fetch_brown
 from semisynth.tasks.prior import load_prior
 from semisynth.tasks.toedit import Scorer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ngrams import peak_rss_mb  # noqa: E402  (VmHWM: ru_maxrss would carry the parent's peak)
 
 
 def human_documents(root: Path, count: int, tokens: int, tokenizer) -> tuple[list[str], list[str]]:
@@ -109,7 +112,7 @@ def peak_rss_child(args) -> None:
         documents.write_documents(rows, shard)
         cfg = PriorConfig(precision=args.precision, max_tokens=args.tokens, batch_tokens=args.batch_tokens)
         score_shard(shard, Path(tmp) / "scores.parquet", root, cfg, EditConfig(), seed=1)
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
 
 
 def peak_rss(args, docs: int) -> float:
@@ -134,7 +137,7 @@ def main() -> None:
     if args.rss_child:
         return peak_rss_child(args)
     root = Path(args.data_root)
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(os.cpu_count() or 1)  # the engine's Scorer uses every core: so do (a)
     f32 = load_prior("default", root, "float32")
     fast = load_prior("default", root, args.precision)
     ids, texts = human_documents(root, args.docs, args.tokens, f32.tokenizer)
