@@ -44,7 +44,13 @@ def file_format(path: str) -> str:
     raise ValueError(f"{path}: unknown document format, expected one of {', '.join(FORMATS)}")
 
 
-def _excerpt(raw: bytes | str | dict) -> str:
+def temporary_name(name: str) -> str:
+    """A hidden name beside ``name`` to write to and then rename into place; unique across
+    the processes and machines that share a data root."""
+    return f".{name}.{uuid.uuid4().hex}.tmp"
+
+
+def excerpt_of(raw: bytes | str | dict) -> str:
     if isinstance(raw, dict):
         raw = json.dumps(raw, ensure_ascii=False, default=str)
     elif isinstance(raw, bytes):
@@ -78,7 +84,7 @@ def _record(row: dict, raw, line: int, default_id: str, text_field: str, id_fiel
         except UnicodeEncodeError as e:
             reason = f"invalid utf-8: {e}"
     if reason is not None:
-        return Record(line, reason=reason, excerpt=_excerpt(raw))
+        return Record(line, reason=reason, excerpt=excerpt_of(raw))
     meta = {k: v for k, v in row.items() if k not in (text_field, id_field)}
     return Record(line, id=doc_id, text=text, meta=meta)
 
@@ -90,18 +96,18 @@ def _read_jsonl(f, name: str, text_field: str, id_field: str) -> Iterator[Record
         try:
             s = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            yield Record(line, reason=f"invalid utf-8: {e}", excerpt=_excerpt(raw))
+            yield Record(line, reason=f"invalid utf-8: {e}", excerpt=excerpt_of(raw))
             continue
         if line == 1:
             s = s.removeprefix("\ufeff")  # a BOM some editors write
         try:
             row = json.loads(s)
         except json.JSONDecodeError as e:
-            yield Record(line, reason=f"invalid json: {e}", excerpt=_excerpt(s))
+            yield Record(line, reason=f"invalid json: {e}", excerpt=excerpt_of(s))
             continue
         if not isinstance(row, dict):
             yield Record(
-                line, reason=f"not a JSON object ({type(row).__name__})", excerpt=_excerpt(s)
+                line, reason=f"not a JSON object ({type(row).__name__})", excerpt=excerpt_of(s)
             )
             continue
         yield _record(row, s, line, f"{name}:{line}", text_field, id_field)
@@ -177,7 +183,7 @@ def write_documents(docs: Iterable[dict], path, batch_rows: int = 1000) -> int:
     fs, target = fsspec.core.url_to_fs(path)
     parent, name = posixpath.split(target)
     fs.makedirs(parent, exist_ok=True)
-    tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex}.tmp")
+    tmp = posixpath.join(parent, temporary_name(name))
     try:
         with fs.open(tmp, "wb") as f:
             if fmt == ".parquet":

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from semisynth.documents import temporary_name
 from semisynth.tasks.ingest import doc_hash, write_shard
 
 
@@ -17,7 +18,7 @@ def write_table_atomic(table: pa.Table, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():  # content-addressed: same name, same content
         return path
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(temporary_name(path.name))
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)

@@ -8,7 +8,6 @@ dropped silently, so `rows_in == rows_ok + rows_quarantined` always holds."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +17,13 @@ import fsspec
 import pandas as pd
 import pyarrow.parquet as pq
 
-from semisynth.documents import expand_paths, read_records, write_documents
+from semisynth.documents import (
+    EXCERPT_CHARS,
+    excerpt_of,
+    expand_paths,
+    read_records,
+    write_documents,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +104,7 @@ def ingest(
             reason, excerpt = rec.reason, rec.excerpt
             if reason is None and rec.id in seen_ids:
                 reason = f"duplicate id {rec.id!r}"
-                row = {"id": rec.id, "text": rec.text[:200]}
-                excerpt = json.dumps(row, ensure_ascii=False)[:200]
+                excerpt = excerpt_of({"id": rec.id, "text": rec.text[:EXCERPT_CHARS]})
             if reason is not None:
                 stats["rows_quarantined"] += 1
                 result.rows_quarantined += 1

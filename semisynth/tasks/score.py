@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semisynth.config import EditConfig, PriorConfig
+from semisynth.documents import temporary_name
 from semisynth.tasks.prior import load_prior
 from semisynth.tasks.toedit import Scorer
 
@@ -95,8 +95,7 @@ def score_shard(
         batch_tokens=prior_cfg.batch_tokens, window=prior_cfg.window,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # unique across processes and machines sharing the data root
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = out_path.with_name(temporary_name(out_path.name))
     shard = pq.ParquetFile(shard_path)
     documents = scored = 0
     try:

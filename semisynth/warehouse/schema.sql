@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS doc_scores (
 CREATE TABLE IF NOT EXISTS edits (
   run_id VARCHAR, corpus VARCHAR, source_corpus VARCHAR, shard_hash VARCHAR, doc_id VARCHAR,
   tokens BIGINT, edited_tokens BIGINT, dropped_tokens BIGINT, strategy VARCHAR,
-  threshold DOUBLE, top_k INTEGER, beta DOUBLE, seed BIGINT);
+  threshold DOUBLE, top_k INTEGER, beta DOUBLE, seed BIGINT,
+  revised_tokens BIGINT);  -- positions chosen for a redraw (p > threshold)
 CREATE TABLE IF NOT EXISTS metrics (
   run_id VARCHAR, corpus VARCHAR, reference VARCHAR, comparison VARCHAR, metric VARCHAR,
   n INTEGER, budget BIGINT, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE);
