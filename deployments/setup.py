@@ -32,13 +32,14 @@ import json
 import os
 from pathlib import Path
 
+from semisynth.flows.runner import GPU_TAG
+from semisynth.serve import CRON_ENV, DEFAULT_CRON, GPU_WORKERS_ENV
+
 HERE = Path(__file__).resolve().parent
 K8S_TEMPLATE = HERE / "k8s-gpu-job-template.json"
 PROCESS_POOLS = ("semisynth-cpu", "semisynth-gpu")
 K8S_POOL = "semisynth-k8s-gpu"
-GPU_TAG = "gpu"
 CRON_VARIABLE = "semisynth_nightly_cron"
-DEFAULT_CRON = "0 2 * * *"
 
 
 def setup(gpu_workers: int, cron: str | None) -> dict:
@@ -86,10 +87,10 @@ def setup(gpu_workers: int, cron: str | None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu-workers", type=int,
-                        default=int(os.environ.get("SEMISYNTH_GPU_WORKERS", "1")),
-                        help="score+edit tasks allowed at once (default $SEMISYNTH_GPU_WORKERS or 1)")
-    parser.add_argument("--cron", default=os.environ.get("SEMISYNTH_NIGHTLY_CRON") or None,
-                        help=f"nightly cron, UTC (default $SEMISYNTH_NIGHTLY_CRON, else the "
+                        default=int(os.environ.get(GPU_WORKERS_ENV, "1")),
+                        help=f"score+edit tasks allowed at once (default ${GPU_WORKERS_ENV} or 1)")
+    parser.add_argument("--cron", default=os.environ.get(CRON_ENV) or None,
+                        help=f"nightly cron, UTC (default ${CRON_ENV}, else the "
                              f"existing variable, else {DEFAULT_CRON!r})")
     args = parser.parse_args(argv)
     if args.gpu_workers < 1:

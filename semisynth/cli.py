@@ -365,15 +365,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
-    if args.data_root:
-        os.environ["SEMISYNTH_HOME"] = str(Path(args.data_root).resolve())
     if getattr(args, "action", None) == "verify" and not args.name:
         parser.error("release verify needs a release NAME")
+    home = os.environ.get("SEMISYNTH_HOME")
+    if args.data_root:  # for this command only: main() may be called again in one process
+        os.environ["SEMISYNTH_HOME"] = str(Path(args.data_root).resolve())
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if home is None:
+            os.environ.pop("SEMISYNTH_HOME", None)
+        else:
+            os.environ["SEMISYNTH_HOME"] = home
 
 
 if __name__ == "__main__":

@@ -25,12 +25,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from semisynth.flows.runner import GPU_TAG
+
 DEPLOYMENT = "nightly-refresh"
 FLOW = "nightly_refresh"
 DEFAULT_CRON = "0 2 * * *"
 CRON_ENV = "SEMISYNTH_NIGHTLY_CRON"
 GPU_WORKERS_ENV = "SEMISYNTH_GPU_WORKERS"
-GPU_TAG = "gpu"
 
 
 class _Stop(Exception):
@@ -177,17 +178,6 @@ def set_gpu_limit(slots: int) -> None:
         client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)  # an upsert
 
 
-def served_flow(cfg):
-    """The flow exactly as `semisynth run` runs it: with semisynth's Dask task runner.
-
-    Served through ``Runner.add_flow``, which keeps this flow object for its runs (a
-    deployment object would be reloaded from its entrypoint, without the task runner)."""
-    from semisynth.flows.nightly import nightly_refresh
-    from semisynth.flows.runner import task_runner
-
-    return nightly_refresh.with_options(task_runner=task_runner(cfg))
-
-
 def deployment_options(config_path: str, overrides: list[str], cron: str) -> dict:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
@@ -207,12 +197,12 @@ def deployment_options(config_path: str, overrides: list[str], cron: str) -> dic
 def serve(config_path: str, overrides: list[str] | None = None, port: int = 4200,
           cron: str | None = None, gpu_workers: int | None = None) -> int:
     from semisynth.config import load_config
+    from semisynth.flows.nightly import flow_for
 
     overrides = list(overrides or [])
     config_path = str(Path(config_path).resolve())
     cfg = load_config(config_path, overrides)  # fail early on a bad config
     cron = cron or os.environ.get(CRON_ENV) or DEFAULT_CRON
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     previous_term = signal.signal(signal.SIGTERM, _raise_stop)
     server = None
     try:
@@ -237,7 +227,7 @@ def serve(config_path: str, overrides: list[str] | None = None, port: int = 4200
             slots = gpu_slots(cfg, gpu_workers)
             set_gpu_limit(slots)
             runner = Runner(name="semisynth-serve", pause_on_shutdown=True)
-            deployment_id = runner.add_flow(served_flow(cfg),
+            deployment_id = runner.add_flow(flow_for(cfg),
                                             **deployment_options(config_path, overrides, cron))
             _say(f"Prefect UI: {ui_url}\n"
                  f"serving {FLOW}/{DEPLOYMENT}: cron '{cron}' (UTC), config {config_path}"

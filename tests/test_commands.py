@@ -23,11 +23,6 @@ METRICS = ([f"ppl_q{q:02d}" for q in (1, 5, 10, 25, 50, 75, 90, 95, 99)]
            + [f"{m}_{n}" for n in (1, 2, 3) for m in ("distinct", "top1pct_mass", "ref_coverage", "js")])
 
 
-@pytest.fixture(autouse=True)
-def _restore_home(monkeypatch):
-    monkeypatch.delenv("SEMISYNTH_HOME", raising=False)  # --data-root sets it; undone after
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, brown_shards, prior_folder):
     """A data root, a config whose reference `brown` is 24 Brown documents (first 48 tokens

@@ -8,7 +8,6 @@ import yaml
 
 from semisynth.cli import main as cli
 from semisynth.tasks import assets
-from semisynth.tasks.prior import load_prior
 from semisynth.tasks.release import verify_release
 from semisynth.warehouse import db
 
@@ -16,10 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def synthetic_slice(assets_root, brown_shards) -> Path:
+def synthetic_slice(assets_root, brown_shards, prior_f32) -> Path:
     out = assets_root / "synthetic" / "slice-24x128.jsonl.gz"
-    prior = load_prior("default", assets_root, "float32")
-    return assets.synthesize(prior, brown_shards, out, documents=24, max_new_tokens=128, seed=7)
+    return assets.synthesize(prior_f32, brown_shards, out, documents=24, max_new_tokens=128, seed=7)
 
 
 @pytest.fixture(scope="session")

@@ -19,11 +19,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ["ngram-rank-frequency.png", "ppl-brown.png"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_home(monkeypatch):
-    monkeypatch.delenv("SEMISYNTH_HOME", raising=False)  # --data-root sets it; undone after
-
-
 @pytest.fixture(scope="module")
 def tiny_run(prefect_server, tmp_path_factory, prior_folder, brown_shards):
     """24 Brown documents (first 48 tokens) as the reference; their ToEdit copy (flatter

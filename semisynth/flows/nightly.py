@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from semisynth.config import Config, load_config
-from semisynth.flows.runner import score_placement, task_runner
+from semisynth.flows.runner import GPU_TAG, score_placement, task_runner
 from semisynth.quality import gate as gate_mod
 from semisynth.quality import measure as measure_mod
 from semisynth.quality import plots as plots_mod
@@ -63,7 +63,7 @@ def ingest_task(cfg: Config, corpus: str, run_id: str) -> tuple[list[Path], dict
     return [Path(s.path) for s in result.shards], counts
 
 
-@task(name="score-edit", cache_policy=NO_CACHE, retries=1, tags=["gpu"])
+@task(name="score-edit", cache_policy=NO_CACHE, retries=1, tags=[GPU_TAG])
 def score_task(cfg: Config, shard: Path, out: Path) -> dict:
     """The accelerator stage: one shard through the prior, cached by shard and params.
 
@@ -324,10 +324,14 @@ def _record_corpora(cfg: Config, run_id: str, shards: dict, scores: dict, ingest
             db.insert(wh, table, pd.concat(frames, ignore_index=True))
 
 
+def flow_for(cfg: Config):
+    """nightly_refresh with the task runner sized by ``cfg`` (``dask_workers``)."""
+    return nightly_refresh.with_options(task_runner=task_runner(cfg))
+
+
 def run(config_path: str, overrides: list[str] | None = None) -> dict:
     """Run the flow with the configured task runner; returns the result dict."""
-    cfg = load_config(config_path, overrides)
-    state = nightly_refresh.with_options(task_runner=task_runner(cfg))(
+    state = flow_for(load_config(config_path, overrides))(
         str(config_path), overrides, return_state=True
     )
     result = state.result(raise_on_failure=False)

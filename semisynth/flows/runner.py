@@ -26,6 +26,7 @@ from semisynth.config import Config
 from semisynth.tasks.toedit import TORCH_THREADS_ENV
 
 GPU_RESOURCE = "GPU"
+GPU_TAG = "gpu"  # the Prefect tag of score+edit tasks; its concurrency limit = GPU workers
 ADDRESS_ENV = "SEMISYNTH_DASK_ADDRESS"
 GPU_MODE_ENV = "SEMISYNTH_DASK_GPU"
 
