@@ -79,15 +79,11 @@ def _ngram_keys_and_docs(docs, n):
     if lengths.sum() == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     tokens = np.concatenate([np.asarray(d).ravel() for d in docs]).astype(np.int64)
-    if tokens.min() < 0 or tokens.max() > TOKEN_MASK:
-        raise ValueError(f"token ids must lie in [0, 2**{TOKEN_BITS}), "
-                         f"got {tokens.min()}..{tokens.max()}")
+    _check_tokens(tokens)
     starts = len(tokens) - n + 1
     if starts <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    keys = np.zeros(starts, np.int64)
-    for k in range(n):  # loop over the order (<= 3), not over tokens
-        keys = (keys << TOKEN_BITS) | tokens[k : k + starts]
+    keys = _packed_all(tokens, n, starts)
     doc_of_token = np.repeat(np.arange(len(docs)), lengths)
     # an n-gram is kept only if its first and last token lie in the same document
     inside = doc_of_token[:starts] == doc_of_token[n - 1 :]
@@ -126,9 +122,8 @@ def top1pct_mass(counts: np.ndarray) -> float:
     return float(top.sum() / counts.sum())
 
 
-def _frequent_ref_types(ref_keys):
+def _frequent_ref_types(types, counts):
     # count >= 2: types seen once are mostly sampling noise, a candidate can't be asked to hit them
-    types, counts = ngram_counts(ref_keys)
     return types[counts >= 2]
 
 
@@ -143,7 +138,7 @@ def _coverage_of_types(cand_types, frequent_ref_types):
 
 def ref_coverage(cand_keys: np.ndarray, ref_keys: np.ndarray) -> float:
     """Share of the reference's n-gram types (count >= 2) found in the candidate (NaN if none)."""
-    return _coverage_of_types(ngram_counts(cand_keys)[0], _frequent_ref_types(ref_keys))
+    return _coverage_of_types(ngram_counts(cand_keys)[0], _frequent_ref_types(*ngram_counts(ref_keys)))
 
 
 def hash_buckets(keys: np.ndarray, buckets: int) -> np.ndarray:
@@ -493,7 +488,7 @@ def metrics_of_counts(cand: NgramCounts, ref: NgramCounts, orders=(1, 2, 3),
         total = cand_counts.sum()
         out[f"distinct_{n}"] = float(cand_types.size / total) if total else 0.0
         out[f"top1pct_mass_{n}"] = top1pct_mass(cand_counts)
-        out[f"ref_coverage_{n}"] = _coverage_of_types(cand_types, ref_types[ref_counts >= 2])
+        out[f"ref_coverage_{n}"] = _coverage_of_types(cand_types, _frequent_ref_types(ref_types, ref_counts))
         out[f"js_{n}"] = _js_of_counts(cand_types, cand_counts, ref_types, ref_counts, buckets)
     return out
 
@@ -501,10 +496,7 @@ def metrics_of_counts(cand: NgramCounts, ref: NgramCounts, orders=(1, 2, 3),
 def count_shards(paths, orders=(1, 2, 3), column: str = "token_ids") -> NgramCounts:
     """count_shard over several shards, merged where they were counted: on a cluster, a
     group of shards per task means no shard's count table travels between workers."""
-    reducer = CountReducer()
-    for path in paths:
-        reducer.add(count_shard(path, orders, column))
-    return reducer.result()
+    return reduce_counts(count_shard(path, orders, column) for path in paths)
 
 
 def shard_ngram_metrics(cand_paths, ref_paths, orders=(1, 2, 3), buckets: int = 2**20,
@@ -617,13 +609,13 @@ def bootstrap_ci(fn, cand, ref, reps: int = 200, seed: int = 0, alpha: float = 0
     return float(low), float(high)
 
 
-def _covered_types_by_doc(cand_docs, ref_docs, n):
-    """Per candidate document, the indices of the frequent reference types it contains.
+def _covered_types_by_doc(cand_docs, ref_types, n):
+    """Per candidate document, the indices of the frequent reference types (sorted n-gram
+    keys, ``_frequent_ref_types``) it contains.
 
     Coverage of a resample depends only on which documents it holds, so the bootstrap can work
     on these small per-document sets instead of re-counting n-grams in every replicate.
     """
-    ref_types = _frequent_ref_types(ngram_keys(ref_docs, n))
     keys, doc = _ngram_keys_and_docs(cand_docs, n)
     pos = np.searchsorted(ref_types, keys)
     hit = pos < ref_types.size
@@ -661,13 +653,16 @@ def compare(cand_docs, cand_ppl, ref_docs, ref_ppl, budget: int, seed: int,
     cand_ppl = np.asarray(cand_ppl, float)[cand_idx]
     ref_ppl = np.asarray(ref_ppl, float)[ref_idx]
 
-    values = ppl_metrics(cand_ppl, ref_ppl) | ngram_metrics(cand_toks, ref_toks, orders, buckets)
+    ref_counts = count_ngrams(ref_toks, orders)  # counted once: the metrics and the coverage CI
+    values = ppl_metrics(cand_ppl, ref_ppl) | metrics_of_counts(
+        count_ngrams(cand_toks, orders), ref_counts, orders, buckets)
     cis = {}
     if bootstrap:
         cis["ppl_low_frac"] = bootstrap_ci(ppl_low_frac, cand_ppl, ref_ppl, bootstrap, seed)
         cis["ppl_tail_frac"] = bootstrap_ci(ppl_tail_frac, cand_ppl, ref_ppl, bootstrap, seed)
         if 2 in orders:
-            per_doc, n_types = _covered_types_by_doc(cand_toks, ref_toks, 2)
+            ref_types = _frequent_ref_types(*ref_counts.table(2))
+            per_doc, n_types = _covered_types_by_doc(cand_toks, ref_types, 2)
             cis["ref_coverage_2"] = bootstrap_ci(_coverage_of_covered, per_doc, n_types,
                                                  bootstrap, seed, debias=True)
 
