@@ -37,10 +37,6 @@ from semisynth.warehouse import db
 from semisynth.warehouse.loaders import record_new_shards
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest_task(cfg: Config, corpus: str, run_id: str) -> tuple[list[Path], dict]:
     c = cfg.corpora[corpus]
@@ -99,17 +95,12 @@ def metrics_task(cfg: Config, run_id: str, scores: dict[str, list[Path]]
     rows, budget = measure_mod.measure(loaded, pairs, cfg.metrics, cfg.seed, edited_from=edited)
     logger.info("metrics on equal budgets of %d tokens (corpus tokens: %s)", budget,
                 {name: c.tokens for name, c in loaded.items()})
-    hist_rows, top_rows = measure_mod.distribution_rows(run_id, loaded, cfg.metrics.ngram_orders)
     summary: dict[str, dict] = {}
     for r in rows:
         if r["comparison"] == "vs_reference":
             summary.setdefault(r["corpus"], {})[r["metric"]] = r["value"]
-    db.insert(wh, "metrics", [{**r, "run_id": run_id} for r in rows])
-    db.insert(wh, "ppl_histograms", hist_rows)
-    db.insert(wh, "ngram_top", top_rows)
-    # the run's plots, from the scores loaded above: PNGs in <data root>/runs/<run_id>/
-    pngs = plots_mod.write_run_plots(plots_mod.run_folder(cfg.root, run_id), loaded, pairs,
-                                     cfg.metrics.ngram_orders)
+    # the rows, and the run's plots from the scores loaded above (<data root>/runs/<run_id>/)
+    pngs = measure_mod.store(wh, cfg.root, run_id, rows, loaded, pairs, cfg.metrics.ngram_orders)
     return summary, budget, pngs
 
 
@@ -172,7 +163,7 @@ def release_task(cfg: Config, run_id: str, corpus: str, shards: list[Path], mode
     sha = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
     db.insert(db.warehouse_path(cfg.root), "releases", [{
         "name": name, "version": version, "run_id": run_id, "corpus": corpus, "path": str(path),
-        "manifest_sha256": sha, "documents": docs, "tokens": None, "created_at": _now(),
+        "manifest_sha256": sha, "documents": docs, "tokens": None, "created_at": db.now(),
     }])
     return str(path)
 
@@ -211,14 +202,14 @@ def nightly_refresh(config_path: str, overrides: list[str] | None = None) -> dic
     folder, model_id = resolve_model(cfg.prior.model, cfg.root)
     db.insert(wh, "runs", [{
         "run_id": run_id, "flow_run_id": str(flow_run.get_id() or ""), "config_name": cfg.name,
-        "config_json": cfg.model_dump_json(), "started_at": _now(), "status": "RUNNING", "model": model_id,
+        "config_json": cfg.model_dump_json(), "started_at": db.now(), "status": "RUNNING", "model": model_id,
     }])
     logger.info("run %s: config %s, prior %s, warehouse %s", run_id, cfg.name, model_id, wh)
     try:
         return _refresh(cfg, run_id, model_id, wh)
     except BaseException as exc:
         db.execute(wh, "UPDATE runs SET finished_at = ?, status = 'CRASHED', message = ? WHERE run_id = ?",
-                   [_now(), f"{type(exc).__name__}: {exc}", run_id])
+                   [db.now(), f"{type(exc).__name__}: {exc}", run_id])
         raise
 
 
@@ -284,7 +275,7 @@ def _refresh(cfg: Config, run_id: str, model_id: str, wh: Path):
     status = "FAILED" if blocked else "COMPLETED"
     message = f"release candidates blocked by the gate: {', '.join(blocked)}" if blocked else "all release candidates passed"
     db.execute(wh, "UPDATE runs SET finished_at = ?, status = ?, message = ? WHERE run_id = ?",
-               [_now(), status, message, run_id])
+               [db.now(), status, message, run_id])
     result = {"run_id": run_id, "warehouse": str(wh), "releases": releases, "blocked": blocked,
               "gates": {n: g["success"] for n, g in gates.items()},
               "failures": {n: g["failures"] for n, g in gates.items() if not g["success"]},

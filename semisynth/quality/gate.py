@@ -20,7 +20,6 @@ import fcntl
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from semisynth.config import GateConfig
@@ -324,7 +323,7 @@ def validate_corpus(db_path: Path, gx_root: Path, run_id: str, corpus: str, refe
     outcome = _run_suite(db_path, gx_root, run_id, corpus, gate.suite, where, bounds) \
         if bounds else {}
 
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = db.now()
     base = {"run_id": run_id, "corpus": corpus, "suite": gate.suite, "validated_at": now}
     rows = []
     for metric in sorted({*gated, *bounds}):

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from semisynth.config import Config, MetricsConfig
 from semisynth.quality import metrics as metrics_mod
+from semisynth.warehouse import db
 
 SCORE_COLUMNS = ["token_ids", "ppl", "scored_tokens", "edited_tokens"]
 
@@ -116,18 +117,24 @@ def measure(corpora: Mapping[str, Scored], pairs: Mapping[str, str], cfg: Metric
     return rows, budget
 
 
-def distribution_rows(run_id: str, corpora: Mapping[str, Scored], orders: Sequence[int],
+def ngram_tables(corpora: Mapping[str, Scored], orders: Sequence[int]) -> dict[str, dict]:
+    """{corpus: {n: (sorted n-gram types, counts)}}: each corpus counted once."""
+    return {name: metrics_mod.count_ngrams(c.docs, tuple(orders)).tables(tuple(orders))
+            for name, c in corpora.items()}
+
+
+def distribution_rows(run_id: str, corpora: Mapping[str, Scored], tables: Mapping[str, dict],
                       top: int = 20) -> tuple[list[dict], list[dict]]:
-    """Rows of ``ppl_histograms`` (shared log bins over all corpora) and ``ngram_top``."""
+    """Rows of ``ppl_histograms`` (shared log bins over all corpora) and ``ngram_top``
+    (from ``ngram_tables``)."""
     bins = metrics_mod.log_bins(np.concatenate([c.ppl for c in corpora.values()]))
     hist_rows, top_rows = [], []
     for name, c in corpora.items():
         hist_rows += [{"run_id": run_id, "corpus": name, **row}
                       for row in metrics_mod.ppl_histogram(c.ppl, bins)]
-        for n in orders:
-            keys = metrics_mod.ngram_keys(c.docs, n)
-            types, counts = metrics_mod.rank_frequency(keys, top=top)
-            total = max(len(keys), 1)
+        for n, (all_types, all_counts) in tables[name].items():
+            types, counts = metrics_mod.top_of_table(all_types, all_counts, top)
+            total = max(int(all_counts.sum()), 1)
             for rank, (key, count) in enumerate(zip(types, counts, strict=True), start=1):
                 top_rows.append({"run_id": run_id, "corpus": name, "n": n, "rank": rank,
                                  "ngram": json.dumps(list(metrics_mod.unpack_ngram(int(key), n))),
@@ -135,12 +142,22 @@ def distribution_rows(run_id: str, corpora: Mapping[str, Scored], orders: Sequen
     return hist_rows, top_rows
 
 
+def store(wh: Path, root: Path, run_id: str, rows: list[dict], corpora: Mapping[str, Scored],
+          pairs: Mapping[str, str], orders: Sequence[int]) -> list[Path]:
+    """A measurement's rows in the warehouse (``metrics``, ``ppl_histograms``,
+    ``ngram_top``) and its plots in the run folder; returns the PNGs."""
+    from semisynth.quality import plots
+
+    tables = ngram_tables(corpora, orders)
+    hist_rows, top_rows = distribution_rows(run_id, corpora, tables)
+    db.insert(wh, "metrics", [{**r, "run_id": run_id} for r in rows])
+    db.insert(wh, "ppl_histograms", hist_rows)
+    db.insert(wh, "ngram_top", top_rows)
+    return plots.write_run_plots(plots.run_folder(root, run_id), corpora, pairs, tables)
+
+
 # -----------------------------------------------------------------------------
 # the commands' side: resolve CANDIDATE / REF, score, measure, store, print
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def new_run_id(kind: str) -> str:
@@ -181,8 +198,6 @@ class Measurer:
     """Resolves corpus arguments for one command invocation (ingest and scores cached)."""
 
     def __init__(self, cfg: Config, run_id: str, say=None):
-        from semisynth.warehouse import db
-
         self.cfg, self.run_id = cfg, run_id
         self.root = cfg.root
         self.wh = db.init(db.warehouse_path(self.root))
@@ -236,8 +251,7 @@ class Measurer:
                 if c.edited_from:
                     self.resolve(c.edited_from)  # its scores hold the edit counts
             source.edited_from = c.edited_from
-        else:
-            self.check(spec)
+        else:  # run_metrics checked it before any model work
             source = self._from_files(spec, [spec], self.root / "shards" / "_files", "files")
         self.sources[spec] = source
         return source
@@ -269,8 +283,6 @@ class Measurer:
     def _derived(self, name: str) -> Source:
         """A derived corpus (edited_from / mix): the shards of the latest run that scored
         it, with their score files for this config's prior and parameters."""
-        from semisynth.warehouse import db
-
         c = self.cfg.corpora[name]
         origin = f"config:edited_from:{c.edited_from}" if c.edited_from else "config:mix"
         frame = db.query(self.wh, """
@@ -316,16 +328,13 @@ class Measurement:
 def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None, kind: str,
                 command: str, say=None) -> Measurement:
     """Resolve, score (cached), measure and store one candidate against one reference."""
-    from semisynth.quality import plots
-    from semisynth.warehouse import db
-
     if budget is not None and budget <= 0:
         raise InputError(f"--budget must be a positive number of tokens, got {budget}")
     if candidate == reference:
         raise InputError(f"the candidate and the reference are the same corpus ({candidate}); "
                          "the reference's own split halves are measured with any candidate")
     run_id = new_run_id(kind)
-    started = _now()
+    started = db.now()
     m = Measurer(cfg, run_id, say)
     m.check(reference)
     m.check(candidate)
@@ -342,15 +351,10 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
         "config_json": cfg.model_dump_json(), "started_at": started, "finished_at": None,
         "status": "RUNNING", "model": m.model_id, "message": command}])
     _store_inputs(wh, run_id, cfg, m, corpora, {cand.label: "candidate", ref.label: "reference"})
-    db.insert(wh, "metrics", [{**r, "run_id": run_id} for r in rows])
     shown = {ref.label: corpora[ref.label], cand.label: corpora[cand.label]}
-    hist_rows, top_rows = distribution_rows(run_id, shown, cfg.metrics.ngram_orders)
-    db.insert(wh, "ppl_histograms", hist_rows)
-    db.insert(wh, "ngram_top", top_rows)
-    pngs = plots.write_run_plots(plots.run_folder(m.root, run_id), shown, pairs,
-                                 cfg.metrics.ngram_orders)
+    pngs = store(wh, m.root, run_id, rows, shown, pairs, cfg.metrics.ngram_orders)
     db.execute(wh, "UPDATE runs SET finished_at = ?, status = 'COMPLETED' WHERE run_id = ?",
-               [_now(), run_id])
+               [db.now(), run_id])
     return Measurement(run_id, cand.label, ref.label, used, rows, cand.edited_from is not None,
                        pngs, sum(s.model_work_tokens for s in m.sources.values()),
                        dict(m.sources), wh)
@@ -359,7 +363,6 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
 def _store_inputs(wh: Path, run_id: str, cfg: Config, m: Measurer, corpora: dict[str, Scored],
                   roles: dict[str, str]) -> None:
     """shards, quarantine, corpora and doc_scores rows of the command's run."""
-    from semisynth.warehouse import db
     from semisynth.warehouse.loaders import record_new_shards
 
     for s in m.sources.values():
@@ -418,7 +421,6 @@ def run_validation(cfg: Config, candidate: str, reference: str, budget: int | No
     """run_metrics, then the GX suite on the run's rows, recorded in ``validations``.
     Returns (Measurement, gate.GateResult)."""
     from semisynth.quality import gate
-    from semisynth.warehouse import db
 
     if suite not in SUITES:
         raise InputError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")

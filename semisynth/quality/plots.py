@@ -80,10 +80,10 @@ def ppl_distribution_png(path: Path, reference: str, ppl: Mapping[str, np.ndarra
     return path
 
 
-def rank_frequency_curve(docs: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ranks, shares of all n-gram occurrences) of the n-gram types, most frequent first,
-    at up to CURVE_POINTS log-spaced ranks (the first and the last rank always included)."""
-    _, counts = metrics_mod.ngram_counts(metrics_mod.ngram_keys(list(docs), n))
+def rank_frequency_curve(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ranks, shares of all n-gram occurrences) of n-gram types with these counts, most
+    frequent first, at up to CURVE_POINTS log-spaced ranks (the first and the last rank
+    always included)."""
     if counts.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, float)
     shares = np.sort(counts)[::-1] / counts.sum()
@@ -92,18 +92,18 @@ def rank_frequency_curve(docs: Sequence[np.ndarray], n: int) -> tuple[np.ndarray
     return ranks, shares[ranks - 1]
 
 
-def rank_frequency_png(path: Path, docs: Mapping[str, Sequence[np.ndarray]],
-                       orders: Sequence[int], references: Sequence[str] = (),
-                       title: str | None = None) -> Path:
+def rank_frequency_png(path: Path, tables: Mapping[str, Mapping[int, tuple]],
+                       references: Sequence[str] = (), title: str | None = None) -> Path:
     """Rank-frequency (Zipf) curves, log-log, one panel per n-gram order, one curve per
-    corpus (references drawn thick and black-ish). Frequencies are shares of the corpus's
-    n-gram occurrences, so corpora of different sizes compare."""
-    orders = list(orders)
+    corpus (references drawn thick and black-ish), from each corpus's count tables
+    ``{n: (types, counts)}``. Frequencies are shares of the corpus's n-gram occurrences, so
+    corpora of different sizes compare."""
+    orders = sorted({n for corpus_tables in tables.values() for n in corpus_tables})
     fig = _figure(4.2 * len(orders) + 0.6, 4.6)
     axes = fig.subplots(1, len(orders), squeeze=False)[0]
     for ax, n in zip(axes, orders, strict=True):
-        for i, (name, corpus_docs) in enumerate(docs.items()):
-            ranks, shares = rank_frequency_curve(corpus_docs, n)
+        for i, (name, corpus_tables) in enumerate(tables.items()):
+            ranks, shares = rank_frequency_curve(corpus_tables[n][1])
             if ranks.size == 0:
                 continue
             is_ref = name in references
@@ -125,13 +125,13 @@ def rank_frequency_png(path: Path, docs: Mapping[str, Sequence[np.ndarray]],
 
 
 def write_run_plots(folder: Path, corpora: Mapping[str, object], references: Mapping[str, str],
-                    orders: Sequence[int]) -> list[Path]:
+                    tables: Mapping[str, Mapping[int, tuple]]) -> list[Path]:
     """The run's PNGs in ``folder``: ``ppl-<reference>.png`` (one per reference, with the
     candidates measured against it) and ``ngram-rank-frequency.png``.
 
-    ``corpora`` maps names to objects with ``docs`` (token arrays) and ``ppl`` (per-document
-    perplexities), e.g. ``measure.Scored``; ``references`` maps each candidate to its
-    reference."""
+    ``corpora`` maps names to objects with ``ppl`` (per-document perplexities), e.g.
+    ``measure.Scored``; ``references`` maps each candidate to its
+    reference; ``tables`` holds each corpus's n-gram count tables (``measure.ngram_tables``)."""
     folder = Path(folder)
     paths = []
     refs = sorted(set(references.values()))
@@ -141,7 +141,7 @@ def write_run_plots(folder: Path, corpora: Mapping[str, object], references: Map
             folder / f"ppl-{_safe(ref)}.png", ref, {n: corpora[n].ppl for n in names if n in corpora}))
     ordered = [r for r in refs if r in corpora] + [n for n in corpora if n not in refs]
     paths.append(rank_frequency_png(folder / "ngram-rank-frequency.png",
-                                    {n: corpora[n].docs for n in ordered}, orders, refs))
+                                    {n: tables[n] for n in ordered}, refs))
     return paths
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from semisynth.documents import temporary_name
 from semisynth.quality import plots
 from semisynth.warehouse import db
 
@@ -147,10 +148,10 @@ def _plots_section(folder: Path) -> str:
         f"<figcaption>{_e(p.name)}</figcaption></figure>" for p in pngs)
 
 
-def _data_docs(root: Path, run_id: str, has_validations: bool) -> tuple[str, list[Path]]:
+def _data_docs(root: Path, run_id: str, has_validations: bool) -> str:
     gx_root = Path(root) / "gx"
     if not has_validations or not (gx_root / "gx").is_dir():
-        return "<p>No Great Expectations results for this run.</p>", []
+        return "<p>No Great Expectations results for this run.</p>"
     from semisynth.quality import gate
 
     index = gate.build_data_docs(gx_root)
@@ -162,7 +163,7 @@ def _data_docs(root: Path, run_id: str, has_validations: bool) -> tuple[str, lis
         rel = p.relative_to(site / "validations")
         items.append(f'<li><a href="{p.resolve().as_uri()}">{_e(rel.parts[0])}: '
                      f"validation result of this run</a> (<code>{_e(rel)}</code>)</li>")
-    return f"<ul>{''.join(items)}</ul>", [index, *pages]
+    return f"<ul>{''.join(items)}</ul>"
 
 
 def _release_candidates(config_json) -> set[str]:
@@ -195,13 +196,13 @@ def build_report(root: Path, run_id: str, out: Path | None = None) -> Path:
     corpora = q("SELECT * FROM corpora WHERE run_id = ? ORDER BY corpus")
     quarantine = q("SELECT corpus, file, reason, count(*) AS rows FROM quarantine "
                    "WHERE run_id = ? GROUP BY ALL ORDER BY corpus, file, reason")
-    docs_html, _ = _data_docs(root, run_id, not validations.empty)
+    docs_html = _data_docs(root, run_id, not validations.empty)
 
     started = run.started_at
     overview = _table(["run", "status", "config", "prior", "started (UTC)", "finished (UTC)",
                        "Prefect flow run", "message"], [[
         _e(run_id), _e(run.status), _e(run.config_name), _e(run.model), _e(started),
-        _e(run.finished_at if not _missing(run.finished_at) else ""),
+        _e(run.finished_at),
         _e(run.flow_run_id or "—"), _e(run.message or "")]], left=8)
     corpora_html = "<p>No corpora recorded.</p>" if corpora.empty else _table(
         ["corpus", "role", "reference", "origin", "documents", "tokens", "shards", "rows in",
@@ -244,7 +245,10 @@ def build_report(root: Path, run_id: str, out: Path | None = None) -> Path:
 """
     out = Path(out) if out else folder / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    tmp = out.with_name(temporary_name(out.name))
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out

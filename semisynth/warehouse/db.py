@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +19,11 @@ TABLES = (
     "runs", "corpora", "shards", "quarantine", "doc_scores", "edits", "metrics",
     "ppl_histograms", "ngram_top", "validations", "releases",
 )
+
+
+def now() -> datetime:
+    """The warehouse's timestamps: UTC, without a timezone (DuckDB TIMESTAMP)."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def warehouse_path(root: Path) -> Path:
