@@ -37,14 +37,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from semisynth.config import load_config
+from semisynth.config import Config, load_config
 from semisynth.quality import gate
 from semisynth.quality.measure import Scored, measure
 from semisynth.tasks.corpora import mix_selection
-from semisynth.tasks.prior import DEFAULT_MODEL_ID, resolve_model
-from semisynth.tasks.score import score_key, token_arrays
+from semisynth.tasks.prior import resolve_model
+from semisynth.tasks.score import read_scores, score_key, token_arrays
 from semisynth.warehouse import db
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,13 +59,14 @@ class Corpus:
     """A scored corpus, document by document (score files in shard order)."""
 
     def __init__(self, name: str, paths: list[Path]):
-        tables = [pq.read_table(p, columns=COLUMNS) for p in paths]
+        table = read_scores(paths, COLUMNS)
         self.name = name
-        self.ids = [i for t in tables for i in t.column("id").to_pylist()]
-        self.docs = [d for t in tables for d in token_arrays(t)]
-        self.ppl = np.concatenate([t.column("ppl").to_numpy() for t in tables]).astype(float)
-        self.scored = np.concatenate([t.column("scored_tokens").to_numpy() for t in tables])
-        self.edited = np.concatenate([t.column("edited_tokens").to_numpy() for t in tables])
+        self.ids = table.column("id").to_pylist()
+        self.docs = token_arrays(table)
+        self.ppl = table.column("ppl").to_numpy().astype(float)
+        # per document, not totals as in measure.Scored: a subset's edit rate needs them
+        self.scored = table.column("scored_tokens").to_numpy()
+        self.edited = table.column("edited_tokens").to_numpy()
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -77,14 +77,12 @@ class Corpus:
                       int(self.scored[rows].sum()), int(self.edited[rows].sum()))
 
 
-def load_corpora(root: Path, config: Path, names: list[str]) -> tuple[dict[str, Corpus], str]:
+def load_corpora(root: Path, cfg: Config, names: list[str]) -> tuple[dict[str, Corpus], str]:
     """The scored corpora of the demo run under ``root`` (read only), and the score key."""
     wh = db.warehouse_path(root)
     if not wh.exists():
         raise Missing(f"no warehouse at {wh}")
-    cfg = load_config(config)
-    model_id = DEFAULT_MODEL_ID if cfg.prior.model == "default" else \
-        resolve_model(cfg.prior.model, root)[1]
+    model_id = resolve_model(cfg.prior.model, root)[1]  # the demo has fetched the prior
     key = score_key(model_id, cfg.prior, cfg.edit, cfg.seed)
     shards = db.query(wh, "SELECT corpus, shard_hash, path FROM shards ORDER BY corpus, path")
     corpora = {}
@@ -191,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     names = [args.human, args.edited, args.synthetic, args.mix]
     try:
-        corpora, key = load_corpora(root, Path(args.config), names)
+        corpora, key = load_corpora(root, cfg, names)
     except Missing as exc:
         print(f"error: {exc}.\nThe benchmark reads the demo's scores: run `make run` "
               f"(semisynth demo) first, or pass the data root it wrote.", file=sys.stderr)
