@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect_helpers import free_port, prefect_client
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("SEMISYNTH_TEST_ARTIFACTS", REPO / "var" / "test-artifacts"))
 SEMISYNTH = Path(sys.executable).with_name("semisynth")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
@@ -47,15 +41,6 @@ def _wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
-
-@contextlib.contextmanager
-def _client(api_url: str):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api_url}), \
-            get_client(sync_client=True) as client:
-        yield client
 
 
 class Chromium:
@@ -147,7 +132,7 @@ def served(tmp_path_factory, prior_folder, brown_shards):
     }
     config_path = tmp / "browser.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in ("PREFECT_API_URL", "SEMISYNTH_NIGHTLY_CRON", "SEMISYNTH_GPU_WORKERS")}
     env.update({"PREFECT_HOME": str(tmp / "prefect-home"), "SEMISYNTH_HOME": str(home),
@@ -183,7 +168,7 @@ def served(tmp_path_factory, prior_folder, brown_shards):
 def finished_run(served):
     from prefect.deployments import run_deployment
 
-    with _client(served["api_url"]) as client:
+    with prefect_client(served["api_url"]) as client:
         flow_run = run_deployment("nightly_refresh/nightly-refresh", timeout=0)
 
         def done():
@@ -195,7 +180,7 @@ def finished_run(served):
 
 
 def test_served_deployment_is_scheduled_with_one_run_at_a_time(served):
-    with _client(served["api_url"]) as client:
+    with prefect_client(served["api_url"]) as client:
         d = client.read_deployment_by_name("nightly_refresh/nightly-refresh")
         gpu = client.read_concurrency_limit_by_tag("gpu")
     assert [(s.schedule.cron, s.schedule.timezone) for s in d.schedules] == [("0 2 * * *", "UTC")]

@@ -5,7 +5,6 @@ creates the deployments; the test reads them back."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect_helpers import free_port, prefect_client
 
 from semisynth.serve import PrefectServer
 
@@ -23,19 +23,13 @@ DEPLOYMENTS = REPO / "deployments"
 PREFECT = Path(sys.executable).with_name("prefect")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A server of our own: the `gpu` tag limit set here must not reach other tests' runs."""
     home = tmp_path_factory.mktemp("prefect-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PREFECT_HOME", str(home))
-        srv = PrefectServer(_free_port(), home / "server.log")
+        srv = PrefectServer(free_port(), home / "server.log")
         srv.start()
         try:
             env = {k: v for k, v in os.environ.items()
@@ -59,15 +53,6 @@ def _deploy(env: dict, *names: str) -> str:
                  "--prefect-file", "deployments/prefect.yaml"], env)
 
 
-@contextlib.contextmanager
-def _client(api_url: str):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api_url}), \
-            get_client(sync_client=True) as client:
-        yield client
-
 
 @pytest.fixture(scope="module")
 def deployed(server):
@@ -82,7 +67,7 @@ def test_prefect_deploy_all_creates_the_nightly_deployment(deployed):
     assert "semisynth_nightly_cron: 0 2 * * *" in setup_out
     for name in ("nightly-refresh", "nightly-refresh-gpu", "nightly-refresh-k8s"):
         assert f"nightly_refresh/{name}" in deploy_out
-    with _client(srv.api_url) as client:
+    with prefect_client(srv.api_url) as client:
         d = client.read_deployment_by_name("nightly_refresh/nightly-refresh")
     assert d.entrypoint == "semisynth/flows/nightly.py:nightly_refresh"
     assert [s.schedule.cron for s in d.schedules] == ["0 2 * * *"]
@@ -100,7 +85,7 @@ def test_prefect_deploy_all_creates_the_nightly_deployment(deployed):
 def test_gpu_deployments_and_work_pools(deployed):
     srv, *_ = deployed
     template = json.loads((DEPLOYMENTS / "k8s-gpu-job-template.json").read_text())
-    with _client(srv.api_url) as client:
+    with prefect_client(srv.api_url) as client:
         pools = {p.name: p for p in client.read_work_pools()}
         gpu = client.read_deployment_by_name("nightly_refresh/nightly-refresh-gpu")
         k8s = client.read_deployment_by_name("nightly_refresh/nightly-refresh-k8s")
@@ -144,7 +129,7 @@ def test_k8s_pool_rejects_a_bad_gpu_count(deployed):
     from prefect.exceptions import PrefectHTTPStatusError
 
     srv, *_ = deployed
-    with _client(srv.api_url) as client:
+    with prefect_client(srv.api_url) as client:
         k8s = client.read_deployment_by_name("nightly_refresh/nightly-refresh-k8s")
         with pytest.raises(PrefectHTTPStatusError, match="gpu_count"):
             client.create_deployment(flow_id=k8s.flow_id, name="bad-gpu-count",
@@ -158,7 +143,7 @@ def test_cron_is_configurable_through_the_prefect_variable(deployed):
                 "--gpu-workers", "2"], env)
     assert "semisynth_nightly_cron: 30 1 * * *" in out
     _deploy(env, "nightly-refresh")
-    with _client(srv.api_url) as client:
+    with prefect_client(srv.api_url) as client:
         d = client.read_deployment_by_name("nightly_refresh/nightly-refresh")
         # setup.py without --cron keeps what is set
         kept = _run([sys.executable, "deployments/setup.py"], env)
@@ -179,7 +164,7 @@ def test_prefect_yaml_is_what_the_readme_says():
 def test_serve_refuses_a_server_that_does_not_answer(monkeypatch, capsys, tmp_path):
     from semisynth.cli import main as cli
 
-    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{_free_port()}/api")
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
     monkeypatch.setenv("SEMISYNTH_HOME", str(tmp_path))
     assert cli(["serve", "--config", str(REPO / "configs" / "demo.yaml")]) == 2
     assert "does not answer" in capsys.readouterr().err
