@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -243,8 +244,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def find_demo_config() -> Path | None:
-    """configs/demo.yaml in the current folder, else in the repository this package is in."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        if (base / "configs" / "demo.yaml").exists():
-            return base / "configs" / "demo.yaml"
-    return None
+    """configs/demo.yaml in the current folder, else the one shipped with the package."""
+    local = Path.cwd() / "configs" / "demo.yaml"
+    if local.exists():
+        return local
+    shipped = resources.files("semisynth.configs").joinpath("demo.yaml")
+    return Path(str(shipped)) if shipped.is_file() else None

@@ -69,7 +69,7 @@ def test_prefect_deploy_all_creates_the_nightly_deployment(deployed):
         assert f"nightly_refresh/{name}" in deploy_out
     with prefect_client(srv.api_url) as client:
         d = client.read_deployment_by_name("nightly_refresh/nightly-refresh")
-    assert d.entrypoint == "semisynth/flows/nightly.py:nightly_refresh"
+    assert d.entrypoint == "semisynth.flows.nightly:nightly_refresh"
     assert [s.schedule.cron for s in d.schedules] == ["0 2 * * *"]
     assert d.schedules[0].schedule.timezone == "UTC"
     assert d.schedules[0].active

@@ -1,0 +1,1 @@
+"""The shipped configs (package data of the wheel): demo.yaml, experiment configs."""
