@@ -37,6 +37,35 @@ code { background: #f5f5f5; padding: 0 3px; }
 """
 
 
+SUMMARY_METRICS = ("ppl_q50", "ppl_low_frac", "ppl_tail_frac", "ppl_ks", "distinct_2",
+                   "top1pct_mass_2", "ref_coverage_2", "js_2", "edit_rate")
+
+
+def summary_markdown(run_id: str, budget: int, values: dict[str, dict[str, float]],
+                     gates: dict[str, dict], releases: dict[str, str],
+                     blocked: list[str]) -> str:
+    """The flow run's markdown summary artifact: the main metrics per corpus (vs its
+    reference), every gate verdict with its failing expectations, releases and blocks."""
+    from semisynth.quality.gate import failure_reason
+
+    shown = SUMMARY_METRICS
+    lines = [f"# semisynth run `{run_id}`", "",
+             f"Equal token budget per comparison: {budget} tokens.", "",
+             "## Metrics per corpus (vs its reference)", "",
+             "| corpus | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
+    for corpus, metrics in values.items():
+        cells = [f"{metrics[m]:.4g}" if metrics.get(m) is not None else "" for m in shown]
+        lines.append(f"| {corpus} | " + " | ".join(cells) + " |")
+    lines += ["", "## Gate verdicts (suite `coverage`)", ""]
+    for corpus, g in gates.items():
+        lines.append(f"- **{corpus}**: {'PASSED' if g['success'] else 'FAILED'}")
+        lines += [f"  - `{f['metric']}`: {failure_reason(f)}" for f in g["failures"]]
+    lines += ["", "## Releases", ""]
+    lines += [f"- {c}: `{p}`" for c, p in releases.items()] or ["- none"]
+    lines += [f"- {c}: blocked by the gate, not released" for c in blocked]
+    return "\n".join(lines)
+
+
 class UnknownRun(LookupError):
     pass
 

@@ -223,7 +223,7 @@ def cmd_release(args) -> int:
 
 
 def _measure_args(args):
-    from semisynth.quality.measure import load_command_config
+    from semisynth.commands import load_command_config
 
     cfg, _ = load_command_config(args.config, args.set)
     command = " ".join(["semisynth", args.command, args.candidate, "--reference", args.reference]
@@ -236,12 +236,12 @@ def _measure_args(args):
 
 
 def cmd_metrics(args) -> int:
-    from semisynth.quality import measure
+    from semisynth import commands
 
     cfg, command, say = _measure_args(args)
-    result = measure.run_metrics(cfg, args.candidate, args.reference, args.budget, "metrics",
+    result = commands.run_metrics(cfg, args.candidate, args.reference, args.budget, "metrics",
                                  command, say)
-    print(measure.format_table(result))
+    print(commands.format_table(result))
     print(f"\nstored {len(result.rows)} rows in {result.warehouse} (table metrics, "
           f"run_id {result.run_id}); model work: {result.model_work_tokens} tokens scored now")
     for png in result.plots:
@@ -250,12 +250,12 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from semisynth.quality import measure
+    from semisynth import commands
 
     cfg, command, say = _measure_args(args)
-    result, verdict = measure.run_validation(cfg, args.candidate, args.reference, args.budget,
+    result, verdict = commands.run_validation(cfg, args.candidate, args.reference, args.budget,
                                              args.suite, command, say)
-    print(measure.format_verdict(result, verdict))
+    print(commands.format_verdict(result, verdict))
     print(f"\nrecorded in {result.warehouse} (table validations, run_id {result.run_id})")
     return 0 if verdict.success else 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# A corpus or config name used as a folder name: one plain path component.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 Strategy = Literal["up_revise", "low_drop_up_revise", "filtering"]
 Precision = Literal["float32", "bfloat16", "float16"]
 
@@ -191,6 +194,17 @@ class Config(_Strict):
         if "://" in path or os.path.isabs(path):
             return path
         return str(self.root / path)
+
+    def shard_dir(self, name: str) -> Path:
+        """Where a corpus's shards go: ``shards/<corpus>/``; a corpus whose name is not a
+        plain folder name (a file or glob a command was given) shares ``shards/_files/``
+        (shards are content-keyed, so corpora can share a folder)."""
+        folder = name if SAFE_NAME.fullmatch(name) else "_files"
+        return self.root / "shards" / folder
+
+    def pairs(self) -> dict[str, str]:
+        """Every measured corpus -> its reference."""
+        return {n: c.reference for n, c in self.corpora.items() if c.role != "reference"}
 
     def order(self) -> list[str]:
         """Corpora in dependency order (a corpus after those it is built from)."""

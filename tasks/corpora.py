@@ -11,7 +11,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from semisynth.documents import temporary_name
-from semisynth.tasks.ingest import doc_hash, write_shard
+from semisynth.tasks.ingest import ShardInfo, doc_hash, write_shard
+from semisynth.warehouse.records import CorpusRecord
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> Path:
@@ -79,3 +80,44 @@ def mixed_shard(
     shard = write_shard(mixed_docs.to_pylist(), Path(shard_dir), "mix")
     score = write_table_atomic(pa.concat_tables(score_parts), Path(score_dir) / f"{shard.shard_hash}.parquet")
     return Path(shard.path), score
+
+
+def derive(cfg, name: str, shards: dict[str, list[Path]], scores: dict[str, list[Path]],
+           score_dir: Path) -> tuple[list[Path], list[Path] | None]:
+    """The shards of a derived corpus of ``cfg``, from its sources' shards and scores:
+    an edited corpus's shards (to be scored: returns (shards, None)), or a mixture's one
+    shard with the scores carried over from its components (returns (shards, scores))."""
+    c = cfg.corpora[name]
+    if c.edited_from:
+        return [edited_shard(sc, sh, cfg.shard_dir(name))
+                for sh, sc in zip(shards[c.edited_from], scores[c.edited_from], strict=True)], None
+    if c.mix:
+        shard, score = mixed_shard({m: (shards[m], scores[m]) for m in c.mix}, c.mix, cfg.seed,
+                                   cfg.shard_dir(name), score_dir)
+        return [shard], [score]
+    raise ValueError(f"corpus {name!r} is read from files, not derived")
+
+
+def origin(cfg, name: str) -> str:
+    """How a corpus of ``cfg`` is made, as the warehouse records it."""
+    c = cfg.corpora[name]
+    return "files" if c.paths else (f"edited_from:{c.edited_from}" if c.edited_from else "mix")
+
+
+def derived_shard_infos(cfg, name: str, shards: list[Path]) -> list[ShardInfo]:
+    """The ``shards`` rows of a derived corpus's shards (they are made, not ingested)."""
+    c = cfg.corpora[name]
+    source = f"toedit:{c.edited_from}" if c.edited_from else "mix"
+    return [ShardInfo(p.stem, str(p), pq.read_metadata(p).num_rows, source) for p in shards]
+
+
+def corpus_records(cfg, shards: dict[str, list[Path]], scores: dict[str, list[Path]],
+                   ingest_counts: dict[str, dict]) -> list[CorpusRecord]:
+    """What the warehouse records of each corpus of ``cfg`` that was built."""
+    edit = {"strategy": cfg.edit.strategy, "threshold": cfg.edit.threshold,
+            "top_k": cfg.edit.top_k, "beta": cfg.edit.effective_beta, "seed": cfg.seed}
+    return [CorpusRecord(
+        name=n, role=c.role, reference=c.reference, origin=origin(cfg, n), shards=shards[n],
+        scores=scores[n], ingest=ingest_counts.get(n),
+        edited_into=[m for m, mc in cfg.corpora.items() if mc.edited_from == n], edit=edit)
+        for n, c in cfg.corpora.items() if n in shards]

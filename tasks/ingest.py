@@ -165,3 +165,17 @@ def iter_shard_batches(
     with fsspec.open(str(path), "rb") as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
             yield batch.to_pandas()
+
+
+def ingest_corpus(cfg, name: str) -> IngestResult:
+    """The ingest stage for a file-backed corpus of ``cfg`` (a ``semisynth.config.Config``):
+    its paths (relative ones from the data root) into shards under ``cfg.shard_dir``."""
+    c = cfg.corpora[name]
+    return ingest([cfg.resolve(p) for p in c.paths], cfg.shard_dir(name), name,
+                  text_field=c.text_field, id_field=c.id_field, shard_docs=cfg.shard_docs,
+                  limit_docs=c.limit_docs)
+
+
+def ingest_counts(result: IngestResult) -> dict[str, int]:
+    return {"rows_in": result.rows_in, "rows_ok": result.rows_ok,
+            "rows_quarantined": result.rows_quarantined}

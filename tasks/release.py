@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,11 +29,8 @@ _SAFE_PART = re.compile(r"[\w][\w.-]*")  # a name or version: one path component
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def next_version(releases_root: Path, name: str) -> str:
@@ -150,3 +148,74 @@ def list_releases(releases_root: Path) -> list[dict]:
                          "documents": manifest.get("documents"),
                          "created_at": manifest.get("created_at")})
     return releases
+
+
+def content_key(shards: list[Path], model_id: str, parameters: dict) -> str:
+    """What a release is made of: the same shards made with the same prior and parameters
+    are the same release, so a nightly run over unchanged inputs must not pile up
+    identical versions."""
+    return hashlib.sha256(json.dumps([[Path(s).stem for s in shards], model_id, parameters],
+                                     sort_keys=True).encode()).hexdigest()
+
+
+def latest_with_key(releases_root: Path, name: str, key: str) -> Path | None:
+    """The latest version of ``name`` if its manifest has ``key``, else None."""
+    existing = [r for r in list_releases(releases_root) if r["name"] == name]
+    if not existing:
+        return None
+    latest = Path(existing[-1]["path"])
+    try:
+        manifest = json.loads((latest / MANIFEST).read_text())
+    except ValueError:
+        return None
+    return latest if manifest.get("content_key") == key else None
+
+
+@dataclass
+class Released:
+    path: Path
+    new: bool  # False: the content was unchanged and the latest version is reused
+    row: dict | None = None  # the ``releases`` row of a new version
+
+
+def release(releases_root: Path, name: str, shards: list[Path], model_id: str,
+            parameters: dict, manifest: dict) -> Released:
+    """Release ``shards`` as the next version of ``name`` (manifest: ``manifest`` plus the
+    content key, the files and their checksums), verified after writing; or reuse the
+    latest version when its content key is the same."""
+    key = content_key(shards, model_id, parameters)
+    unchanged = latest_with_key(releases_root, name, key)
+    if unchanged is not None:
+        return Released(unchanged, new=False)
+    version = next_version(releases_root, name)
+    path = write_release(releases_root, name, version, [Path(s) for s in shards],
+                         {"content_key": key, **manifest, "model": model_id,
+                          "parameters": parameters})
+    problems = verify_release(path)
+    if problems:
+        raise RuntimeError(f"release {path} failed verification: {problems}")
+    docs = sum(pq.read_metadata(s).num_rows for s in shards)
+    return Released(path, new=True, row={
+        "name": name, "version": version, "corpus": manifest.get("corpus"),
+        "run_id": manifest.get("run_id"), "path": str(path), "manifest_sha256": _sha256(path / MANIFEST),
+        "documents": docs, "tokens": None})
+
+
+def release_corpus(cfg, run_id: str, corpus: str, shards: list[Path], model_id: str,
+                   metric_values: dict, validation: dict) -> Released:
+    """The release stage for a corpus of ``cfg`` (a ``semisynth.config.Config``) that passed
+    the gate: ``releases/<config name>-<corpus>/vNNNN/`` with its sources, prior, parameters,
+    metric snapshot and validation result in the manifest."""
+    c = cfg.corpora[corpus]
+    parameters = {"prior": cfg.prior.model_dump(), "edit": cfg.edit.model_dump(),
+                  "beta": cfg.edit.effective_beta, "seed": cfg.seed}
+    manifest = {
+        "run_id": run_id, "corpus": corpus, "config": cfg.name,
+        "sources": {"shards": [{"shard_hash": Path(s).stem, "path": str(s)} for s in shards],
+                    "reference": c.reference, "edited_from": c.edited_from, "mix": c.mix},
+        "metrics": metric_values,
+        "validation": {"suite": cfg.gate.suite, "success": validation["success"],
+                       "expectations": validation["rows"]},
+    }
+    return release(cfg.root / "releases", f"{cfg.name}-{corpus}", shards, model_id, parameters,
+                   manifest)

@@ -11,6 +11,17 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(os.environ.get("SEMISYNTH_TEST_ASSETS", REPO / "var" / "test-assets"))
 
 
+# Fixtures that load the real prior, fetch the corpus or start a Prefect server: a test
+# that uses any of them (directly or through another fixture) is slow, whatever its file.
+SLOW_FIXTURES = {"prior_folder", "prior_f32", "brown_shards", "prefect_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def assets_root() -> Path:
     ASSETS.mkdir(parents=True, exist_ok=True)

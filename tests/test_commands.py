@@ -36,6 +36,7 @@ def home(tmp_path_factory, brown_shards, prior_folder):
     collapsed = [json.dumps({"id": f"c{i}", "text": "The cat sat on the mat. " * 12})
                  for i in range(12)]
     (root / "collapsed.jsonl").write_text("\n".join(collapsed + ["{not json"]) + "\n")
+    (root / "empty.jsonl").write_text('{"id": "e1", "text": ""}\n')
     config = {
         "name": "commands", "seed": 3,
         "prior": {"model": str(prior_folder), "precision": "float32", "max_tokens": 48},
@@ -149,13 +150,24 @@ def test_validate_fails_with_exit_1_naming_the_failing_expectations(home, capsys
     ("{home}/copy.jsonl", ["--suite", "nosuite"], "unknown suite 'nosuite'"),
     ("{home}/copy.jsonl", ["--budget", "0"], "positive"),
     ("{home}/copy.jsonl", ["--budget", "100000000"], "fewer than the budget"),
-    ("brown_toedit", [], "no run has made it"),
+    ("{home}/empty.jsonl", [], "no usable documents"),
 ])
 def test_validate_usage_and_input_errors_exit_2(home, capsys, candidate, extra, message):
     args = _args(home, "validate", candidate.format(home=home), *extra)
     assert cli(args) == 2
     err = capsys.readouterr().err
     assert "error:" in err and message in err
+
+
+def test_refused_input_keeps_its_quarantine_rows_and_the_run_says_why(home, capsys):
+    assert cli(_args(home, "validate", home / "empty.jsonl")) == 2
+    assert "no usable documents" in capsys.readouterr().err
+    wh = db.warehouse_path(home)
+    run = db.query(wh, "SELECT run_id, status, message FROM runs ORDER BY started_at DESC "
+                       "LIMIT 1").iloc[0]
+    assert run.status == "CRASHED" and "no usable documents" in run.message
+    bad = db.query(wh, "SELECT file, line, reason FROM quarantine WHERE run_id = ?", [run.run_id])
+    assert list(bad.line) == [1] and bad.file[0].endswith("empty.jsonl")
 
 
 def test_missing_arguments_exit_2(home, capsys):

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from prefect_helpers import free_port, prefect_client
 
 from semisynth.serve import PrefectServer
@@ -62,6 +61,7 @@ def deployed(server):
     return srv, env, setup_out, deploy_out
 
 
+@pytest.mark.slow  # a Prefect server of its own
 def test_prefect_deploy_all_creates_the_nightly_deployment(deployed):
     srv, _, setup_out, deploy_out = deployed
     assert "semisynth_nightly_cron: 0 2 * * *" in setup_out
@@ -70,6 +70,10 @@ def test_prefect_deploy_all_creates_the_nightly_deployment(deployed):
     with prefect_client(srv.api_url) as client:
         d = client.read_deployment_by_name("nightly_refresh/nightly-refresh")
     assert d.entrypoint == "semisynth.flows.nightly:nightly_refresh"
+    # what a worker does with it: the entrypoint names the installed module
+    from prefect.flows import load_flow_from_entrypoint
+
+    assert load_flow_from_entrypoint(d.entrypoint).name == "nightly_refresh"
     assert [s.schedule.cron for s in d.schedules] == ["0 2 * * *"]
     assert d.schedules[0].schedule.timezone == "UTC"
     assert d.schedules[0].active
@@ -82,6 +86,7 @@ def test_prefect_deploy_all_creates_the_nightly_deployment(deployed):
                              {"directory": str(REPO)}}]
 
 
+@pytest.mark.slow  # a Prefect server of its own
 def test_gpu_deployments_and_work_pools(deployed):
     srv, *_ = deployed
     template = json.loads((DEPLOYMENTS / "k8s-gpu-job-template.json").read_text())
@@ -124,6 +129,7 @@ def test_k8s_template_requests_gpus_through_a_job_variable():
     assert props["gpu_count"]["type"] == "integer"
 
 
+@pytest.mark.slow  # a Prefect server of its own
 def test_k8s_pool_rejects_a_bad_gpu_count(deployed):
     """The server validates job variables against the template's schema."""
     from prefect.exceptions import PrefectHTTPStatusError
@@ -137,6 +143,7 @@ def test_k8s_pool_rejects_a_bad_gpu_count(deployed):
                                      entrypoint=k8s.entrypoint, job_variables={"gpu_count": "two"})
 
 
+@pytest.mark.slow  # a Prefect server of its own
 def test_cron_is_configurable_through_the_prefect_variable(deployed):
     srv, env, *_ = deployed
     out = _run([sys.executable, "deployments/setup.py", "--cron", "30 1 * * *",
@@ -151,14 +158,6 @@ def test_cron_is_configurable_through_the_prefect_variable(deployed):
     assert [(s.schedule.cron, s.schedule.timezone) for s in d.schedules] == [("30 1 * * *", "UTC")]
     assert "semisynth_nightly_cron: 30 1 * * *" in kept
     assert limit.concurrency_limit == 1  # SEMISYNTH_GPU_WORKERS unset: 1
-
-
-def test_prefect_yaml_is_what_the_readme_says():
-    spec = yaml.safe_load((DEPLOYMENTS / "prefect.yaml").read_text())
-    nightly = next(d for d in spec["deployments"] if d["name"] == "nightly-refresh")
-    assert nightly["schedules"] == [{"cron": "{{ prefect.variables.semisynth_nightly_cron }}",
-                                     "timezone": "UTC"}]
-    assert nightly["concurrency_limit"]["limit"] == 1
 
 
 def test_serve_refuses_a_server_that_does_not_answer(monkeypatch, capsys, tmp_path):

@@ -1,6 +1,7 @@
 """The nightly_refresh flow end to end on a small slice: real prior, real Prefect server,
 real DuckDB, real Great Expectations, a real (local) Dask cluster."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,25 @@ def test_flow_run_and_artifact_are_visible_in_prefect(flow_run):
     assert {"ingest", "score", "metrics", "gate", "release"} <= names
     summary = [a for a in arts if a.key == "semisynth-summary"]
     assert summary and "Gate verdicts" in summary[0].data
+
+
+def test_metrics_command_gives_the_flows_metric_rows(flow_run, capsys):
+    """One pipeline: `semisynth metrics` on corpora of the flow's config runs the same stage
+    functions, so on the flow's budget it stores the flow's rows, value for value, and
+    makes the edited corpus again from cached scores (no model work)."""
+    home, path, result = flow_run
+    wh = db.warehouse_path(home)
+    columns = "corpus, reference, comparison, metric, n, budget, value, ci_low, ci_high"
+    flow_rows = db.query(wh, f"SELECT {columns} FROM metrics WHERE run_id = ? AND "
+                             "(corpus = 'brown_toedit' OR comparison = 'split_half') "
+                             "ORDER BY ALL", [result["run_id"]])
+    budget = int(flow_rows[flow_rows.metric == "ppl_ks"].budget.iloc[0])
+    assert cli(["--data-root", str(home), "metrics", "brown_toedit", "--reference", "brown",
+                "--config", str(path), "--budget", str(budget)]) == 0
+    out = capsys.readouterr().out
+    assert "model work: 0 tokens" in out
+    run_id = re.search(r"run (metrics-[0-9T-]+)", out).group(1)
+    command_rows = db.query(wh, f"SELECT {columns} FROM metrics WHERE run_id = ? ORDER BY ALL",
+                            [run_id])
+    assert len(flow_rows) > 40
+    assert command_rows.equals(flow_rows)

@@ -1,10 +1,11 @@
 -- The warehouse contract: table names are fixed (DESIGN.md); only the flow process writes.
 CREATE TABLE IF NOT EXISTS runs (
   run_id VARCHAR PRIMARY KEY, flow_run_id VARCHAR, config_name VARCHAR, config_json VARCHAR,
-  started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR, model VARCHAR, message VARCHAR);
+  started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR, model VARCHAR, message VARCHAR,
+  host VARCHAR, pid BIGINT);  -- the process that runs it: a RUNNING run whose pid is gone crashed
 CREATE TABLE IF NOT EXISTS corpora (
   run_id VARCHAR, corpus VARCHAR, role VARCHAR, reference VARCHAR, origin VARCHAR,
-  documents BIGINT, tokens BIGINT, shards INTEGER,
+  documents BIGINT, tokens BIGINT, shards INTEGER,  -- tokens: scored tokens, as doc_scores.tokens
   rows_in BIGINT, rows_ok BIGINT, rows_quarantined BIGINT);  -- ingest counts, file-backed corpora
 CREATE TABLE IF NOT EXISTS shards (
   shard_hash VARCHAR, corpus VARCHAR, source VARCHAR, path VARCHAR, documents BIGINT,
@@ -59,3 +60,5 @@ ALTER TABLE edits ADD COLUMN IF NOT EXISTS revised_tokens BIGINT;
 ALTER TABLE corpora ADD COLUMN IF NOT EXISTS rows_in BIGINT;
 ALTER TABLE corpora ADD COLUMN IF NOT EXISTS rows_ok BIGINT;
 ALTER TABLE corpora ADD COLUMN IF NOT EXISTS rows_quarantined BIGINT;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid BIGINT;

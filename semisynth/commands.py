@@ -1,0 +1,235 @@
+"""The ``metrics`` and ``validate`` commands: one candidate against one reference, outside
+the nightly flow but through the same stage functions (ingest, score+edit, derived corpora,
+warehouse records, the metrics stage, the gate), as a run of its own in the warehouse
+(``metrics-<UTC time>`` / ``validate-<UTC time>``).
+
+A candidate or reference is a corpus of the config (with the corpora it is made from) or a
+document file or glob, which becomes a corpus named by the argument. Ingest and scores are
+cached as in the flow, so a second call does no model work; a derived corpus (edited,
+mixed) is made again from its sources' cached scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from semisynth.config import Config, CorpusConfig, config_from_tree, find_demo_config, load_config
+from semisynth.documents import expand_paths
+from semisynth.quality.measure import InputError
+
+SUITES = ("coverage",)  # the GX suites semisynth.quality.gate builds
+
+
+def new_run_id(kind: str) -> str:
+    now = datetime.now(UTC)
+    return f"{kind}-{now:%Y%m%dT%H%M%S}-{now:%f}"
+
+
+def load_command_config(path: str | None, overrides: list[str] | None) -> tuple[Config, str]:
+    """The config named by --config; else configs/demo.yaml when it can be found (the
+    current folder or the installed package); else built-in defaults with no corpora."""
+    path = path or find_demo_config()
+    if path is not None:
+        return load_config(path, overrides), str(path)
+    try:
+        return config_from_tree({"corpora": {}}, overrides), "(built-in defaults)"
+    except ValueError as exc:  # a malformed override is the user's to fix (exit 2)
+        raise InputError(str(exc)) from exc
+
+
+def _closure(cfg: Config, name: str) -> list[str]:
+    """``name`` and every corpus it is made from."""
+    c = cfg.corpora[name]
+    deps = [d for d in [c.edited_from, *(c.mix or {})] if d]
+    return [n for d in deps for n in _closure(cfg, d)] + [name]
+
+
+def _files_corpus(cfg: Config, spec: str, role: str, reference: str | None) -> CorpusConfig:
+    patterns = [spec if "://" in spec else str(Path(spec).expanduser().resolve())]
+    try:
+        expand_paths(patterns)
+    except (FileNotFoundError, ValueError) as exc:
+        known = ", ".join(cfg.corpora) or "none"
+        raise InputError(f"{spec!r} is neither a corpus of the config (corpora: {known}) "
+                         f"nor a document file or glob ({exc})") from exc
+    return CorpusConfig(paths=patterns, role=role, reference=reference)
+
+
+def pair_config(cfg: Config, candidate: str, reference: str) -> Config:
+    """``cfg`` narrowed to what measuring ``candidate`` against ``reference`` needs: the two
+    (as corpora of the config or of files) and the corpora they are made from, the
+    candidate with role candidate and the reference as its reference. Checked before any
+    model work."""
+    if candidate == reference:
+        raise InputError(f"the candidate and the reference are the same corpus ({candidate}); "
+                         "the reference's own split halves are measured with any candidate")
+    corpora: dict[str, CorpusConfig] = {}
+    for spec, role in ((reference, "reference"), (candidate, "candidate")):
+        ref = reference if role == "candidate" else None
+        if spec not in cfg.corpora:
+            corpora[spec] = _files_corpus(cfg, spec, role, ref)
+            continue
+        for name in _closure(cfg, spec):
+            if name in corpora:
+                continue
+            c = cfg.corpora[name]
+            if c.paths:
+                try:
+                    expand_paths([cfg.resolve(p) for p in c.paths])
+                except (FileNotFoundError, ValueError) as exc:
+                    raise InputError(f"corpus {name!r}: {exc}") from exc
+            # the corpora it is made from are built, not measured
+            corpora[name] = c.model_copy(update={"role": role if name == spec else "monitored",
+                                                 "reference": ref if name == spec else reference,
+                                                 "release": False})
+    return Config.model_validate({**cfg.model_dump(), "corpora": {
+        n: c.model_dump() for n, c in corpora.items()}})
+
+
+@dataclass
+class Measurement:
+    run_id: str
+    candidate: str
+    reference: str
+    budget: int
+    rows: list[dict]
+    edited: bool
+    plots: list[Path]
+    model_work_tokens: int
+    warehouse: Path
+
+
+def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[str], None]):
+    """Ingest, score and derive every corpus of ``cfg`` in dependency order, recorded as the
+    flow records them; returns (shards, scores, ingest counts, model work tokens)."""
+    from semisynth.tasks import corpora, ingest
+    from semisynth.tasks.score import score_shard
+    from semisynth.warehouse import records
+
+    shards, scores, counts, work = {}, {}, {}, 0
+
+    def score(name: str) -> None:
+        nonlocal work
+        scores[name] = []
+        for shard in shards[name]:
+            cached = (score_dir / shard.name).exists()
+            say(f"{name}: shard {shard.stem}: " + ("cached scores" if cached else "scoring with the prior"))
+            stats = score_shard(shard, score_dir / shard.name, cfg.root, cfg.prior, cfg.edit, cfg.seed)
+            scores[name].append(Path(stats.path))
+            work += stats.scored_tokens if stats.model_work else 0
+
+    for name in cfg.order():
+        if cfg.corpora[name].paths:
+            result = ingest.ingest_corpus(cfg, name)
+            records.record_ingest(wh, run_id, result)
+            if result.rows_ok == 0:
+                raise InputError(f"{name}: no usable documents ({result.rows_quarantined} rows "
+                                 "quarantined; see the quarantine table)")
+            shards[name] = [Path(s.path) for s in result.shards]
+            counts[name] = ingest.ingest_counts(result)
+            score(name)
+        else:
+            shards[name], made = corpora.derive(cfg, name, shards, scores, score_dir)
+            records.record_new_shards(wh, run_id, name,
+                                      corpora.derived_shard_infos(cfg, name, shards[name]))
+            if made is None:
+                score(name)
+            else:
+                scores[name] = made
+    return shards, scores, counts, work
+
+
+def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None, kind: str,
+                command: str, say=None, suite: str | None = None):
+    """Measure ``candidate`` against ``reference`` as a run of its own; with ``suite``, also
+    gate it (the run ends FAILED when the gate fails). Returns the Measurement, and with
+    ``suite`` the gate's result too."""
+    from semisynth.quality import gate, measure
+    from semisynth.tasks.corpora import corpus_records
+    from semisynth.tasks.prior import resolve_model
+    from semisynth.tasks.score import score_key
+    from semisynth.warehouse import db, records
+
+    if budget is not None and budget <= 0:
+        raise InputError(f"--budget must be a positive number of tokens, got {budget}")
+    if suite is not None and suite not in SUITES:
+        raise InputError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
+    sub = pair_config(cfg, candidate, reference)
+    say = say or (lambda message: None)
+    wh = db.init(db.warehouse_path(cfg.root))
+    _, model_id = resolve_model(cfg.prior.model, cfg.root)
+    score_dir = cfg.root / "scores" / score_key(model_id, cfg.prior, cfg.edit, cfg.seed)
+    run_id = new_run_id(kind)
+    verdict = None
+    with records.tracked_run(wh, run_id, config_name=cfg.name, config_json=sub.model_dump_json(),
+                             model=model_id, message=command) as run:
+        shards, scores, counts, work = _build(sub, run_id, wh, score_dir, say)
+        records.record_corpora(wh, run_id, corpus_records(sub, shards, scores, counts))
+        measured = measure.measure_run(sub, wh, run_id, scores, {candidate: reference}, budget)
+        edited = sub.corpora[candidate].edited_from is not None
+        if suite is not None:
+            gate_cfg = cfg.gate.model_copy(update={"suite": suite})
+            verdict = gate.validate_corpus(wh, cfg.root / "gx", run_id, candidate, reference,
+                                           gate_cfg, edited=edited)
+            records.record_validations(wh, verdict.rows)
+            failing = [r["metric"] for r in verdict.failures()]
+            run.finish("COMPLETED" if verdict.success else "FAILED",
+                       f"{command}: " + (f"failed {', '.join(failing)}" if failing else "passed"))
+    result = Measurement(run_id, candidate, reference, measured.budget, measured.rows, edited,
+                         measured.plots, work, wh)
+    return result if suite is None else (result, verdict)
+
+
+def run_validation(cfg: Config, candidate: str, reference: str, budget: int | None, suite: str,
+                   command: str, say=None):
+    """run_metrics, then the GX suite on the run's rows, recorded in ``validations``.
+    Returns (Measurement, gate.GateResult)."""
+    return run_metrics(cfg, candidate, reference, budget, "validate", command, say, suite=suite)
+
+
+def _num(v) -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4g}"
+
+
+def format_table(result: Measurement) -> str:
+    """The command's table: one line per metric, with its CI and the reference's yardstick."""
+    yard = {r["metric"]: r["value"] for r in result.rows if r["comparison"] == "split_half"}
+    rows = [r for r in result.rows if r["comparison"] == "vs_reference"]
+    head = (f"{result.candidate} vs {result.reference}: run {result.run_id}, equal token budget "
+            f"{result.budget} tokens per side")
+    lines = [head, "",
+             f"{'metric':<16} {'n':>2} {'value':>10} {'95% CI':>21} {'yardstick':>10} {'budget':>9}"]
+    for r in rows:
+        ci = f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if r["ci_low"] is not None else ""
+        lines.append(f"{r['metric']:<16} {'' if r['n'] is None else r['n']:>2} "
+                     f"{_num(r['value']):>10} {ci:>21} {_num(yard.get(r['metric'])):>10} "
+                     f"{r['budget']:>9}")
+    lines += ["", f"yardstick: {result.reference} split half A vs half B on the same budget"]
+    return "\n".join(lines)
+
+
+def format_verdict(result: Measurement, verdict) -> str:
+    """Every expectation with its observed value and threshold, then the verdict."""
+    lines = [f"suite {verdict.suite} on {result.candidate} (reference {result.reference}), "
+             f"run {result.run_id}, budget {result.budget} tokens", "",
+             f"{'':4} {'metric':<16} {'observed':>10}  threshold"]
+
+    def observed(r):
+        return "missing" if r["observed"] is None else f"{r['observed']:.4g}"
+
+    for r in verdict.rows:
+        lines.append(f"{'PASS' if r['success'] else 'FAIL':4} {r['metric']:<16} "
+                     f"{observed(r):>10}  {r['threshold']}")
+    failing = verdict.failures()
+    lines.append("")
+    if failing:
+        lines.append(f"FAILED: {len(failing)} of {len(verdict.rows)} expectations failed:")
+        lines += [f"  - {r['expectation']}: observed {observed(r)}" for r in failing]
+    else:
+        lines.append(f"PASSED: all {len(verdict.rows)} expectations")
+    return "\n".join(lines)
