@@ -11,7 +11,7 @@ shards are the candidate, the odd shards the reference half.
 Both implementations compute distinct_n, top1pct_mass_n, ref_coverage_n and js_n (2**20
 buckets) for n = 1, 2, 3 of the candidate against the reference, reading the shards one at a
 time:
-  (a) semisynth: ``metrics.shard_ngram_metrics`` (per shard: vectorised count tables; merged
+  (a) semisynth: ``ngram_metrics.shard_ngram_metrics`` (per shard: vectorised count tables; merged
       as they come; metrics from the merged tables), one process;
   (b) Counter: per shard ``to_pylist``, then ``Counter.update`` over the n-gram tuples of
       every document; the metrics from the Counters in plain Python (the JS hash is the same
@@ -47,7 +47,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semisynth.documents import read_records
-from semisynth.quality import metrics as M
+from semisynth.quality.ngram_metrics import HASH_MULT, NGRAM_METRICS, shard_ngram_metrics
+from semisynth.quality.ngrams import TOKEN_BITS, count_sample, whole_files
 
 REPO = Path(__file__).resolve().parents[1]
 EXACT = ("distinct", "top1pct_mass", "ref_coverage")
@@ -124,8 +125,8 @@ def counter_tables(paths, orders) -> dict[int, Counter]:
 def counter_bucket(gram: tuple, buckets: int) -> int:
     key = 0
     for token in gram:
-        key = (key << M.TOKEN_BITS) | token
-    return (((key * int(M.HASH_MULT)) % 2**64) >> 32) * buckets >> 32
+        key = (key << TOKEN_BITS) | token
+    return (((key * int(HASH_MULT)) % 2**64) >> 32) * buckets >> 32
 
 
 def counter_metrics(cand: Counter, ref: Counter, n: int, buckets: int) -> dict[str, float]:
@@ -169,7 +170,7 @@ def counter_stage(cand_paths, ref_paths, orders, buckets) -> dict[str, float]:
 # (a) semisynth, and the child process that measures either
 
 def semisynth_stage(cand_paths, ref_paths, orders, buckets) -> dict[str, float]:
-    return M.shard_ngram_metrics(cand_paths, ref_paths, orders, buckets)
+    return shard_ngram_metrics(cand_paths, ref_paths, orders, buckets)
 
 
 def peak_rss_mb() -> float:
@@ -199,7 +200,7 @@ def child(args) -> None:
     out = {"seconds": seconds, "cpu_seconds": cpu, "all_seconds": [t for t, _ in times],
            "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(), "values": values}
     if args.child == "semisynth":  # the size of what the reduce holds at the end
-        tables = [M.count_shards(spec[side], orders) for side in ("cand", "ref")]
+        tables = [count_sample(whole_files(spec[side]), orders) for side in ("cand", "ref")]
         out["table_mb"] = sum(t.nbytes for t in tables) / 2**20
     print(json.dumps(out))
 
@@ -254,7 +255,7 @@ def main() -> None:
         runs["semisynth"]["tokens"] = runs["counter"]["tokens"] = total
     fast, slow = runs["semisynth"], runs["counter"]
 
-    names = [f"{m}_{n}" for n in orders for m in M.NGRAM_METRICS]
+    names = [f"{m}_{n}" for n in orders for m in NGRAM_METRICS]
     print(f"\n{'metric':<17}{'semisynth':>22}{'Counter':>22}  agree")
     mismatches = []
     for name in names:

@@ -4,17 +4,20 @@ Run with the project's venv:  .venv/bin/python benchmarks/scale.py [--tokens 100
 
 The same shards as benchmarks/ngrams.py (the Brown Corpus tokenized with the default prior's
 tokenizer, cycled with a fresh document order per pass to --tokens tokens, --shards Parquet
-shards; even shards the candidate, odd ones the reference). For each worker count, a Dask
-LocalCluster of that many worker processes with one thread each runs
-``metrics.dask_ngram_metrics``: ``count_shard`` per shard (the map), a tree of
-``merge_counts`` tasks per corpus (the reduce) and one ``metrics_of_counts`` task per order,
-all on the workers; the client only gathers the twelve values. The cluster is started and
-warmed up (the workers import numpy and the metrics module on a two-shard run) before the
-clock starts; the figure is the best of --repeat runs. "busy workers" is the tasks' compute
-time over the wall time: near the worker count when the stage keeps every worker busy (on a
-machine shared with other work, the wall time can fall short of that while this stays high);
-"CPU share" is the CPU time the workers got per worker and wall second (1.0: a core each). The values are checked against the
-same stage run here without Dask (``metrics.shard_ngram_metrics``).
+shards; even shards the candidate, odd ones the reference). Each side is counted by
+``ngrams.count_sample``, the function the metrics stage (``comparison.compare``) counts its
+equal-budget samples with, here on a sample of every row of the side's shards
+(``ngrams.whole_files``); then ``ngram_metrics.metrics_of_counts`` of the two, as compare does.
+For each worker count, a Dask LocalCluster of that many worker processes with one thread
+each runs the map (``count_parts``, about four groups of shards per worker) and the reduce
+(a tree of ``merge_counts`` tasks) of each side; the merged counts come back to this process,
+which computes the twelve metrics. The cluster is started and warmed up (the workers import
+numpy and the n-gram module on a two-shard run) before the clock starts; the figure is the
+best of --repeat runs. "busy workers" is the tasks' compute time over the wall time: near
+the worker count when the stage keeps every worker busy (on a machine shared with other
+work, the wall time can fall short of that while this stays high); "CPU share" is the CPU
+time the workers got per worker and wall second (1.0: a core each). The values are checked
+against the same functions run here without Dask (``count_sample`` without a client).
 
 Prints tokens/s for each worker count and the ratio of 2 workers to 1 (target >= 1.6x),
 then one JSON line.
@@ -36,9 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ngrams import assets_root, brown_token_ids, shard_tokens, write_shards  # noqa: E402
 
-from semisynth.quality import metrics as M  # noqa: E402
+from semisynth.quality.ngram_metrics import metrics_of_counts  # noqa: E402
+from semisynth.quality.ngrams import count_sample, whole_files  # noqa: E402
 
 ORDERS = (1, 2, 3)
+
+
+def ngram_stage(cand_parts, ref_parts, buckets: int, client=None) -> dict[str, float]:
+    """The stage's n-gram work on two samples: each counted by count_sample, then their metrics."""
+    return metrics_of_counts(count_sample(cand_parts, ORDERS, client),
+                             count_sample(ref_parts, ORDERS, client), ORDERS, buckets)
 
 
 # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's
@@ -59,13 +69,13 @@ def timed_runs(workers: int, cand, ref, buckets: int, repeat: int,
                        dashboard_address=":0") as cluster,
           Client(cluster) as client):
         client.wait_for_workers(workers)
-        M.dask_ngram_metrics(client, cand[:1], ref[:1], ORDERS, buckets)  # warm-up
+        ngram_stage(cand[:1], ref[:1], buckets, client)  # warm-up
         runs = []
         for _ in range(repeat):
             cpu = sum(client.run(time.process_time).values())
             with get_task_stream(client) as stream:
                 start = time.perf_counter()
-                values = M.dask_ngram_metrics(client, cand, ref, ORDERS, buckets)
+                values = ngram_stage(cand, ref, buckets, client)
                 seconds = time.perf_counter() - start
             cpu = sum(client.run(time.process_time).values()) - cpu
             busy = sum(s["stop"] - s["start"] for t in stream.data for s in t["startstops"]
@@ -93,11 +103,11 @@ def main() -> None:
         work = Path(args.work) if args.work else Path(tmp)
         paths = write_shards(brown_token_ids(assets_root()), args.tokens, args.shards, args.seed,
                              work / "shards")
-        cand, ref = paths[0::2], paths[1::2]
+        cand, ref = whole_files(paths[0::2]), whole_files(paths[1::2])
         total = shard_tokens(paths)
         print(f"{total} tokens in {len(paths)} shards; {os.cpu_count()} cores; worker environment {env}")
         start = time.perf_counter()
-        local = M.shard_ngram_metrics(cand, ref, ORDERS, args.buckets)
+        local = ngram_stage(cand, ref, args.buckets)
         rows = {"no Dask (this process)": {"workers": 0, "seconds": time.perf_counter() - start}}
         for workers in args.workers:
             runs, values = timed_runs(workers, cand, ref, args.buckets, args.repeat, env)

@@ -3,7 +3,10 @@
 ``load_scores`` and ``measure`` are the one computation behind both the flow's metrics
 task and the ``semisynth metrics`` / ``validate`` commands: per-document token ids and
 perplexities from the score files, every candidate against its reference on one equal
-token budget, and each reference's split-half yardstick on that same budget.
+token budget, and each reference's split-half yardstick on that same budget. The n-grams
+of each equal-budget sample are counted by map-reduce over the score files it reads
+(``ngrams.count_sample``): on a Dask cluster when ``measure`` is given a client, here
+otherwise, with the same values.
 
 ``measure_run`` is the metrics stage itself (measure, store, plot), the same for the flow
 and the commands.
@@ -20,7 +23,10 @@ import numpy as np
 import pyarrow.compute as pc
 
 from semisynth.config import Config, MetricsConfig
-from semisynth.quality import metrics as metrics_mod
+from semisynth.quality.budget import split_half
+from semisynth.quality.comparison import compare, split_half_yardstick
+from semisynth.quality.ngrams import DocumentFiles, count_ngrams, top_of_table, unpack_ngram
+from semisynth.quality.ppl_metrics import log_bins, ppl_histogram
 from semisynth.warehouse import db
 
 SCORE_COLUMNS = ["token_ids", "ppl", "scored_tokens", "edited_tokens"]
@@ -32,12 +38,14 @@ class InputError(ValueError):
 
 @dataclass
 class Scored:
-    """A scored corpus: token ids and perplexity per document, and its edit counts."""
+    """A scored corpus: token ids and perplexity per document, and its edit counts;
+    ``files``: where each document is stored (None: the corpus is counted in memory)."""
 
     docs: list[np.ndarray]
     ppl: np.ndarray
     scored_tokens: int = 0
     edited_tokens: int = 0
+    files: DocumentFiles | None = None
 
     @property
     def tokens(self) -> int:
@@ -48,18 +56,20 @@ def load_scores(paths: Sequence[Path]) -> Scored:
     """A corpus's score files (``scores/<key>/<shard>.parquet``), concatenated in order."""
     from semisynth.tasks.score import read_scores, token_arrays
 
-    table = read_scores(list(paths), SCORE_COLUMNS)
+    paths = list(paths)
+    table = read_scores(paths, SCORE_COLUMNS)
     return Scored(
         docs=token_arrays(table),
         ppl=table.column("ppl").to_numpy().astype(float),
         scored_tokens=int(pc.sum(table.column("scored_tokens")).as_py() or 0),
         edited_tokens=int(pc.sum(table.column("edited_tokens")).as_py() or 0),
+        files=DocumentFiles.of_files(paths, [pq.ParquetFile(p).metadata.num_rows for p in paths]),
     )
 
 
 def smaller_half_tokens(docs: Sequence[np.ndarray], seed: int) -> int:
     """Tokens of the smaller of the reference's two split halves (the yardstick's halves)."""
-    halves = metrics_mod.split_half(len(docs), seed)
+    halves = split_half(len(docs), seed)
     return min(int(sum(len(docs[i]) for i in half)) for half in halves)
 
 
@@ -73,7 +83,7 @@ def default_budget(corpora: Mapping[str, Scored], pairs: Mapping[str, str], seed
 
 def measure(corpora: Mapping[str, Scored], pairs: Mapping[str, str], cfg: MetricsConfig,
             seed: int, budget: int | None = None,
-            edited_from: Mapping[str, str] | None = None) -> tuple[list[dict], int]:
+            edited_from: Mapping[str, str] | None = None, client=None) -> tuple[list[dict], int]:
     """Metric rows of every candidate of ``pairs`` (candidate -> reference) against its
     reference, and each reference's split-half yardstick, all on one token budget
     (``budget``, else ``cfg.budget_tokens``, else ``default_budget``).
@@ -81,6 +91,8 @@ def measure(corpora: Mapping[str, Scored], pairs: Mapping[str, str], cfg: Metric
     Rows: {corpus, reference, comparison ("split_half" / "vs_reference"), metric, n, budget,
     value, ci_low, ci_high}. A candidate in ``edited_from`` (candidate -> the corpus it was
     edited from) also gets ``edit_rate``: edited / scored tokens of that source's scores.
+    ``client``: a ``distributed.Client`` whose workers count the samples' n-grams (every
+    corpus must then come with its ``files``); the rows are the same without one.
     Returns (rows, budget)."""
     for name in {*pairs, *pairs.values()}:
         if name not in corpora:
@@ -94,13 +106,14 @@ def measure(corpora: Mapping[str, Scored], pairs: Mapping[str, str], cfg: Metric
               "bootstrap": cfg.bootstrap}
     rows = []
     for ref in sorted(set(pairs.values())):
-        for r in metrics_mod.split_half_yardstick(corpora[ref].docs, corpora[ref].ppl, budget,
-                                                  seed, **kwargs):
+        for r in split_half_yardstick(corpora[ref].docs, corpora[ref].ppl, budget, seed,
+                                      files=corpora[ref].files, client=client, **kwargs):
             rows.append({**r, "corpus": ref, "reference": ref, "comparison": "split_half"})
     for name, ref in pairs.items():
         cand, reference = corpora[name], corpora[ref]
-        corpus_rows = metrics_mod.compare(cand.docs, cand.ppl, reference.docs, reference.ppl,
-                                          budget, seed, **kwargs)
+        corpus_rows = compare(cand.docs, cand.ppl, reference.docs, reference.ppl, budget, seed,
+                              cand_files=cand.files, ref_files=reference.files, client=client,
+                              **kwargs)
         source = (edited_from or {}).get(name)
         if source is not None:
             src = corpora[source]
@@ -114,7 +127,7 @@ def measure(corpora: Mapping[str, Scored], pairs: Mapping[str, str], cfg: Metric
 
 def ngram_tables(corpora: Mapping[str, Scored], orders: Sequence[int]) -> dict[str, dict]:
     """{corpus: {n: (sorted n-gram types, counts)}}: each corpus counted once."""
-    return {name: metrics_mod.count_ngrams(c.docs, tuple(orders)).tables(tuple(orders))
+    return {name: count_ngrams(c.docs, tuple(orders)).tables(tuple(orders))
             for name, c in corpora.items()}
 
 
@@ -122,17 +135,17 @@ def distribution_rows(run_id: str, corpora: Mapping[str, Scored], tables: Mappin
                       top: int = 20) -> tuple[list[dict], list[dict]]:
     """Rows of ``ppl_histograms`` (shared log bins over all corpora) and ``ngram_top``
     (from ``ngram_tables``)."""
-    bins = metrics_mod.log_bins(np.concatenate([c.ppl for c in corpora.values()]))
+    bins = log_bins(np.concatenate([c.ppl for c in corpora.values()]))
     hist_rows, top_rows = [], []
     for name, c in corpora.items():
         hist_rows += [{"run_id": run_id, "corpus": name, **row}
-                      for row in metrics_mod.ppl_histogram(c.ppl, bins)]
+                      for row in ppl_histogram(c.ppl, bins)]
         for n, (all_types, all_counts) in tables[name].items():
-            types, counts = metrics_mod.top_of_table(all_types, all_counts, top)
+            types, counts = top_of_table(all_types, all_counts, top)
             total = max(int(all_counts.sum()), 1)
             for rank, (key, count) in enumerate(zip(types, counts, strict=True), start=1):
                 top_rows.append({"run_id": run_id, "corpus": name, "n": n, "rank": rank,
-                                 "ngram": json.dumps(list(metrics_mod.unpack_ngram(int(key), n))),
+                                 "ngram": json.dumps(list(unpack_ngram(int(key), n))),
                                  "count": int(count), "share": float(count) / total})
     return hist_rows, top_rows
 

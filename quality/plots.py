@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semisynth.quality import metrics as metrics_mod
+from semisynth.quality.ppl_metrics import log_bins
 
 REFERENCE_STYLE = {"color": "black", "linewidth": 2.2}
 QUARTILES = (0.25, 0.50, 0.75)
@@ -50,7 +50,7 @@ def ppl_distribution_png(path: Path, reference: str, ppl: Mapping[str, np.ndarra
     clean = {name: np.asarray(p, float)[np.isfinite(p) & (np.asarray(p, float) > 0)]
              for name, p in ppl.items()}
     clean = {name: p for name, p in clean.items() if p.size}
-    bins = metrics_mod.log_bins(np.concatenate(list(clean.values())), num=40)
+    bins = log_bins(np.concatenate(list(clean.values())), num=40)
     fig = _figure(9, 5)
     ax = fig.add_subplot()
     ordered = [reference] + [n for n in clean if n != reference]

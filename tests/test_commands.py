@@ -13,7 +13,7 @@ import yaml
 from semisynth.cli import main as cli
 from semisynth.config import MetricsConfig
 from semisynth.quality import measure
-from semisynth.quality import metrics as M
+from semisynth.quality.comparison import compare, split_half_yardstick
 from semisynth.warehouse import db
 
 pytestmark = pytest.mark.slow
@@ -90,8 +90,8 @@ def test_metrics_command_prints_and_stores_every_metric_with_its_budget(home, ca
     # the stored values are the library's, on the same score files, budget and seed
     assert len(_brown_scores(home)) == 1
     corpus = measure.load_scores(_brown_scores(home))
-    expected = M.compare(corpus.docs, corpus.ppl, corpus.docs, corpus.ppl, 400, seed=3,
-                         bootstrap=20)
+    expected = compare(corpus.docs, corpus.ppl, corpus.docs, corpus.ppl, 400, seed=3,
+                       bootstrap=20)
     for r in expected:
         assert ci.value[r["metric"]] == pytest.approx(r["value"], nan_ok=True), r["metric"]
     folder = home / "runs" / run_id
@@ -195,8 +195,8 @@ def test_measure_is_the_flows_computation():
                          corpora["ed"].tokens, corpora["other"].tokens)
     split = [r for r in rows if r["comparison"] == "split_half"]
     assert split == [{**r, "corpus": "ref", "reference": "ref", "comparison": "split_half"}
-                     for r in M.split_half_yardstick(corpora["ref"].docs, corpora["ref"].ppl,
-                                                     budget, 1, bootstrap=10)]
+                     for r in split_half_yardstick(corpora["ref"].docs, corpora["ref"].ppl,
+                                                 budget, 1, bootstrap=10)]
     ed = {r["metric"]: r for r in rows if r["corpus"] == "ed"}
     assert ed["edit_rate"]["value"] == 7 / corpora["ref"].scored_tokens
     assert ed["edit_rate"]["budget"] == corpora["ref"].scored_tokens

@@ -1,0 +1,57 @@
+"""Perplexity-distribution metrics of a candidate corpus against a reference.
+
+See DESIGN.md, "Signals of collapse". Inputs are 1-D float arrays of per-document perplexity.
+``ppl_metrics`` gives the candidate's quantiles (``ppl_q01`` .. ``ppl_q99``), the shares of its
+documents below the reference's 25th and above its 90th percentile (``ppl_low_frac``,
+``ppl_tail_frac``), and the two-sample Kolmogorov-Smirnov statistic and the Wasserstein-1
+distance of the log perplexities (``ppl_ks``, ``ppl_w1``, both by scipy.stats).
+``log_bins`` and ``ppl_histogram`` bin perplexities for the warehouse and the plots.
+"""
+
+import numpy as np
+from scipy import stats
+
+PPL_QUANTILES = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
+
+
+def ppl_low_frac(cand_ppl, ref_ppl) -> float:
+    """Share of candidate documents with PPL <= the reference's 25th percentile (human: ~0.25)."""
+    return float(np.mean(np.asarray(cand_ppl) <= np.quantile(ref_ppl, 0.25)))
+
+
+def ppl_tail_frac(cand_ppl, ref_ppl) -> float:
+    """Share of candidate documents with PPL >= the reference's 90th percentile (human: ~0.10)."""
+    return float(np.mean(np.asarray(cand_ppl) >= np.quantile(ref_ppl, 0.90)))
+
+
+def ppl_metrics(cand_ppl, ref_ppl) -> dict[str, float]:
+    cand_ppl, ref_ppl = np.asarray(cand_ppl, float), np.asarray(ref_ppl, float)
+    out = {f"ppl_q{round(q * 100):02d}": float(v)
+           for q, v in zip(PPL_QUANTILES, np.quantile(cand_ppl, PPL_QUANTILES), strict=True)}
+    out["ppl_low_frac"] = ppl_low_frac(cand_ppl, ref_ppl)
+    out["ppl_tail_frac"] = ppl_tail_frac(cand_ppl, ref_ppl)
+    # on log scale: PPL is multiplicative, and the tail would otherwise dominate W1
+    log_cand, log_ref = np.log(cand_ppl), np.log(ref_ppl)
+    out["ppl_ks"] = float(stats.ks_2samp(log_cand, log_ref).statistic)
+    out["ppl_w1"] = float(stats.wasserstein_distance(log_cand, log_ref))
+    return out
+
+
+def log_bins(all_ppl, num: int = 40) -> np.ndarray:
+    """num log-spaced bins (num + 1 edges) spanning every finite positive PPL of all corpora."""
+    ppl = np.asarray(all_ppl, float)
+    ppl = ppl[np.isfinite(ppl) & (ppl > 0)]
+    if ppl.size == 0:
+        raise ValueError("no finite positive perplexities to bin")
+    low, high = ppl.min(), ppl.max()
+    if low == high:  # one distinct value: widen so the bins have width
+        low, high = low / 1.01, high * 1.01
+    return np.geomspace(low, high, num + 1)
+
+
+def ppl_histogram(ppl, bins) -> list[dict]:
+    """Rows {bin_low, bin_high, documents} (as np.histogram: last bin closed, outside dropped)."""
+    counts, edges = np.histogram(np.asarray(ppl, float), bins=bins)
+    return [{"bin_low": float(lo), "bin_high": float(hi), "documents": int(c)}
+            for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)]
+
