@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from semisynth.config import Config, load_config
-from semisynth.flows.runner import GPU_TAG, score_placement, task_runner
+from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
 from semisynth.quality import gate as gate_mod
 from semisynth.quality import measure as measure_mod
 from semisynth.quality import plots as plots_mod
@@ -87,7 +87,7 @@ def metrics_task(cfg: Config, run_id: str, scores: dict[str, list[Path]]
                  ) -> measure_mod.MeasuredRun:
     """Every metric on one equal token budget, stored, with the run's plots."""
     measured = measure_mod.measure_run(cfg, db.warehouse_path(cfg.root), run_id, scores,
-                                       cfg.pairs())
+                                       cfg.pairs(), client=flow_dask_client())
     get_run_logger().info("metrics on equal budgets of %d tokens", measured.budget)
     for png in measured.plots:  # attached to the flow run
         create_markdown_artifact(plots_mod.image_markdown(png), key=plots_mod.artifact_key(png),

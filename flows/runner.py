@@ -65,7 +65,7 @@ def gpu_workers(client) -> list[str]:
     return sorted(a for a, w in workers.items() if (w.get("resources") or {}).get(GPU_RESOURCE, 0) > 0)
 
 
-def _flow_dask_client():
+def flow_dask_client():
     """The Dask client of the running flow's task runner, or None (not on Dask)."""
     from prefect.context import FlowRunContext
     from prefect_dask import DaskTaskRunner
@@ -87,7 +87,7 @@ def score_placement() -> Iterator[dict | None]:
     mode = os.environ.get(GPU_MODE_ENV, "auto").lower()
     if mode not in ("auto", "require", "off"):
         raise ValueError(f"{GPU_MODE_ENV} must be auto, require or off, got {mode!r}")
-    client = _flow_dask_client() if mode != "off" else None
+    client = flow_dask_client() if mode != "off" else None
     if client is None:
         yield None
         return

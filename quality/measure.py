@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from semisynth.config import Config, MetricsConfig
 from semisynth.quality.budget import split_half
@@ -176,15 +177,18 @@ class MeasuredRun:
 
 
 def measure_run(cfg: Config, wh: Path, run_id: str, scores: Mapping[str, Sequence[Path]],
-                pairs: Mapping[str, str], budget: int | None = None) -> MeasuredRun:
+                pairs: Mapping[str, str], budget: int | None = None, client=None) -> MeasuredRun:
     """The metrics stage: every candidate of ``pairs`` (candidate -> reference) against its
     reference, and each reference's yardstick, on one token budget; stored in the warehouse
     with the run's plots. ``scores``: each corpus's score files (a candidate edited from
-    another corpus also needs that corpus's, for its edit rate)."""
+    another corpus also needs that corpus's, for its edit rate). With a Dask ``client`` the
+    n-gram counts of the budget samples are map-reduced over the score files on its
+    workers (``ngrams.count_sample``); the rows are the same either way."""
     edited = {n: cfg.corpora[n].edited_from for n in pairs if cfg.corpora[n].edited_from}
     needed = [n for n in scores if n in {*pairs, *pairs.values(), *edited.values()}]
     loaded = {name: load_scores(scores[name]) for name in needed}
-    rows, used = measure(loaded, pairs, cfg.metrics, cfg.seed, budget, edited_from=edited)
+    rows, used = measure(loaded, pairs, cfg.metrics, cfg.seed, budget, edited_from=edited,
+                         client=client)
     values: dict[str, dict[str, float]] = {}
     for r in rows:
         if r["comparison"] == "vs_reference":

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semisynth.documents import temporary_name
+from semisynth.documents import atomic_path
 from semisynth.quality import plots
 from semisynth.warehouse import db
 
@@ -273,11 +273,6 @@ def build_report(root: Path, run_id: str, out: Path | None = None) -> Path:
 </body></html>
 """
     out = Path(out) if out else folder / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(temporary_name(out.name))
-    try:
+    with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

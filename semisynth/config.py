@@ -177,6 +177,12 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references_exist(self) -> Config:
+        # these names become folder names (releases/<name>-<corpus>/): one plain component
+        for label, value in [("config name", self.name),
+                             *(("release corpus", n) for n, c in self.corpora.items() if c.release)]:
+            if not SAFE_NAME.fullmatch(value):
+                raise ValueError(f"{label} {value!r} must be a plain name (letters, digits, "
+                                 "'_', '.', '-'; not starting with '.' or '-')")
         for name, c in self.corpora.items():
             for other in [c.edited_from, c.reference, *(c.mix or {})]:
                 if other is not None and other not in self.corpora:

@@ -7,13 +7,17 @@ can quarantine it. Writing streams too and is atomic (temporary file, then renam
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
 import posixpath
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 
 import fsspec
 import pyarrow as pa
@@ -48,6 +52,34 @@ def temporary_name(name: str) -> str:
     """A hidden name beside ``name`` to write to and then rename into place; unique across
     the processes and machines that share a data root."""
     return f".{name}.{uuid.uuid4().hex}.tmp"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, keep_existing: bool = False) -> Iterator[Path]:
+    """Write-then-rename, the one way semisynth publishes a file or folder: yields a hidden
+    temporary path beside ``path`` (nothing is created there); when the block ends without
+    error it is renamed onto ``path``, so readers see the old content or the whole new one.
+    On error, or when ``keep_existing`` and ``path`` appeared meanwhile (a content-keyed
+    file another writer finished first), the temporary one is removed instead.
+    A folder is never renamed over an existing one: that raises FileExistsError."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(temporary_name(path.name))
+    try:
+        yield tmp
+        if keep_existing and path.exists():
+            return
+        if tmp.is_dir():
+            if path.exists():
+                raise FileExistsError(f"{path} appeared while it was being written")
+            os.rename(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)  # read-only files go: the folder is writable
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def excerpt_of(raw: bytes | str | dict) -> str:
@@ -181,21 +213,17 @@ def write_documents(docs: Iterable[dict], path, batch_rows: int = 1000) -> int:
     path = str(path)
     fmt = file_format(path)
     fs, target = fsspec.core.url_to_fs(path)
-    parent, name = posixpath.split(target)
-    fs.makedirs(parent, exist_ok=True)
-    tmp = posixpath.join(parent, temporary_name(name))
-    try:
-        with fs.open(tmp, "wb") as f:
-            if fmt == ".parquet":
-                n = _write_parquet(_checked(docs), f, batch_rows)
-            else:
-                n = _write_jsonl(_checked(docs), f, gzipped=fmt == ".jsonl.gz")
-        fs.mv(tmp, target)  # a rename on local disks; object stores publish on close anyway
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-        raise
-    return n
+
+    def write(f) -> int:
+        if fmt == ".parquet":
+            return _write_parquet(_checked(docs), f, batch_rows)
+        return _write_jsonl(_checked(docs), f, gzipped=fmt == ".jsonl.gz")
+
+    if not isinstance(fs, LocalFileSystem):  # object stores publish a file whole, on close
+        with fs.open(target, "wb") as f:
+            return write(f)
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        return write(f)
 
 
 def expand_paths(patterns: list[str]) -> list[str]:

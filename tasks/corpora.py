@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +9,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from semisynth.documents import temporary_name
+from semisynth.documents import atomic_path
 from semisynth.tasks.ingest import ShardInfo, doc_hash, write_shard
 from semisynth.warehouse.records import CorpusRecord
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():  # content-addressed: same name, same content
         return path
-    tmp = path.with_name(temporary_name(path.name))
-    try:
+    with atomic_path(path, keep_existing=True) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from semisynth.documents import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +76,9 @@ def fetch_default_prior(root: Path) -> Path:
         raise RuntimeError(f"converted prior does not match: missing={missing} unexpected={unexpected}")
     if clean.config.tie_word_embeddings:
         clean.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".prior-", dir=target.parent))
-    try:
+    with atomic_path(target) as tmp:
         clean.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

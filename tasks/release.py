@@ -12,16 +12,15 @@ import contextlib
 import gzip
 import hashlib
 import json
-import os
 import re
-import secrets
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from semisynth.documents import atomic_path
 
 FORMATS = ("parquet", "jsonl.gz")
 MANIFEST = "manifest.json"
@@ -70,39 +69,40 @@ def write_release(releases_root: Path, name: str, version: str, shard_paths: lis
         raise FileExistsError(f"release {name} {version} already exists at {final}: "
                               "releases are immutable, write a new version")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp-{version}-{secrets.token_hex(4)}"
-    data = tmp / "data"
-    data.mkdir(parents=True)
     try:
-        documents = 0
-        for i, shard in enumerate(shard_paths):
-            table = pq.read_table(shard)
-            missing = {"id", "text"} - set(table.column_names)
-            if missing:
-                raise ValueError(f"shard {shard} lacks column(s) {sorted(missing)}")
-            documents += table.num_rows
-            if "parquet" in formats:
-                pq.write_table(table, data / f"part-{i:05d}.parquet")
-            if "jsonl.gz" in formats:
-                _write_jsonl_gz(table, data / f"part-{i:05d}.jsonl.gz")
-        files = {p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-                 for p in sorted(data.iterdir())}
-        full = {**manifest, "name": name, "version": version,
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "documents": documents, "files": files}
-        # default=str: datetimes (e.g. validated_at in the gate's rows) become ISO text.
-        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str) + "\n")
-        for path in [*data.iterdir(), tmp / MANIFEST]:
-            path.chmod(0o444)
-        if final.exists():  # another writer got there first
-            raise FileExistsError(f"release {name} {version} appeared at {final} while writing")
-        os.rename(tmp, final)
+        with atomic_path(final) as tmp:
+            _write_release_folder(tmp, name, version, shard_paths, manifest, formats)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # read-only files go: the folder is writable
         with contextlib.suppress(OSError):
             folder.rmdir()  # only if empty, i.e. this failed release was its only content
         raise
     return final
+
+
+def _write_release_folder(tmp: Path, name: str, version: str, shard_paths: list[Path],
+                          manifest: dict, formats: tuple[str, ...]) -> None:
+    data = tmp / "data"
+    data.mkdir(parents=True)
+    documents = 0
+    for i, shard in enumerate(shard_paths):
+        table = pq.read_table(shard)
+        missing = {"id", "text"} - set(table.column_names)
+        if missing:
+            raise ValueError(f"shard {shard} lacks column(s) {sorted(missing)}")
+        documents += table.num_rows
+        if "parquet" in formats:
+            pq.write_table(table, data / f"part-{i:05d}.parquet")
+        if "jsonl.gz" in formats:
+            _write_jsonl_gz(table, data / f"part-{i:05d}.jsonl.gz")
+    files = {p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+             for p in sorted(data.iterdir())}
+    full = {**manifest, "name": name, "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "documents": documents, "files": files}
+    # default=str: datetimes (e.g. validated_at in the gate's rows) become ISO text.
+    (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str) + "\n")
+    for path in [*data.iterdir(), tmp / MANIFEST]:
+        path.chmod(0o444)
 
 
 def verify_release(path: Path) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semisynth.config import EditConfig, PriorConfig
-from semisynth.documents import temporary_name
+from semisynth.documents import atomic_path
 from semisynth.tasks.prior import load_prior
 from semisynth.tasks.toedit import Scorer
 
@@ -94,11 +93,11 @@ def score_shard(
         prior, edit_cfg, seed=seed, max_tokens=prior_cfg.max_tokens,
         batch_tokens=prior_cfg.batch_tokens, window=prior_cfg.window,
     )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(temporary_name(out_path.name))
     shard = pq.ParquetFile(shard_path)
     documents = scored = 0
-    try:
+    # keep_existing: another attempt (a task Dask thought lost, still running) may finish
+    # first; its file stays, the scores are the same (deterministic), readers keep theirs
+    with atomic_path(out_path, keep_existing=True) as tmp:
         with pq.ParquetWriter(tmp, SCORE_SCHEMA) as writer:
             for batch in shard.iter_batches(batch_size=batch_docs, columns=["id", "text", "doc_hash"]):
                 ids = batch.column("id").to_pylist()
@@ -127,13 +126,6 @@ def score_shard(
                 scored += batch_tokens
                 if progress:
                     progress(documents, batch_tokens)
-        if out_path.exists():
-            # another attempt (a task Dask thought lost, still running) finished first:
-            # keep its file, the scores are the same (deterministic), readers keep theirs
-            return _cached(shard_hash, out_path)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ScoreStats(shard_hash, str(out_path), documents, scored, True, time.perf_counter() - started)
 
 
