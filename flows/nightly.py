@@ -28,6 +28,7 @@ from semisynth.flows.runner import GPU_TAG, score_placement, task_runner
 from semisynth.quality import gate as gate_mod
 from semisynth.quality import measure as measure_mod
 from semisynth.quality import plots as plots_mod
+from semisynth.quality import thresholds as thresholds_mod
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import ingest as ingest_mod
 from semisynth.tasks import release as release_mod
@@ -182,7 +183,7 @@ def summary_markdown(run_id: str, budget_note: str, metrics: dict, gates: dict,
         verdict = "PASSED" if g["success"] else "FAILED"
         lines.append(f"- **{corpus}**: {verdict}")
         for f in g["failures"]:
-            lines.append(f"  - `{f['metric']}`: {gate_mod.failure_reason(f)}")
+            lines.append(f"  - `{f['metric']}`: {thresholds_mod.failure_reason(f)}")
     lines += ["", "## Releases", ""]
     lines += [f"- {c}: `{p}`" for c, p in releases.items()] or ["- none"]
     lines += [f"- {c}: blocked by the gate, not released" for c in blocked]

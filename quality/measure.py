@@ -413,13 +413,13 @@ def format_table(result: Measurement) -> str:
     return "\n".join(lines)
 
 
-SUITES = ("coverage",)  # the GX suites semisynth.quality.gate builds
+SUITES = ("coverage",)  # the GX suites semisynth.quality.suite builds
 
 
 def run_validation(cfg: Config, candidate: str, reference: str, budget: int | None, suite: str,
                    command: str, say=None):
     """run_metrics, then the GX suite on the run's rows, recorded in ``validations``.
-    Returns (Measurement, gate.GateResult)."""
+    Returns (Measurement, thresholds.GateResult)."""
     from semisynth.quality import gate
 
     if suite not in SUITES:
