@@ -41,6 +41,7 @@ import numpy as np
 from semisynth.config import Config, load_config
 from semisynth.quality import gate
 from semisynth.quality.measure import Scored, measure
+from semisynth.quality.thresholds import GateResult
 from semisynth.tasks.corpora import mix_selection
 from semisynth.tasks.prior import resolve_model
 from semisynth.tasks.score import read_scores, score_key, token_arrays
@@ -130,7 +131,7 @@ def mix_name(share: float) -> str:
 
 
 def validate(wh: Path, gx_root: Path, run_id: str, rows: list[dict], pairs: dict[str, str],
-             edited_from: dict[str, str], gate_cfg) -> dict[str, gate.GateResult]:
+             edited_from: dict[str, str], gate_cfg) -> dict[str, GateResult]:
     db.insert(wh, "metrics", [{**r, "run_id": run_id} for r in rows])
     return {c: gate.validate_corpus(wh, gx_root, run_id, c, ref, gate_cfg, c in edited_from)
             for c, ref in pairs.items()}
@@ -144,7 +145,7 @@ def table(headers: list[str], body: list[list], numeric: set[int] = frozenset())
     return "\n".join(lines)
 
 
-def failing(results: list[gate.GateResult]) -> str:
+def failing(results: list[GateResult]) -> str:
     counts: dict[str, int] = {}
     for r in results:
         for f in r.failures():
@@ -153,7 +154,7 @@ def failing(results: list[gate.GateResult]) -> str:
     return ", ".join(f"{m} {k}" for m, k in top) or "-"
 
 
-def closest(results: list[gate.GateResult]) -> dict[str, tuple[float, str]]:
+def closest(results: list[GateResult]) -> dict[str, tuple[float, str]]:
     """Per metric, the observed value nearest its bound (or furthest past it) and the bound."""
     out: dict[str, tuple[float, float, str]] = {}
     for r in results:
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
 
     cases = ["human_A", "edited_A", "synthetic", *(mix_name(s) for s in SHARES)]
-    results: dict[str, list[gate.GateResult]] = {c: [] for c in cases}
+    results: dict[str, list[GateResult]] = {c: [] for c in cases}
     budgets = set()
     for split in range(args.first_split, args.first_split + args.splits):
         scored, metric_seed = split_cases(human, edited, synthetic, cfg.seed, split)

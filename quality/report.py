@@ -46,7 +46,7 @@ def summary_markdown(run_id: str, budget: int, values: dict[str, dict[str, float
                      blocked: list[str]) -> str:
     """The flow run's markdown summary artifact: the main metrics per corpus (vs its
     reference), every gate verdict with its failing expectations, releases and blocks."""
-    from semisynth.quality.gate import failure_reason
+    from semisynth.quality.thresholds import failure_reason
 
     shown = SUMMARY_METRICS
     lines = [f"# semisynth run `{run_id}`", "",
@@ -181,9 +181,9 @@ def _data_docs(root: Path, run_id: str, has_validations: bool) -> str:
     gx_root = Path(root) / "gx"
     if not has_validations or not (gx_root / "gx").is_dir():
         return "<p>No Great Expectations results for this run.</p>"
-    from semisynth.quality import gate
+    from semisynth.quality import suite
 
-    index = gate.build_data_docs(gx_root)
+    index = suite.build_data_docs(gx_root)
     site = index.parent
     pages = sorted(p for p in (site / "validations").rglob("*.html") if run_id in p.parts)
     items = [f'<li><a href="{index.resolve().as_uri()}">Data Docs index</a> '

@@ -49,7 +49,7 @@ def cmd_run(args) -> int:
 
 
 def _print_outcome(result: dict) -> None:
-    from semisynth.quality.gate import failure_reason
+    from semisynth.quality.thresholds import failure_reason
 
     print(f"\nrun {result.get('run_id')}: flow run {result.get('flow_run_id')} ended {result['state']}")
     for corpus, ok in result.get("gates", {}).items():

@@ -22,7 +22,7 @@ from semisynth.config import Config, CorpusConfig, config_from_tree, find_demo_c
 from semisynth.documents import expand_paths
 from semisynth.quality.measure import InputError
 
-SUITES = ("coverage",)  # the GX suites semisynth.quality.gate builds
+SUITES = ("coverage",)  # the GX suites semisynth.quality.suite builds
 
 
 def new_run_id(kind: str) -> str:

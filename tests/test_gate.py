@@ -1,12 +1,13 @@
 """The release gate on a real DuckDB warehouse through real Great Expectations."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from semisynth.config import GateConfig
-from semisynth.quality import gate
-from semisynth.warehouse import db
+from semisynth.quality import gate, suite, thresholds
+from semisynth.warehouse import db, records
 
 RUN = "20261124T000000-test"
 GATE = GateConfig(
@@ -44,16 +45,16 @@ def _rounded(bounds: dict) -> dict:
 
 def test_thresholds_known_answers():
     names = [*YARDSTICK, "ppl_q50", "js_3"]  # no rule for ppl_q50, no yardstick for js_3
-    bounds = gate.thresholds(YARDSTICK, GATE, names, edited=False)
+    bounds = thresholds.thresholds(YARDSTICK, GATE, names, edited=False)
     assert _rounded(bounds) == {
         "ppl_low_frac": (None, 0.41), "ppl_tail_frac": (0.02, None), "ppl_ks": (None, 0.25),
         "ppl_w1": (None, 0.45), "distinct_2": (0.68, None), "top1pct_mass_2": (None, 0.25),
         "ref_coverage_2": (0.595, None), "js_2": (None, 0.15)}
-    edited = gate.thresholds(YARDSTICK, GATE, ["distinct_2"], edited=True)
+    edited = thresholds.thresholds(YARDSTICK, GATE, ["distinct_2"], edited=True)
     assert _rounded(edited) == {"distinct_2": (0.68, None), "edit_rate": (0.0005, 0.25)}
-    assert gate.threshold_text((None, 0.41000000000000003)) == "<= 0.41"
-    assert gate.threshold_text((0.73, None)) == ">= 0.73"
-    assert gate.expectation_name("edit_rate", (0.0005, 0.25)) == "edit_rate in [0.0005, 0.25]"
+    assert thresholds.threshold_text((None, 0.41000000000000003)) == "<= 0.41"
+    assert thresholds.threshold_text((0.73, None)) == ">= 0.73"
+    assert thresholds.expectation_name("edit_rate", (0.0005, 0.25)) == "edit_rate in [0.0005, 0.25]"
 
 
 def test_healthy_corpus_passes(warehouse):
@@ -65,7 +66,7 @@ def test_healthy_corpus_passes(warehouse):
     low = next(r for r in result.rows if r["metric"] == "ppl_low_frac")
     assert low["expectation"] == "ppl_low_frac <= 0.41" and low["threshold"] == "<= 0.41"
     assert low["observed"] == pytest.approx(0.3)
-    assert set(low) == set(gate.VALIDATION_COLUMNS)
+    assert set(low) == set(thresholds.VALIDATION_COLUMNS)
     # GX stored the result under the run's id (what Data Docs are built from).
     assert (gx_root / "gx" / "uncommitted" / "validations" / "coverage" / RUN).is_dir()
 
@@ -83,12 +84,48 @@ def test_collapsed_corpus_fails_naming_metrics_and_is_recorded(warehouse):
     assert "ppl_low_frac: observed 0.9, want <= 0.41" in summary
     assert "distinct_2: observed 0.3, want >= 0.68" in summary
 
-    assert gate.record(wh, result) == len(result.rows)
+    assert records.record_validations(wh, result.rows) == len(result.rows)
     stored = db.query(wh, "SELECT metric, observed, threshold, success, suite FROM validations "
                           "WHERE corpus = 'collapsed' AND NOT success ORDER BY metric")
     assert stored["metric"].tolist() == ["distinct_2", "ppl_low_frac"]
     assert stored["observed"].tolist() == pytest.approx([0.3, 0.9])
     assert set(stored["suite"]) == {"coverage"}
+
+
+def test_gx_decides_stores_the_result_and_renders_it_in_data_docs(tmp_path):
+    """The verdict is GX's: GX's stored validation result fails the out-of-bound metrics
+    with the values it observed (and a metric missing from the warehouse with none), the
+    gate's rows agree with it, and Data Docs render that run's page."""
+    wh = db.init(tmp_path / "warehouse.duckdb")
+    collapsed = {m: v for m, v in COLLAPSED.items() if m != "js_2"}
+    db.insert(wh, "metrics", _rows("human", "split_half", YARDSTICK)
+              + _rows("collapsed", "vs_reference", collapsed))
+    gx_root = tmp_path / "gx"
+    result = gate.validate_corpus(wh, gx_root, RUN, "collapsed", "human", GATE, edited=False)
+
+    [stored] = (gx_root / "gx" / "uncommitted" / "validations" / "coverage" / RUN).glob("*/*.json")
+    gx_result = json.loads(stored.read_text())
+    assert gx_result["success"] is False
+    by_metric = {r["expectation_config"]["kwargs"]["column"]: r for r in gx_result["results"]}
+    assert sorted(by_metric) == sorted(YARDSTICK)
+    low = by_metric["ppl_low_frac"]
+    assert low["success"] is False and low["result"]["observed_value"] == pytest.approx(0.9)
+    assert low["expectation_config"]["kwargs"]["max_value"] == pytest.approx(0.41)
+    assert by_metric["distinct_2"]["result"]["observed_value"] == pytest.approx(0.3)
+    assert by_metric["js_2"]["success"] is False and by_metric["js_2"]["result"]["observed_value"] is None
+    assert by_metric["ppl_ks"]["success"] is True
+    for row in result.rows:  # the gate reports what GX decided and observed
+        gx_row = by_metric[row["metric"]]
+        assert row["success"] == gx_row["success"]
+        assert row["observed"] == gx_row["result"]["observed_value"]
+    assert {r["metric"] for r in result.failures()} == {"ppl_low_frac", "distinct_2", "js_2"}
+
+    index = suite.build_data_docs(gx_root)
+    assert index.is_file()
+    [page] = (index.parent / "validations" / "coverage" / RUN).glob("*/*.html")
+    assert "collapsed" in page.name  # one asset per corpus
+    html = page.read_text()
+    assert "ppl_low_frac" in html and "0.9" in html and "Failed" in html
 
 
 def test_missing_metrics_fail_clearly(warehouse):
@@ -99,7 +136,7 @@ def test_missing_metrics_fail_clearly(warehouse):
     assert set(failed) == {"js_2", "edit_rate", "js_3"}
     assert failed["js_2"]["observed"] is None
     assert f"js_2: missing from the warehouse for run {RUN}" in result.summary()
-    assert failed["js_3"]["threshold"] == gate.NO_YARDSTICK
+    assert failed["js_3"]["threshold"] == thresholds.NO_YARDSTICK
     # The edited corpus that has its edit_rate (within bounds) fails on js_2 only.
     edited = gate.validate_corpus(wh, gx_root, RUN, "edited", "human", GATE, edited=True)
     assert [r["metric"] for r in edited.failures()] == ["js_2"]
@@ -111,21 +148,21 @@ def test_missing_metrics_fail_clearly(warehouse):
 
 def test_noise_slack_widens_bounds_known_answers():
     g = GateConfig(ci_z=3.0)  # defaults otherwise: coverage ratio 0.5 for trigrams
-    assert gate.standard_error(0.1, 0.1 + 2 * gate.Z_95 * 0.05) == pytest.approx(0.05)
-    assert gate.standard_error(None, 0.3) == 0.0 and gate.standard_error(0.1, float("nan")) == 0.0
+    assert thresholds.standard_error(0.1, 0.1 + 2 * thresholds.Z_95 * 0.05) == pytest.approx(0.05)
+    assert thresholds.standard_error(None, 0.3) == 0.0 and thresholds.standard_error(0.1, float("nan")) == 0.0
     # 2 se is the standard error of the difference; the larger se of the two counts
-    assert gate.noise_slack(0.05, 0.1, g) == pytest.approx(3.0 * 2 * 0.1)
+    assert thresholds.noise_slack(0.05, 0.1, g) == pytest.approx(3.0 * 2 * 0.1)
     y = {"ppl_low_frac": 0.25, "ppl_tail_frac": 0.1, "ref_coverage_2": 0.4, "ref_coverage_3": 0.2,
          "top1pct_mass_3": 0.04}
     noise = {"ppl_low_frac": 0.36, "ppl_tail_frac": 0.05, "ref_coverage_2": 0.1}
-    bounds = gate.thresholds(y, g, list(y), edited=False, noise=noise)
+    bounds = thresholds.thresholds(y, g, list(y), edited=False, noise=noise)
     assert _rounded(bounds) == {
         "ppl_low_frac": (None, 0.61),      # noise 0.36 > fixed 0.15
         "ppl_tail_frac": (0.02, None),     # fixed 0.08 > noise 0.05
         "ref_coverage_2": (0.3, None),     # noise 0.1 > fixed 0.15 * 0.4
         "ref_coverage_3": (0.1, None),     # trigram coverage: 0.5 Y by default
         "top1pct_mass_3": (None, 0.06)}    # 1.5 Y
-    assert _rounded(gate.thresholds(y, g, list(y), False)) != _rounded(bounds)  # no CIs: fixed
+    assert _rounded(thresholds.thresholds(y, g, list(y), False)) != _rounded(bounds)  # no CIs: fixed
 
 
 def test_coverage_ratio_per_order():
@@ -147,7 +184,7 @@ def test_stored_cis_widen_bounds_and_budgets_must_match(tmp_path):
                 "metric": metric, "n": None, "budget": budget, "value": value,
                 "ci_low": ci[0], "ci_high": ci[1]}
 
-    half = 0.1 * gate.Z_95  # the candidate's CI: +- this, se 0.1; the yardstick's se: 0.051
+    half = 0.1 * thresholds.Z_95  # the candidate's CI: +- this, se 0.1; the yardstick's se: 0.051
     db.insert(wh, "metrics", [
         row("ref", "split_half", "ppl_low_frac", 0.25, ci=(0.15, 0.35)),
         row("ref", "split_half", "distinct_2", 0.8),
@@ -168,13 +205,13 @@ def test_stored_cis_widen_bounds_and_budgets_must_match(tmp_path):
     other = gate.validate_corpus(wh, tmp_path / "gx", RUN, "other_budget", "ref", g, False)
     failed = {r["metric"]: r for r in other.failures()}
     assert set(failed) == {"distinct_2"}
-    assert failed["distinct_2"]["threshold"] == f"{gate.BUDGET_MISMATCH}: 20000 vs 10000 tokens"
+    assert failed["distinct_2"]["threshold"] == f"{thresholds.BUDGET_MISMATCH}: 20000 vs 10000 tokens"
     assert "distinct_2: not comparable" in other.summary()
 
 
 def test_a_value_exactly_at_a_relative_bound_passes():
     # small samples give exact ratios: 9/368 is 1.5 times 6/368, but 6/368 + 0.5 * 6/368
     # lands one float step below 9/368
-    bounds = gate.thresholds({"top1pct_mass_3": 6 / 368}, GateConfig(top1pct_mass_max_ratio=1.5),
+    bounds = thresholds.thresholds({"top1pct_mass_3": 6 / 368}, GateConfig(top1pct_mass_max_ratio=1.5),
                              ["top1pct_mass_3"], edited=False)
     assert bounds["top1pct_mass_3"][1] >= 9 / 368

@@ -1,7 +1,8 @@
 """The DuckDB warehouse: one file under the data root, one writer (the flow process).
 
 Connections are opened per operation and closed at once, so that readers (the `query`
-command, Great Expectations through duckdb-engine) never meet a held write lock.
+command, the gate reading the metrics it hands to Great Expectations) never meet a held
+write lock.
 """
 
 from __future__ import annotations

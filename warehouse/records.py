@@ -157,7 +157,7 @@ def record_corpora(wh: Path, run_id: str, corpora: Sequence[CorpusRecord]) -> No
 
 
 def record_validations(wh: Path, rows: Sequence[dict]) -> int:
-    """A gate result's rows (``GateResult.rows``) in ``validations``."""
+    """A gate result's rows (``GateResult.rows``: the columns of ``validations``)."""
     return db.insert(wh, "validations", list(rows))
 
 
