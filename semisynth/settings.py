@@ -1,11 +1,12 @@
 """Every ``SEMISYNTH_*`` environment variable, typed, in one object.
 
-The entry points (the ``semisynth`` command, ``deployments/setup.py``, the flow's task
-runner when a Prefect worker loads the flow from its entrypoint) build one ``Settings``
-with ``read_settings()`` and hand it, or its values, to the functions that need them.
-Two reads stay behind a process boundary: a Dask worker process reads its torch threads
-(the LocalCluster sets ``SEMISYNTH_TORCH_THREADS`` per worker), and a flow run started by
-a Prefect worker reads its data root (``SEMISYNTH_HOME`` of the pod or host).
+The entry points (the ``semisynth`` command, ``deployments/setup.py``) build one
+``Settings`` with ``read_settings()`` and hand it, or its values, to the functions that
+need them. Where a process starts with no command line, the code there reads its own:
+the flow's task runner and score placement (``flows.runner``, when a Prefect worker loads
+the flow from its entrypoint), a flow run's data root (``config.data_root``: the pod's or
+host's ``SEMISYNTH_HOME``) and a Dask worker's torch threads (``tasks.toedit``: the
+LocalCluster passes ``SEMISYNTH_TORCH_THREADS`` to each worker process).
 """
 
 from __future__ import annotations

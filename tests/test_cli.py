@@ -128,10 +128,13 @@ def test_data_root_takes_the_place_of_semisynth_home_for_a_config(tmp_path, clea
     plain.write_text(json.dumps({"corpora": corpora}))
     rooted.write_text(json.dumps({"data_root": str(tmp_path / "own"), "corpora": corpora}))
     invocation = Invocation(data_root=tmp_path / "opt")
-    overrides = invocation.data_root_override(load_config(plain))
+    sets = ["seed=7"]
+    overrides = invocation.overrides(plain, sets)
+    assert overrides[0] == "seed=7"
     assert load_config(plain, overrides).root == tmp_path / "opt"
-    assert invocation.data_root_override(load_config(rooted)) == []
-    assert Invocation().data_root_override(load_config(plain)) == []
+    assert invocation.overrides(rooted, sets) == sets
+    assert load_config(rooted, sets).root == tmp_path / "own"
+    assert Invocation().overrides(plain, sets) == sets
     clean_env.setenv("SEMISYNTH_HOME", str(tmp_path / "env"))
     assert load_config(plain).root == tmp_path / "env"
 
