@@ -33,7 +33,8 @@ import os
 from pathlib import Path
 
 from semisynth.flows.runner import GPU_TAG
-from semisynth.serve import CRON_ENV, DEFAULT_CRON, GPU_WORKERS_ENV
+from semisynth.serve import DEFAULT_CRON
+from semisynth.settings import env_name, read_settings
 
 HERE = Path(__file__).resolve().parent
 K8S_TEMPLATE = HERE / "k8s-gpu-job-template.json"
@@ -86,11 +87,15 @@ def setup(gpu_workers: int, cron: str | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpu-workers", type=int,
-                        default=int(os.environ.get(GPU_WORKERS_ENV, "1")),
-                        help=f"score+edit tasks allowed at once (default ${GPU_WORKERS_ENV} or 1)")
-    parser.add_argument("--cron", default=os.environ.get(CRON_ENV) or None,
-                        help=f"nightly cron, UTC (default ${CRON_ENV}, else the "
+    try:
+        settings = read_settings()
+    except ValueError as exc:
+        parser.error(str(exc))
+    parser.add_argument("--gpu-workers", type=int, default=settings.gpu_workers or 1,
+                        help="score+edit tasks allowed at once "
+                             f"(default ${env_name('gpu_workers')} or 1)")
+    parser.add_argument("--cron", default=settings.nightly_cron,
+                        help=f"nightly cron, UTC (default ${env_name('nightly_cron')}, else the "
                              f"existing variable, else {DEFAULT_CRON!r})")
     args = parser.parse_args(argv)
     if args.gpu_workers < 1:

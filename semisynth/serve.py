@@ -4,8 +4,8 @@ Starts a Prefect server on 127.0.0.1 (``prefect server start`` as a subprocess, 
 pointed at its own API), or uses the server at ``PREFECT_API_URL`` when that is set, and
 serves the deployment ``nightly_refresh/nightly-refresh`` on its cron schedule (UTC) with
 the flow exactly as ``semisynth run`` runs it: the Dask task runner of
-``semisynth.flows.runner`` (``SEMISYNTH_DASK_ADDRESS``, else a LocalCluster of the config's
-``dask_workers``). Runs triggered from the UI or with ``prefect deployment run`` are
+``semisynth.flows.runner`` (the settings' ``dask_address``, else a LocalCluster of the
+config's ``dask_workers``). Runs triggered from the UI or with ``prefect deployment run`` are
 executed here too. At most one run at a time (deployment concurrency limit 1, further runs
 wait); the tag concurrency limit ``gpu`` is set to the number of workers that run the
 score+edit tasks. Ctrl-C or SIGTERM stops the runner (its schedule is paused while nobody
@@ -26,12 +26,11 @@ import urllib.request
 from pathlib import Path
 
 from semisynth.flows.runner import GPU_TAG
+from semisynth.settings import Settings
 
 DEPLOYMENT = "nightly-refresh"
 FLOW = "nightly_refresh"
 DEFAULT_CRON = "0 2 * * *"
-CRON_ENV = "SEMISYNTH_NIGHTLY_CRON"
-GPU_WORKERS_ENV = "SEMISYNTH_GPU_WORKERS"
 
 
 class _Stop(Exception):
@@ -145,19 +144,19 @@ class PrefectServer:
             proc.wait()
 
 
-def gpu_slots(cfg, explicit: int | None = None) -> int:
+def gpu_slots(cfg, settings: Settings, explicit: int | None = None) -> int:
     """How many score+edit tasks may run at once: the workers that run them.
 
-    --gpu-workers, else $SEMISYNTH_GPU_WORKERS, else: on the Dask cluster at
-    SEMISYNTH_DASK_ADDRESS its workers with the GPU resource (all its workers when none
+    --gpu-workers, else ``settings.gpu_workers``, else: on the Dask cluster at
+    ``settings.dask_address`` its workers with the GPU resource (all its workers when none
     has it), on the LocalCluster its ``dask_workers``."""
     from semisynth.flows import runner
 
     if explicit is not None:
         return max(1, explicit)
-    if os.environ.get(GPU_WORKERS_ENV):
-        return max(1, int(os.environ[GPU_WORKERS_ENV]))
-    address = os.environ.get(runner.ADDRESS_ENV)
+    if settings.gpu_workers is not None:
+        return settings.gpu_workers
+    address = settings.dask_address
     if not address:
         return max(1, cfg.dask_workers)
     try:
@@ -194,15 +193,17 @@ def deployment_options(config_path: str, overrides: list[str], cron: str) -> dic
     }
 
 
-def serve(config_path: str, overrides: list[str] | None = None, port: int = 4200,
-          cron: str | None = None, gpu_workers: int | None = None) -> int:
+def serve(config_path: str, settings: Settings, overrides: list[str] | None = None,
+          port: int = 4200, cron: str | None = None, gpu_workers: int | None = None) -> int:
+    """Serve until Ctrl-C or SIGTERM; ``cron`` and ``gpu_workers`` (the command's options)
+    take precedence over ``settings``."""
     from semisynth.config import load_config
     from semisynth.flows.nightly import flow_for
 
     overrides = list(overrides or [])
     config_path = str(Path(config_path).resolve())
     cfg = load_config(config_path, overrides)  # fail early on a bad config
-    cron = cron or os.environ.get(CRON_ENV) or DEFAULT_CRON
+    cron = cron or settings.nightly_cron or DEFAULT_CRON
     previous_term = signal.signal(signal.SIGTERM, _raise_stop)
     server = None
     try:
@@ -224,7 +225,7 @@ def serve(config_path: str, overrides: list[str] | None = None, port: int = 4200
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            slots = gpu_slots(cfg, gpu_workers)
+            slots = gpu_slots(cfg, settings, gpu_workers)
             set_gpu_limit(slots)
             runner = Runner(name="semisynth-serve", pause_on_shutdown=True)
             deployment_id = runner.add_flow(flow_for(cfg),

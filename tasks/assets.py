@@ -95,9 +95,11 @@ def generate(
     temperature: float = 0.8,
     top_p: float = 0.95,
     batch_size: int = 16,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Continue each prompt with the prior (sampling, seeded); returns prompt + continuation."""
+    """Continue each prompt with the prior (sampling, seeded); returns prompt + continuation.
+    ``progress(documents, tokens)`` after each batch: the batch's documents and the tokens
+    written for them (padding not counted)."""
     tok = prior.tokenizer
     tok.padding_side = "left"
     if tok.pad_token_id is None:
@@ -120,7 +122,7 @@ def generate(
         for prompt, cont in zip(chunk, tok.batch_decode(new, skip_special_tokens=True), strict=True):
             texts.append(prompt + cont)
         if progress:
-            progress(len(chunk))
+            progress(len(chunk), int((new != tok.pad_token_id).sum()))
     return texts
 
 
@@ -132,7 +134,7 @@ def synthesize(
     max_new_tokens: int,
     seed: int,
     prompt_words: int = 12,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """A synthetic corpus seeded by human documents, as Cosmopedia seeds generation with
     web text; cached: an existing file is reused."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,9 +81,11 @@ def ingest(
     id_field: str = "id",
     shard_docs: int = 1000,
     limit_docs: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> IngestResult:
     """Read every file the patterns name (sorted) into shards of at most `shard_docs`
-    documents under `out_dir`; stop after `limit_docs` good documents if given."""
+    documents under `out_dir`; stop after `limit_docs` good documents if given.
+    `progress(1)` after each row read (good or quarantined)."""
     if shard_docs < 1:
         raise ValueError(f"shard_docs must be at least 1, got {shard_docs}")
     out_dir = Path(out_dir)
@@ -101,6 +103,8 @@ def ingest(
         rows: list[dict] = []  # the shard being filled; shards never mix source files
         for rec in read_records(source, text_field, id_field):
             stats["rows_in"] += 1
+            if progress:
+                progress(1)
             reason, excerpt = rec.reason, rec.excerpt
             if reason is None and rec.id in seen_ids:
                 reason = f"duplicate id {rec.id!r}"

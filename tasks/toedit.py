@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from semisynth.config import EditConfig
+from semisynth.settings import read_settings
 from semisynth.tasks.prior import Prior
-
-TORCH_THREADS_ENV = "SEMISYNTH_TORCH_THREADS"  # torch threads of this process on the CPU
 
 _MASK63 = (1 << 63) - 1
 
@@ -130,10 +129,10 @@ class Scorer:
         self.logits_chunk = logits_chunk
         if prior.device.type == "cpu":
             # every core, unless several worker processes share this host and must split
-            # them (the LocalCluster sets SEMISYNTH_TORCH_THREADS per worker): oversubscribed
-            # torch threads slow every worker down
-            threads = os.environ.get(TORCH_THREADS_ENV)
-            torch.set_num_threads(max(1, int(threads)) if threads else os.cpu_count() or 1)
+            # them (the LocalCluster sets SEMISYNTH_TORCH_THREADS per worker, so this
+            # process's own settings hold it): oversubscribed torch threads slow every worker
+            threads = read_settings().torch_threads
+            torch.set_num_threads(threads or os.cpu_count() or 1)
 
     def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
         enc = self.prior.tokenizer(list(texts), add_special_tokens=False)["input_ids"]

@@ -1,15 +1,38 @@
-"""The `semisynth` command on small inputs, with the real prior."""
+"""The `semisynth` command: its help, usage errors, global options and settings, and edit,
+prior fetch and query on small inputs with the real prior (those marked slow)."""
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from semisynth import documents
+from semisynth.cli import Invocation
 from semisynth.cli import main as cli
+from semisynth.config import Config, EditConfig, PriorConfig, load_config
+from semisynth.settings import read_settings
 from semisynth.tasks.prior import default_prior_folder
 
-pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+SEMISYNTH = Path(sys.executable).with_name("semisynth")
+COMMANDS = ["run", "demo", "edit", "query", "metrics", "validate", "report", "serve", "prior",
+            "release"]
+LEAVES = ["run", "demo", "edit", "query", "metrics", "validate", "report", "serve",
+          "prior fetch", "release list", "release verify"]
+VARIABLES = {  # every SEMISYNTH_* variable: (value in the environment, value in Settings)
+    "SEMISYNTH_HOME": ("/srv/semisynth", Path("/srv/semisynth")),
+    "SEMISYNTH_DASK_ADDRESS": ("tcp://scheduler:8786", "tcp://scheduler:8786"),
+    "SEMISYNTH_DASK_GPU": ("Require", "require"),
+    "SEMISYNTH_DASK_WORKERS": ("3", 3),
+    "SEMISYNTH_TORCH_THREADS": ("2", 2),
+    "SEMISYNTH_NIGHTLY_CRON": ("30 1 * * *", "30 1 * * *"),
+    "SEMISYNTH_GPU_WORKERS": ("4", 4),
+}
 
 DOCS = [
     {"id": "a", "text": "The jury said the election was conducted fairly and the city was thanked."},
@@ -18,6 +41,200 @@ DOCS = [
 ]
 
 
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _help(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        cli([*args, "--help"])
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_help_lists_every_command(capsys):
+    out = _help(capsys)
+    listed = re.findall(r"^  (\w+)  ", out.split("Commands:")[1], flags=re.MULTILINE)
+    assert listed == COMMANDS
+    assert "--data-root DIR" in out and "-v, --verbose" in out
+
+
+@pytest.mark.parametrize("command", LEAVES + ["prior", "release"])
+def test_every_help_has_an_example(capsys, command):
+    out = _help(capsys, *command.split())
+    examples = out.split("Example:")[1]
+    assert re.search(rf"^    semisynth (--data-root \S+ )?{command}\b", examples, re.MULTILINE), out
+
+
+def test_edit_options_come_from_the_config_models(capsys):
+    out = _flat(_help(capsys, "edit"))
+    options = {"--model": (PriorConfig, "model"), "--precision": (PriorConfig, "precision"),
+               "--threshold": (EditConfig, "threshold"), "--top-k": (EditConfig, "top_k"),
+               "--beta": (EditConfig, "beta"), "--strategy": (EditConfig, "strategy"),
+               "--seed": (Config, "seed"), "--max-tokens": (PriorConfig, "max_tokens"),
+               "--batch-tokens": (PriorConfig, "batch_tokens")}
+    for option, (model, name) in options.items():
+        field = model.model_fields[name]
+        assert field.description, f"{model.__name__}.{name} has no description"
+        shown = out.split(f" {option} ", 1)[1]
+        assert shown.split(" --")[0].find(_flat(field.description)) >= 0, option
+        if field.default is not None:
+            assert f"[default: {field.default}]" in shown.split(" --")[0], option
+    assert "<float32|bfloat16|float16>" in out
+    assert "<up_revise|low_drop_up_revise|filtering>" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["query", "SELECT 1", "--bogus"], "No such option: --bogus"),
+    (["edit", "in.jsonl", "out.jsonl", "--precision", "float8"], "float8"),
+    (["edit", "in.jsonl", "out.jsonl", "--top-k", "many"], "Invalid value for '--top-k'"),
+    (["release", "verify"], "Missing argument 'NAME'"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["release", "list", "-v"], "No such option: -v"),  # global options come first
+])
+def test_usage_errors_exit_2_with_a_message(capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        cli(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Usage: semisynth" in err
+
+
+def test_data_root_reaches_its_command_and_no_later_one(tmp_path, clean_env, capsys):
+    clean_env.setenv("SEMISYNTH_HOME", str(tmp_path / "env"))
+    assert cli(["--data-root", str(tmp_path / "opt"), "-v", "release", "list"]) == 0
+    assert capsys.readouterr().out.strip() == f"no releases under {tmp_path / 'opt' / 'releases'}"
+    assert cli(["release", "list"]) == 0
+    assert capsys.readouterr().out.strip() == f"no releases under {tmp_path / 'env' / 'releases'}"
+    assert os.environ["SEMISYNTH_HOME"] == str(tmp_path / "env")
+    clean_env.delenv("SEMISYNTH_HOME")
+    clean_env.chdir(tmp_path)
+    assert cli(["release", "list"]) == 0
+    assert capsys.readouterr().out.strip() == f"no releases under {tmp_path / 'var' / 'releases'}"
+
+
+def test_data_root_on_the_command_line_wins_over_the_config_and_the_environment(tmp_path, clean_env):
+    """--data-root reaches the flow (it loads the config from its path and overrides) as an
+    override, and beats a config's own data_root: what the user typed is what happens."""
+    plain, rooted = tmp_path / "plain.yaml", tmp_path / "rooted.yaml"
+    corpora = {"brown": {"role": "reference", "paths": ["brown.jsonl"]}}
+    plain.write_text(json.dumps({"corpora": corpora}))
+    rooted.write_text(json.dumps({"data_root": str(tmp_path / "own"), "corpora": corpora}))
+    invocation = Invocation(data_root=tmp_path / "opt")
+    sets = ["seed=7"]
+    overrides = invocation.overrides(sets)
+    assert overrides[0] == "seed=7"
+    assert load_config(plain, overrides).root == tmp_path / "opt"
+    assert load_config(rooted, overrides).root == tmp_path / "opt"
+    assert load_config(rooted, sets).root == tmp_path / "own"
+    assert Invocation().overrides(sets) == sets
+    clean_env.setenv("SEMISYNTH_HOME", str(tmp_path / "env"))
+    assert load_config(plain).root == tmp_path / "env"
+    assert load_config(rooted).root == tmp_path / "own"
+
+
+def test_a_config_command_uses_data_root(tmp_path, clean_env, capsys):
+    """`metrics` (its config from configs/demo.yaml) looks for the reference under the
+    data root it was given, and the next call under $SEMISYNTH_HOME again."""
+    clean_env.setenv("SEMISYNTH_HOME", str(tmp_path / "env"))
+    clean_env.chdir(REPO)
+    args = ["metrics", str(tmp_path / "none.jsonl"), "--reference", "brown"]
+    assert cli(["--data-root", str(tmp_path / "opt"), *args]) == 2
+    assert f"no document files match {tmp_path / 'opt' / 'assets' / 'brown'}" in capsys.readouterr().err
+    assert cli(args) == 2
+    assert f"no document files match {tmp_path / 'env' / 'assets' / 'brown'}" in capsys.readouterr().err
+
+
+def test_settings_read_every_variable(clean_env):
+    defaults = read_settings()
+    assert (defaults.home, defaults.dask_address, defaults.dask_gpu, defaults.dask_workers,
+            defaults.torch_threads, defaults.nightly_cron, defaults.gpu_workers) == (
+        Path("var"), None, "auto", 1, None, None, None)
+    for name, (raw, _) in VARIABLES.items():
+        clean_env.setenv(name, raw)
+    settings = read_settings()
+    for name, (_, value) in VARIABLES.items():
+        assert getattr(settings, name.removeprefix("SEMISYNTH_").lower()) == value, name
+    assert read_settings(home=Path("/elsewhere"), gpu_workers=None).home == Path("/elsewhere")
+
+
+@pytest.mark.parametrize("name, value", [("SEMISYNTH_DASK_GPU", "sometimes"),
+                                         ("SEMISYNTH_DASK_WORKERS", "0"),
+                                         ("SEMISYNTH_TORCH_THREADS", "lots")])
+def test_a_bad_variable_is_an_input_error(clean_env, capsys, name, value):
+    clean_env.setenv(name, value)
+    assert cli(["release", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad environment:") and f"{name}={value!r}" in err
+
+
+def test_the_console_script_reads_the_environment(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEMISYNTH_")}
+    env["SEMISYNTH_HOME"] = str(tmp_path)
+    proc = subprocess.run([str(SEMISYNTH), "release", "list"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"no releases under {tmp_path / 'releases'}"
+
+
+def test_help_loads_nothing_heavy():
+    code = ("import sys\nfrom semisynth.cli import main\ntry:\n    main(['edit', '--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print([m for m in ('torch', 'transformers', 'prefect', 'great_expectations', "
+            "'dask', 'duckdb', 'pandas', 'pydantic_settings') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_task_runner_of_a_worker_started_run_reads_the_environment(clean_env):
+    from semisynth.flows.runner import task_runner
+
+    clean_env.setenv("SEMISYNTH_DASK_WORKERS", "3")
+    local = task_runner()  # no config: a Prefect worker loaded the flow from its entrypoint
+    assert local.address is None and local.cluster_kwargs["n_workers"] == 3
+    share = str(max(1, (os.cpu_count() or 1) // 3))
+    assert local.cluster_kwargs["env"] == {"SEMISYNTH_TORCH_THREADS": share}
+    remote = task_runner(settings=read_settings(dask_address="tcp://127.0.0.1:8786"))
+    assert remote.address == "tcp://127.0.0.1:8786"
+
+
+def test_gpu_slots_come_from_the_settings(clean_env):
+    from semisynth.serve import gpu_slots
+
+    cfg = Config(dask_workers=2, corpora={"r": {"role": "reference", "paths": ["x.jsonl"]}})
+    assert gpu_slots(cfg, read_settings()) == 2
+    clean_env.setenv("SEMISYNTH_GPU_WORKERS", "5")
+    assert gpu_slots(cfg, read_settings()) == 5
+    assert gpu_slots(cfg, read_settings(), explicit=3) == 3
+
+
+@pytest.mark.slow
+def test_the_scorer_takes_its_torch_threads_from_the_environment(prior_f32, clean_env):
+    import torch
+
+    from semisynth.tasks.toedit import Scorer
+
+    before = torch.get_num_threads()
+    try:
+        clean_env.setenv("SEMISYNTH_TORCH_THREADS", "1")
+        Scorer(prior_f32, None)
+        assert torch.get_num_threads() == 1
+        clean_env.delenv("SEMISYNTH_TORCH_THREADS")
+        Scorer(prior_f32, None)
+        assert torch.get_num_threads() == os.cpu_count()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl.gz", ".jsonl"])
 def test_edit_writes_one_document_per_input_in_order(tmp_path, prior_folder, suffix, capsys):
     src = tmp_path / "in.jsonl"
@@ -34,8 +251,13 @@ def test_edit_writes_one_document_per_input_in_order(tmp_path, prior_folder, suf
     captured = capsys.readouterr()
     assert f"{src}:2" in captured.err and "invalid json" in captured.err
     assert "3 documents" in captured.out
+    # stderr is no terminal here: the progress is plain lines, the last with the totals
+    done = [line for line in captured.err.splitlines() if line.startswith("edited: ")][-1]
+    assert done.startswith("edited: 3/3 documents, ")
+    assert "documents/s; 21 tokens, " in done and "tokens/s, done in " in done
 
 
+@pytest.mark.slow
 def test_edit_is_reproducible_with_the_seed(tmp_path, prior_folder):
     src = tmp_path / "in.jsonl"
     documents.write_documents([{"id": d["id"], "text": d["text"] + " " + d["text"]} for d in DOCS], src)
@@ -49,6 +271,7 @@ def test_edit_is_reproducible_with_the_seed(tmp_path, prior_folder):
     assert outs[0]["edited_tokens"].sum() > 0
 
 
+@pytest.mark.slow
 def test_prior_fetch_prints_the_folder_last(assets_root, capsys):
     assert cli(["--data-root", str(assets_root), "prior", "fetch"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]

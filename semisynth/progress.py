@@ -1,0 +1,125 @@
+"""Progress of a long step, with its rate and ETA.
+
+On a terminal: a rich bar on stderr. Elsewhere (a log file, CI, a pipe): plain lines, one
+every ``PLAIN_EVERY_S`` seconds and one when the step ends, so logs stay readable.
+
+    with progress("scored", total=len(docs), unit="documents", also="tokens") as bar:
+        for batch in batches:
+            ...
+            bar.advance(len(batch), also=tokens_in_batch)
+
+``Bar.advance`` is cheap (it draws only when its interval has passed): callers may advance it
+once per row.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+PLAIN_EVERY_S = 10.0
+BAR_EVERY_S = 0.1
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as ``42 s``, ``3 min 05 s`` or ``2 h 07 min``."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def rate(count: int, seconds: float) -> str:
+    """``count / seconds`` with a decimal only where it matters: ``8.1``, ``2,300``."""
+    per_s = count / seconds
+    return f"{per_s:.1f}" if per_s < 10 else f"{per_s:,.0f}"
+
+
+class Bar:
+    """One step's count in ``unit`` (the bar, its rate and its ETA when ``total`` is known),
+    and optionally a second count in ``also`` with its own rate (tokens while documents
+    are counted). ``show`` draws it; it is called at most every ``every`` seconds."""
+
+    def __init__(self, label: str, total: int | None, unit: str, also: str | None,
+                 show: Callable[[Bar], None], every: float):
+        self.label, self.total, self.unit, self.also = label, total, unit, also
+        self.done = self.also_done = 0
+        self.started = self._shown_at = time.monotonic()
+        self._show, self._every = show, every
+
+    def advance(self, n: int = 1, also: int = 0) -> None:
+        self.done += n
+        self.also_done += also
+        now = time.monotonic()
+        if now - self._shown_at >= self._every:
+            self._shown_at = now
+            self._show(self)
+
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self.started, 1e-9)
+
+    def eta(self) -> float | None:
+        """Seconds left at the average rate so far; None without a total or a rate."""
+        if self.total is None or self.done == 0:
+            return None
+        return max(self.total - self.done, 0) * self.elapsed() / self.done
+
+    def counts(self) -> str:
+        """``120/500 documents, 8.1 documents/s; 34,000 tokens, 2,300 tokens/s``"""
+        done = f"{self.done:,}/{self.total:,}" if self.total is not None else f"{self.done:,}"
+        text = f"{done} {self.unit}, {rate(self.done, self.elapsed())} {self.unit}/s"
+        if self.also:
+            text += f"; {self.also_done:,} {self.also}, {rate(self.also_done, self.elapsed())} {self.also}/s"
+        return text
+
+    def line(self, finished: bool = False) -> str:
+        if finished:
+            return f"{self.label}: {self.counts()}, done in {duration(self.elapsed())}"
+        eta = self.eta()
+        return f"{self.label}: {self.counts()}" + (f", ETA {duration(eta)}" if eta is not None else "")
+
+
+@contextmanager
+def progress(label: str, total: int | None = None, unit: str = "rows", also: str | None = None,
+             stream: TextIO | None = None) -> Iterator[Bar]:
+    """A Bar for the block; drawn on ``stream`` (default: stderr) as a rich bar when it is a
+    terminal, else as plain lines. The last state is drawn when the block ends."""
+    stream = stream or sys.stderr
+    if stream.isatty():
+        with _rich_bar(label, total, unit, also, stream) as bar:
+            yield bar
+        return
+    bar = Bar(label, total, unit, also, lambda b: print(b.line(), file=stream, flush=True),
+              PLAIN_EVERY_S)
+    try:
+        yield bar
+    finally:
+        print(bar.line(finished=True), file=stream, flush=True)
+
+
+@contextmanager
+def _rich_bar(label: str, total: int | None, unit: str, also: str | None,
+              stream: TextIO) -> Iterator[Bar]:
+    # imported here: logs and workers, which get plain lines, need not load rich
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[counts]}")]
+    if total is not None:
+        columns += [TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(file=stream)) as bars:
+        task = bars.add_task(label, total=total, counts="")
+
+        def show(bar: Bar) -> None:
+            bars.update(task, completed=bar.done, counts=bar.counts())
+
+        bar = Bar(label, total, unit, also, show, BAR_EVERY_S)
+        try:
+            yield bar
+        finally:
+            show(bar)
