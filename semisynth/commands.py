@@ -107,6 +107,9 @@ class Measurement:
 def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[str], None]):
     """Ingest, score and derive every corpus of ``cfg`` in dependency order, recorded as the
     flow records them; returns (shards, scores, ingest counts, model work tokens)."""
+    import pyarrow.parquet as pq
+
+    from semisynth.progress import progress
     from semisynth.tasks import corpora, ingest
     from semisynth.tasks.score import score_shard
     from semisynth.warehouse import records
@@ -116,16 +119,22 @@ def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[s
     def score(name: str) -> None:
         nonlocal work
         scores[name] = []
-        for shard in shards[name]:
-            cached = (score_dir / shard.name).exists()
-            say(f"{name}: shard {shard.stem}: " + ("cached scores" if cached else "scoring with the prior"))
-            stats = score_shard(shard, score_dir / shard.name, cfg.root, cfg.prior, cfg.edit, cfg.seed)
-            scores[name].append(Path(stats.path))
-            work += stats.scored_tokens if stats.model_work else 0
+        todo = [s for s in shards[name] if not (score_dir / s.name).exists()]
+        say(f"{name}: {len(shards[name]) - len(todo)} shards with cached scores, "
+            + (f"{len(todo)} scoring with the prior" if todo else "none to score"))
+        total = sum(pq.read_metadata(s).num_rows for s in todo)
+        with progress(f"score {name}", total=total, unit="documents", also="tokens") as bar:
+            for shard in shards[name]:
+                stats = score_shard(shard, score_dir / shard.name, cfg.root, cfg.prior, cfg.edit,
+                                    cfg.seed, progress=lambda d, t: bar.advance(0, also=t))
+                bar.advance(stats.documents if stats.model_work else 0)
+                scores[name].append(Path(stats.path))
+                work += stats.scored_tokens if stats.model_work else 0
 
     for name in cfg.order():
         if cfg.corpora[name].paths:
-            result = ingest.ingest_corpus(cfg, name)
+            with progress(f"ingest {name}", total=None, unit="rows") as bar:
+                result = ingest.ingest_corpus(cfg, name, progress=bar.advance)
             records.record_ingest(wh, run_id, result)
             if result.rows_ok == 0:
                 raise InputError(f"{name}: no usable documents ({result.rows_quarantined} rows "

@@ -171,13 +171,13 @@ def iter_shard_batches(
             yield batch.to_pandas()
 
 
-def ingest_corpus(cfg, name: str) -> IngestResult:
+def ingest_corpus(cfg, name: str, progress: Callable[[int], None] | None = None) -> IngestResult:
     """The ingest stage for a file-backed corpus of ``cfg`` (a ``semisynth.config.Config``):
     its paths (relative ones from the data root) into shards under ``cfg.shard_dir``."""
     c = cfg.corpora[name]
     return ingest([cfg.resolve(p) for p in c.paths], cfg.shard_dir(name), name,
                   text_field=c.text_field, id_field=c.id_field, shard_docs=cfg.shard_docs,
-                  limit_docs=c.limit_docs)
+                  limit_docs=c.limit_docs, progress=progress)
 
 
 def ingest_counts(result: IngestResult) -> dict[str, int]:
