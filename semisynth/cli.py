@@ -343,16 +343,24 @@ def cmd_query(
     ctx: typer.Context,
     sql: Annotated[str, typer.Argument(metavar="SQL", help="one read-only SQL statement")],
     fmt: Annotated[Literal["table", "csv", "json"], typer.Option("--format", help="output format")] = "table",
+    timeout: Annotated[float, typer.Option(
+        help="seconds before the statement is stopped (exit 2)")] = 60.0,
 ) -> int:
-    """Read-only SQL over the warehouse."""
+    """One read-only SQL statement over the warehouse, in a sandbox: no writes, no files
+    read or written outside the warehouse, no settings changed, a time limit; Ctrl-C stops
+    it (exit 130)."""
     from semisynth.warehouse import db
+    from semisynth.warehouse.query import QueryError, run_query
 
     path = db.warehouse_path(ctx.obj.settings.data_root)
     try:
-        frame = db.query(path, sql)
-    except Exception as exc:  # no warehouse yet, or duckdb's own error classes for bad SQL
+        frame = run_query(path, sql, timeout=timeout)
+    except QueryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: stopped (Ctrl-C)", file=sys.stderr)
+        return 130
     if fmt == "csv":
         frame.to_csv(sys.stdout, index=False)
     elif fmt == "json":

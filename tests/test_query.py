@@ -56,3 +56,31 @@ def test_a_long_query_is_stopped_at_its_time_limit(wh):
 def test_no_warehouse_is_a_clear_error(tmp_path):
     with pytest.raises(QueryError, match="no warehouse"):
         run_query(tmp_path / "none.duckdb", "SELECT 1")
+
+
+def test_ctrl_c_stops_a_long_query_of_the_command(wh):
+    """SIGINT (Ctrl-C) reaches a running `semisynth query`: it stops with exit 130 at once."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semisynth.cli", "--data-root", str(wh.parent), "query",
+         "SELECT count(*) FROM range(100000000000) a, range(10) b", "--timeout", "600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell's background job inherits SIGINT ignored: give the child a terminal's
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(8)  # imports done and the statement running, even on a loaded machine
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and "stopped (Ctrl-C)" in err, (out, err)
+
+
+def test_the_command_says_why_a_statement_is_refused(wh, capsys):
+    from semisynth.cli import main as cli
+
+    assert cli(["--data-root", str(wh.parent), "query", "DELETE FROM runs"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert cli(["--data-root", str(wh.parent), "query", "SELECT 1; SELECT 2"]) == 2
+    assert "one SQL statement at a time" in capsys.readouterr().err
