@@ -289,10 +289,20 @@ def cmd_edit(
     from semisynth.tasks.toedit import Scorer
 
     edit = EditConfig(strategy=strategy, threshold=threshold, top_k=top_k, beta=beta)
+    # the file is read once more for the ETA's total: cheap next to the model's work
+    total, rejected = 0, []
+    for rec in documents.read_records(input):
+        if rec.reason is None:
+            total += 1
+        else:
+            rejected.append(rec)
+    if total == 0:  # an empty output would pass for a result
+        for rec in rejected:
+            print(f"skipped {input}:{rec.line}: {rec.reason}", file=sys.stderr)
+        raise ValueError(f"{input}: no usable documents ({len(rejected)} bad rows); "
+                         "nothing written")
     prior = load_prior(model, ctx.obj.settings.data_root, precision)
     scorer = Scorer(prior, edit, seed=seed, max_tokens=max_tokens, batch_tokens=batch_tokens)
-    # the file is read once more for the ETA's total: cheap next to the model's work
-    total = sum(rec.reason is None for rec in documents.read_records(input))
     bad: list[Record] = []
     stats = {"documents": 0, "tokens": 0, "edited": 0, "dropped": 0}
 
@@ -305,7 +315,9 @@ def cmd_edit(
                 stats["tokens"] += res.scored_tokens
                 stats["edited"] += res.edited_tokens
                 stats["dropped"] += res.dropped_tokens
-                yield {"id": rec.id, "text": prior.tokenizer.decode(res.edited_ids.tolist()),
+                # every field of the input is kept; id and text are the edited document's
+                yield {**rec.meta, "id": rec.id,
+                       "text": prior.tokenizer.decode(res.edited_ids.tolist()),
                        "ppl": res.ppl, "edited_tokens": res.edited_tokens,
                        "dropped_tokens": res.dropped_tokens}
             bar.advance(len(batch))

@@ -282,3 +282,24 @@ def test_prior_fetch_prints_the_folder_last(assets_root, capsys):
 def test_query_without_a_warehouse_is_a_clear_error(tmp_path, capsys):
     assert cli(["--data-root", str(tmp_path), "query", "SELECT 1"]) == 2
     assert "no warehouse" in capsys.readouterr().err
+
+
+def test_edit_keeps_every_input_field(tmp_path, prior_folder):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps({**d, "url": f"https://x/{d['id']}", "lang": "en"})
+                             for d in DOCS) + "\n")
+    out = tmp_path / "out.parquet"
+    assert cli(["edit", str(src), str(out), "--model", str(prior_folder), "--precision",
+                "float32", "--max-tokens", "8"]) == 0
+    got = pd.read_parquet(out)
+    assert list(got.url) == [f"https://x/{d['id']}" for d in DOCS] and set(got.lang) == {"en"}
+
+
+@pytest.mark.parametrize("content", ["a,b,c\n1,2,3\n", "", '{"id": "x"}\n'])
+def test_edit_with_nothing_usable_exits_2_and_writes_nothing(tmp_path, capsys, content):
+    src = tmp_path / "in.jsonl"  # a CSV renamed .jsonl, an empty file, rows without text
+    src.write_text(content)
+    out = tmp_path / "out.jsonl"
+    assert cli(["edit", str(src), str(out)]) == 2
+    assert "no usable documents" in capsys.readouterr().err
+    assert not out.exists()
