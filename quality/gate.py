@@ -80,8 +80,9 @@ def _metric_row(db_path: Path, where: tuple[str, list], metrics: list[str]) -> p
 
 
 def validate_corpus(db_path: Path, gx_root: Path, run_id: str, corpus: str, reference: str,
-                    gate: GateConfig, edited: bool) -> GateResult:
-    """Run the suite on ``corpus``'s metrics of ``run_id``; rows are returned, not written."""
+                    gate: GateConfig, edited: bool, synthetic_share: bool = False) -> GateResult:
+    """Run the suite on ``corpus``'s metrics of ``run_id``; rows are returned, not written.
+    ``edited``: gate its edit rate; ``synthetic_share``: gate its estimated synthetic share."""
     db_path, gx_root = Path(db_path), Path(gx_root)
     where = _metrics_where(run_id, corpus, "vs_reference", reference)
     stored = _stored(db_path, where)
@@ -94,7 +95,7 @@ def validate_corpus(db_path: Path, gx_root: Path, run_id: str, corpus: str, refe
     yardstick = {m: split[m].value for m in split if m not in mismatched}
     noise = {m: noise_slack(split[m].se, stored[m].se if m in stored else 0.0, gate)
              for m in split}
-    bounds = thresholds(yardstick, gate, gated, edited, noise)
+    bounds = thresholds(yardstick, gate, gated, edited, noise, synthetic_share)
     # A metric missing for this run is an all-NaN column: GX fails it with no observed
     # value, so GX's stored result (and Data Docs) agree with the gate.
     outcome = suite.validate(gx_root, gate.suite, run_id, corpus,

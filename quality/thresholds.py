@@ -70,14 +70,16 @@ def noise_slack(se_yardstick: float, se_candidate: float, gate: GateConfig) -> f
 
 
 def thresholds(yardstick: dict[str, float], gate: GateConfig, metric_names: list[str],
-               edited: bool, noise: dict[str, float] | None = None) -> dict[str, Bounds]:
+               edited: bool, noise: dict[str, float] | None = None,
+               synthetic_share: bool = False) -> dict[str, Bounds]:
     """(min, max) per gated metric of ``metric_names`` (None: unbounded on that side).
 
     Each bound is the split-half value y moved by max(fixed slack, noise[metric]) in the
     direction collapse goes (see ``GateConfig``); ``noise`` is ``noise_slack`` per metric
     with CIs (missing: 0). Metrics without a rule, or whose split-half value is missing from
     ``yardstick``, are left out; ``edit_rate`` is gated (whether listed or not) for edited
-    corpora only."""
+    corpora only, ``synthetic_share`` (at most ``gate.synthetic_share_max``) for corpora with
+    a synthetic reference only (``synthetic_share``)."""
     noise = noise or {}
     bounds: dict[str, Bounds] = {}
     for metric in metric_names:
@@ -94,6 +96,8 @@ def thresholds(yardstick: dict[str, float], gate: GateConfig, metric_names: list
         bounds[metric] = (None, y + slack) if direction == "max" else (y - slack, None)
     if edited:
         bounds["edit_rate"] = (gate.edit_rate_min, gate.edit_rate_max)
+    if synthetic_share:
+        bounds["synthetic_share"] = (None, gate.synthetic_share_max)
     return bounds
 
 

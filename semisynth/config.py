@@ -65,6 +65,9 @@ class CorpusConfig(_Strict):
     mix: dict[str, float] | None = None
     role: Literal["reference", "candidate", "monitored"] = "candidate"
     reference: str | None = None  # the human reference it is measured against
+    # a corpus of model-written text: with it (and the reference as the human side) the
+    # corpus gets the metric synthetic_share, its estimated share of synthetic documents
+    synthetic_reference: str | None = None
     release: bool = False
     text_field: str = "text"
     id_field: str = "id"
@@ -156,6 +159,11 @@ class GateConfig(_Strict):
     # usually wins the redraw again (the demo measures about 0.03%).
     edit_rate_min: float = 0.00001
     edit_rate_max: float = 0.25
+    synthetic_share_max: float = Field(0.25, ge=0, le=1, description=(
+        "synthetic_share <= this, for corpora with a synthetic_reference: the estimated share "
+        "of model-written documents (quality/share.py). The paper's damage starts at 25% "
+        "synthetic (GPT-2: avg PPL 20.99 human, 22.06 at 25%, 23.48 at 50%); the calibration "
+        "(benchmarks/README.md, \"Synthetic share\") sets how close to it the bound can sit."))
 
     def coverage_ratio(self, n: int | None) -> float:
         """ref_coverage_min_ratio for n-gram order n (None: an order not known)."""
@@ -196,7 +204,7 @@ class Config(_Strict):
                 raise ValueError(f"{label} {value!r} must be a plain name (letters, digits, "
                                  "'_', '.', '-'; not starting with '.' or '-')")
         for name, c in self.corpora.items():
-            for other in [c.edited_from, c.reference, *(c.mix or {})]:
+            for other in [c.edited_from, c.reference, c.synthetic_reference, *(c.mix or {})]:
                 if other is not None and other not in self.corpora:
                     raise ValueError(f"corpus {name!r} names unknown corpus {other!r}")
             if c.role != "reference" and c.reference is None:
