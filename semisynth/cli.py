@@ -283,12 +283,20 @@ def cmd_edit(
         PRIOR_FIELDS["batch_tokens"].default),
 ) -> int:
     """Score and edit one file with the prior: one output document per input, in order."""
+    from pydantic import ValidationError
+
     from semisynth import documents
+    from semisynth.config import validation_message
     from semisynth.progress import progress
     from semisynth.tasks.prior import load_prior
     from semisynth.tasks.toedit import Scorer
 
-    edit = EditConfig(strategy=strategy, threshold=threshold, top_k=top_k, beta=beta)
+    try:  # the options are checked as the config checks them
+        edit = EditConfig(strategy=strategy, threshold=threshold, top_k=top_k, beta=beta)
+        prior_cfg = PriorConfig(model=model, precision=precision, max_tokens=max_tokens,
+                                batch_tokens=batch_tokens)
+    except ValidationError as exc:
+        raise ValueError(validation_message(exc, "edit")) from exc
     # the file is read once more for the ETA's total: cheap next to the model's work
     total, rejected = 0, []
     for rec in documents.read_records(input):
@@ -302,7 +310,7 @@ def cmd_edit(
         raise ValueError(f"{input}: no usable documents ({len(rejected)} bad rows); "
                          "nothing written")
     prior = load_prior(model, ctx.obj.settings.data_root, precision)
-    scorer = Scorer(prior, edit, seed=seed, max_tokens=max_tokens, batch_tokens=batch_tokens)
+    scorer = Scorer.from_config(prior, prior_cfg, edit, seed)
     bad: list[Record] = []
     stats = {"documents": 0, "tokens": 0, "edited": 0, "dropped": 0}
 

@@ -6,15 +6,17 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # A corpus or config name used as a folder name: one plain path component.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 Strategy = Literal["up_revise", "low_drop_up_revise", "filtering"]
 Precision = Literal["float32", "bfloat16", "float16"]
+Ratio = Annotated[float, Field(ge=0)]
+MAX_DOC_TOKENS = 100_000  # the default bound on one document's tokens (PriorConfig)
 
 
 class _Strict(BaseModel):
@@ -27,27 +29,39 @@ class PriorConfig(_Strict):
         "converted once to safetensors under the data root), a Hugging Face id or a local "
         "folder."))
     precision: Precision = Field("bfloat16", description="Torch dtype of the prior.")
-    max_tokens: int | None = Field(None, description=(
+    max_tokens: int | None = Field(None, ge=1, description=(
         "Truncate each document to its first N tokens (as the official ToEdit code does); "
         "unset: whole documents, in windows of the model's context."))
-    batch_tokens: int = Field(4096, description=(
+    batch_tokens: int = Field(4096, ge=1, description=(
         "Token budget of one forward batch (padded tokens count)."))
-    window: int | None = Field(None, description=(
+    window: int | None = Field(None, ge=2, description=(
         "Tokens per scoring window; unset: the model's context length."))
+    max_doc_tokens: int | None = Field(MAX_DOC_TOKENS, ge=1, description=(
+        "A bound on every document, max_tokens or not, so that one huge document cannot "
+        "take hours: only its first N tokens are scored, with a warning naming it "
+        "(unset: no bound)."))
 
 
 class EditConfig(_Strict):
     strategy: Strategy = Field("up_revise", description=(
         "up_revise: redraw the tokens above the threshold; low_drop_up_revise: also drop "
         "those below low_threshold; filtering: only drop those."))
-    threshold: float = Field(0.99, description=(
+    threshold: float = Field(0.99, gt=0, le=1, description=(
         "Redraw a token where its probability under the prior is strictly greater."))
-    top_k: int = Field(8, description="Redraw from the prior's k most probable tokens.")
-    beta: float | None = Field(None, description=(
+    top_k: int = Field(8, ge=1, description=(
+        "Redraw from the prior's k most probable tokens (at most its vocabulary)."))
+    beta: float | None = Field(None, gt=0, description=(
         "Temperature of the redraw, softmax(logp / beta); unset: 1.5 for up_revise, "
         "else 1.0 (the official code)."))
-    low_threshold: float = Field(0.001, description=(
+    low_threshold: float = Field(0.001, ge=0, lt=1, description=(
         "Drop a token where its probability is strictly smaller."))
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> EditConfig:
+        if self.strategy == "low_drop_up_revise" and self.low_threshold >= self.threshold:
+            raise ValueError(f"low_threshold ({self.low_threshold}) must be below threshold "
+                             f"({self.threshold}): a token cannot be both redrawn and dropped")
+        return self
 
     @property
     def effective_beta(self) -> float:
@@ -71,24 +85,27 @@ class CorpusConfig(_Strict):
     release: bool = False
     text_field: str = "text"
     id_field: str = "id"
-    limit_docs: int | None = None  # take the first N documents of the sources (demo)
+    limit_docs: int | None = Field(None, ge=1)  # take the first N documents of the sources (demo)
 
     @model_validator(mode="after")
     def _one_origin(self) -> CorpusConfig:
         origins = sum([bool(self.paths), self.edited_from is not None, self.mix is not None])
         if origins != 1:
             raise ValueError("a corpus needs exactly one of: paths, edited_from, mix")
+        if self.mix is not None and any(not 0 <= share <= 1 for share in self.mix.values()):
+            raise ValueError(f"mix shares must lie in [0, 1], got {self.mix}")
         if self.mix is not None and abs(sum(self.mix.values()) - 1.0) > 1e-6:
             raise ValueError(f"mix shares must add up to 1, got {sum(self.mix.values())}")
         return self
 
 
 class MetricsConfig(_Strict):
-    ngram_orders: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    ngram_orders: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 2, 3], min_length=1)
     # Tokens per side of every comparison; None: the largest budget every comparison
     # of the run can meet (half the smallest reference, the smallest candidate).
-    budget_tokens: int | None = None
-    js_buckets: int = 1 << 20
+    budget_tokens: int | None = Field(None, ge=1)
+    js_buckets: int = Field(1 << 20, ge=1)
     bootstrap: int = Field(200, ge=0, description=(
         "Bootstrap replicates for the 95% CIs of ppl_low_frac, ppl_tail_frac and "
         "ref_coverage_2. The gate widens those metrics' slack to the sampling noise the CIs "
@@ -119,35 +136,35 @@ class GateConfig(_Strict):
     """
 
     suite: str = "coverage"
-    ppl_low_frac_max_excess: float = Field(0.15, description=(
+    ppl_low_frac_max_excess: float = Field(0.15, ge=0, description=(
         "ppl_low_frac <= Y + max(this, noise). Human Y is about 0.25; a corpus with a "
         "quarter of its documents from a collapsed source (all below the 25th percentile) "
         "reaches about 0.44."))
-    ppl_tail_frac_max_deficit: float = Field(0.08, description=(
+    ppl_tail_frac_max_deficit: float = Field(0.08, ge=0, description=(
         "ppl_tail_frac >= Y - max(this, noise). Human Y is about 0.10, so at most this asks "
         "for a non-empty tail; with few documents the noise term makes it vacuous (24 human "
         "documents have none above the 90th percentile 8% of the time)."))
-    ppl_ks_max_excess: float = Field(0.30, description=(
+    ppl_ks_max_excess: float = Field(0.30, ge=0, description=(
         "ppl_ks <= Y + this. KS of 24 against 24 documents moves in steps of 1/24 and "
         "differed from Y by up to 0.21 between human samples."))
-    ppl_w1_max_excess: float = Field(0.35, description=(
+    ppl_w1_max_excess: float = Field(0.35, ge=0, description=(
         "ppl_w1 <= Y + this (log-PPL units). Human samples: within 0.19 of Y; the 25% "
         "mixture: 0.10 to 1.05 above it, the 50% mixture at least 0.49."))
-    distinct_min_ratio: float = Field(0.85, description=(
+    distinct_min_ratio: float = Field(0.85, ge=0, description=(
         "distinct_n >= Y * this. Human samples: at least 0.90 Y (n = 1), 0.96 Y (n = 2), "
         "0.98 Y (n = 3); the 50% mixture: 0.66 Y to 0.94 Y."))
-    top1pct_mass_max_ratio: float = Field(1.5, description=(
+    top1pct_mass_max_ratio: float = Field(1.5, ge=0, description=(
         "top1pct_mass_n <= Y * this. Human samples: at most 1.23 Y (n = 3, the noisiest: the "
         "top 1% of trigram types is about a hundred types); the 50% mixture: at least 1.51 Y "
         "(n = 3)."))
-    ref_coverage_min_ratio: float | dict[int, float] = Field(
+    ref_coverage_min_ratio: Ratio | dict[int, Ratio] = Field(
         default_factory=lambda: {1: 0.85, 2: 0.85, 3: 0.5}, description=(
             "ref_coverage_n >= Y * this, per n-gram order (one number: every order; an "
             "order not listed: the lowest ratio given). Coverage gets noisier with n: few "
             "reference trigrams occur twice in a small budget and which ones depends on a few "
             "documents; human samples reached 0.94 Y (n = 1), 0.82 Y (n = 2, widened by its "
             "CI) and 0.59 Y (n = 3)."))
-    js_max_excess: float = Field(0.10, description=(
+    js_max_excess: float = Field(0.10, ge=0, description=(
         "js_n <= Y + this. At small budgets JS of hashed n-grams saturates near its maximum "
         "for any pair of samples (the bound can exceed 1 and then never fails)."))
     ci_z: float = Field(3.5, ge=0, description=(
@@ -157,8 +174,8 @@ class GateConfig(_Strict):
         "over 120 random human split-halves of the demo corpus."))
     # ToEdit changes few tokens: only p > 0.99 positions are redrawn, and the top token
     # usually wins the redraw again (the demo measures about 0.03%).
-    edit_rate_min: float = 0.00001
-    edit_rate_max: float = 0.25
+    edit_rate_min: float = Field(0.00001, ge=0, le=1)
+    edit_rate_max: float = Field(0.25, ge=0, le=1)
     synthetic_share_max: float = Field(0.25, ge=0, le=1, description=(
         "synthetic_share <= this, for corpora with a synthetic_reference: the estimated share "
         "of model-written documents (quality/share.py). The paper's damage starts at 25% "
@@ -176,18 +193,21 @@ class GateConfig(_Strict):
     def _coverage_ratios(self) -> GateConfig:
         if isinstance(self.ref_coverage_min_ratio, dict) and not self.ref_coverage_min_ratio:
             raise ValueError("ref_coverage_min_ratio needs at least one order")
+        if self.edit_rate_min > self.edit_rate_max:
+            raise ValueError(f"edit_rate_min ({self.edit_rate_min}) is above edit_rate_max "
+                             f"({self.edit_rate_max}): no corpus could pass")
         return self
 
 
 class Config(_Strict):
     name: str = Field("semisynth", description="Names the run's releases and warehouse rows.")
     data_root: str | None = Field(None, description=(
-        "Where the warehouse, shards, scores and releases live; unset: --data-root or "
-        "$SEMISYNTH_HOME, else ./var."))
+        "Where the warehouse, shards, scores and releases live; --data-root on the command "
+        "line wins over it; unset: $SEMISYNTH_HOME, else ./var."))
     seed: int = Field(1234, description=(
         "Seed of the edits' draws, the mixtures and the metrics' samples."))
-    shard_docs: int = Field(1000, description="Documents per ingested shard.")
-    dask_workers: int = Field(1, description=(
+    shard_docs: int = Field(1000, ge=1, description="Documents per ingested shard.")
+    dask_workers: int = Field(1, ge=1, description=(
         "LocalCluster worker processes when $SEMISYNTH_DASK_ADDRESS names no cluster."))
     prior: PriorConfig = Field(default_factory=PriorConfig)
     edit: EditConfig = Field(default_factory=EditConfig)
@@ -268,25 +288,62 @@ def _set_dotted(tree: dict, dotted: str, value: object) -> None:
     node = tree
     for key in parents:
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted}: {key} is not a section (it is {node!r})")
     node[leaf] = value
 
 
-def config_from_tree(tree: dict, overrides: list[str] | None = None) -> Config:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a config tree; validate."""
+def validation_message(error: ValidationError, source: str) -> str:
+    """One line per problem, each naming its key: ``source: edit.top_k: Input should be
+    greater than or equal to 1 (got 0)``."""
+    lines = []
+    for e in error.errors(include_url=False):
+        key = ".".join(str(part) for part in e["loc"]) or "(config)"
+        # an error of a model's own validator has the model itself as its input
+        got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r:.80})"
+        lines.append(f"{source}: {key}: {e['msg']}{got}")
+    return "\n".join(lines)
+
+
+def _yaml_value(text: str, source: str, located: bool = True):
+    """YAML, or a ValueError naming ``source:line:column`` (``located``, as for a file) or
+    ``source`` (a one-line override) and the syntax error."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark and located else source
+        raise ValueError(f"{where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def config_from_tree(tree: dict, overrides: list[str] | None = None,
+                     source: str = "config") -> Config:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a config tree; validate.
+    Every problem is a ValueError naming ``source`` (the config's file) and the key."""
+    if not isinstance(tree, dict):
+        raise ValueError(f"{source}: the config must be a mapping of keys, got "
+                         f"{type(tree).__name__}")
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override must look like key.sub=value, got {item!r}")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    return Config.model_validate(tree)
+        _set_dotted(tree, key.strip(), _yaml_value(raw, f"override {item!r}", located=False))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ValueError(validation_message(e, source)) from e
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load YAML, then apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    """Load YAML, then apply ``key.sub=value`` overrides (values parsed as YAML). A YAML
+    syntax error is a ValueError naming ``path:line:column``, an invalid value one naming
+    its key."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
-    return config_from_tree(yaml.safe_load(path.read_text()) or {}, overrides)
+    return config_from_tree(_yaml_value(path.read_text(), str(path)) or {}, overrides, str(path))
 
 
 def find_demo_config() -> Path | None:

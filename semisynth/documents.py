@@ -1,9 +1,14 @@
 """Document files: jsonl, jsonl.gz (Dolma layout: one JSON object a line) and Parquet
 (Cosmopedia layout), local or any fsspec URL; the format is named by the extension.
 
-Reading streams and never raises on a bad row: each row comes back as a `Record`, good
+Reading streams and never raises on bad data: each row comes back as a `Record`, good
 (`reason is None`) or bad (`reason` says why, `excerpt` shows the raw row), so the caller
-can quarantine it. Writing streams too and is atomic (temporary file, then rename)."""
+can quarantine it; a file that breaks off (truncated or corrupt gzip, a damaged Parquet row
+group, not gzip or Parquet at all) ends with one whole-file Record (line 0) after the rows
+read before the damage. A row without an id gets `<name>:<line>`, where the name is the
+file's path relative to the folder its patterns share (`source_names`), so files of the
+same name in different folders never share ids. Writing streams too and is atomic
+(temporary file, then rename)."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import os
 import posixpath
 import shutil
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -27,6 +33,18 @@ from fsspec.implementations.local import LocalFileSystem
 FORMATS = (".jsonl.gz", ".jsonl", ".parquet")  # longest first: ".jsonl.gz" ends in neither other
 EXCERPT_CHARS = 200
 PARQUET_BATCH_ROWS = 1024
+GLOB_CHARS = "*?["
+WHOLE_FILE = 0  # the line of a Record that stands for the rest of an unreadable file
+
+
+class WrongEncoding(ValueError):
+    """A jsonl file that is not UTF-8 at all (UTF-16 or UTF-32), seen on its first line."""
+
+
+# What a damaged file raises while it is read: gzip (BadGzipFile is an OSError; a truncated
+# stream raises EOFError, a corrupt deflate block zlib.error), Arrow (corrupt pages raise
+# OSError, a bad footer ArrowInvalid) and a jsonl file in another encoding.
+UNREADABLE = (OSError, EOFError, zlib.error, pa.ArrowException, WrongEncoding)
 
 
 @dataclass(slots=True)
@@ -121,8 +139,18 @@ def _record(row: dict, raw, line: int, default_id: str, text_field: str, id_fiel
     return Record(line, id=doc_id, text=text, meta=meta)
 
 
+def _check_first_line(raw: bytes) -> None:
+    # JSON text holds no raw NUL byte, and UTF-8 none but in NUL itself: UTF-16 and UTF-32
+    # (with or without a byte order mark) put one beside every ASCII character
+    if b"\x00" in raw or raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise WrongEncoding("not UTF-8: NUL bytes or a UTF-16 byte order mark on line 1 "
+                            "(a UTF-16 or UTF-32 file?)")
+
+
 def _read_jsonl(f, name: str, text_field: str, id_field: str) -> Iterator[Record]:
     for line, raw in enumerate(f, start=1):
+        if line == 1:
+            _check_first_line(raw)
         if not raw.strip():
             continue  # blank lines are layout, not rows
         try:
@@ -145,31 +173,91 @@ def _read_jsonl(f, name: str, text_field: str, id_field: str) -> Iterator[Record
         yield _record(row, s, line, f"{name}:{line}", text_field, id_field)
 
 
+def _batch_rows(batch: pa.RecordBatch) -> list[dict | UnicodeDecodeError]:
+    """The batch's rows as dicts; a row whose strings are not valid UTF-8 (Arrow trusts what
+    other writers stored) as the error decoding it, so that only that row is lost."""
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        rows: list[dict | UnicodeDecodeError] = []
+        for i in range(batch.num_rows):
+            try:
+                rows.append(batch.slice(i, 1).to_pylist()[0])
+            except UnicodeDecodeError as e:
+                rows.append(e)
+        return rows
+
+
+def _raw_row(batch: pa.RecordBatch, i: int) -> dict:
+    """Row i with its strings as the bytes stored, for the excerpt of a row that does not
+    decode."""
+    row = batch.slice(i, 1)
+    raw = {}
+    for name, column in zip(row.schema.names, row.columns, strict=True):
+        if pa.types.is_string(column.type):
+            raw[name] = column.view(pa.binary())[0].as_py().decode("utf-8", errors="replace")
+        else:
+            raw[name] = column[0].as_py()
+    return raw
+
+
 def _read_parquet(f, name: str, text_field: str, id_field: str) -> Iterator[Record]:
+    parquet = pq.ParquetFile(f)
     line = 0
-    for batch in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        for row in batch.to_pylist():
-            line += 1
-            yield _record(row, row, line, f"{name}:{line}", text_field, id_field)
+    # one row group at a time: a damaged group then costs only its own rows, not also
+    # those of the group before it that a batch spanning both would take with it
+    for group in range(parquet.num_row_groups):
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+            for i, row in enumerate(_batch_rows(batch)):
+                line += 1
+                if isinstance(row, UnicodeDecodeError):
+                    raw = excerpt_of(_raw_row(batch, i))
+                    yield Record(line, reason=f"invalid utf-8: {row}", excerpt=raw)
+                else:
+                    yield _record(row, row, line, f"{name}:{line}", text_field, id_field)
 
 
-def read_records(path: str, text_field: str = "text", id_field: str = "id") -> Iterator[Record]:
+def _read_rows(path: str, fmt: str, name: str, text_field: str, id_field: str) -> Iterator[Record]:
+    compression = "gzip" if fmt == ".jsonl.gz" else None
+    with fsspec.open(path, "rb", compression=compression) as f:
+        if fmt == ".parquet":
+            yield from _read_parquet(f, name, text_field, id_field)
+        else:
+            yield from _read_jsonl(f, name, text_field, id_field)
+
+
+def unreadable_record(fmt: str, last_line: int, error: BaseException) -> Record:
+    """The whole-file Record of a file that broke off after ``last_line``."""
+    where = f" after {'row' if fmt == '.parquet' else 'line'} {last_line}" if last_line else ""
+    reason = f"unreadable {fmt} file{where}: {type(error).__name__}: {error}"
+    return Record(WHOLE_FILE, reason=reason, excerpt="")
+
+
+def read_records(
+    path: str, text_field: str = "text", id_field: str = "id", name: str | None = None
+) -> Iterator[Record]:
     """Stream the rows of one document file. A bad row is a Record with a reason; a file
-    that cannot be read at all (missing, not gzip, not Parquet) raises, naming the file."""
+    that breaks off (or cannot be read at all) ends with one whole-file Record, line 0,
+    after the good rows before the damage; only a missing file raises. A row without an
+    id gets ``<name>:<line>``, ``name`` defaulting to the file's base name."""
     path = str(path)
     fmt = file_format(path)
-    name = posixpath.basename(path.rstrip("/"))
-    compression = "gzip" if fmt == ".jsonl.gz" else None
-    try:
-        with fsspec.open(path, "rb", compression=compression) as f:
-            if fmt == ".parquet":
-                yield from _read_parquet(f, name, text_field, id_field)
-            else:
-                yield from _read_jsonl(f, name, text_field, id_field)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"no such document file: {path}") from e
-    except (OSError, EOFError, pa.ArrowException) as e:  # bad gzip, truncated, not Parquet
-        raise OSError(f"cannot read {path} as {fmt}: {e}") from e
+    name = name or posixpath.basename(path.rstrip("/"))
+    last_line = 0
+    with contextlib.closing(_read_rows(path, fmt, name, text_field, id_field)) as rows:
+        while True:
+            # only reading is guarded: what the caller raises at the yield stays its own
+            try:
+                rec = next(rows)
+            except StopIteration:
+                return
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"no such document file: {path}") from e
+            except UNREADABLE as e:
+                yield unreadable_record(fmt, last_line, e)
+                return
+            last_line = rec.line
+            yield rec
 
 
 def _checked(docs: Iterable[dict]) -> Iterator[dict]:
@@ -240,3 +328,32 @@ def expand_paths(patterns: list[str]) -> list[str]:
         local = isinstance(fs, LocalFileSystem)
         files.update(p if local else fs.unstrip_protocol(p) for p in found)
     return sorted(files)
+
+
+def _pattern_root(pattern: str) -> tuple[str, str]:
+    """(protocol, folder) of a pattern: the folder its part before the first glob
+    character names, as ``expand_paths`` spells the files under it."""
+    fs, stripped = fsspec.core.url_to_fs(str(pattern))
+    fixed = stripped[: min((stripped.find(c) for c in GLOB_CHARS if c in stripped),
+                           default=len(stripped))]
+    return fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol, posixpath.dirname(fixed)
+
+
+def source_names(patterns: list[str], files: list[str]) -> dict[str, str]:
+    """Each file's name in default ids: its path relative to the folder the patterns share
+    (``data/*/part.jsonl`` gives ``2024-01/part.jsonl`` and ``2024-02/part.jsonl``; one file
+    its base name). Distinct files get distinct names, and a name depends only on the
+    patterns, not on which other files they match. Patterns on different filesystems
+    share no folder: their files keep their full URLs."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    roots = {_pattern_root(p) for p in patterns}
+    protocols = {protocol for protocol, _ in roots}
+    common = posixpath.commonpath([root for _, root in roots]) if len(protocols) == 1 else None
+    names = {}
+    for path in files:
+        _, stripped = fsspec.core.url_to_fs(path)
+        relative = posixpath.relpath(stripped, common) if common else None
+        outside = relative is None or relative == ".." or relative.startswith("../")
+        names[path] = path if outside else relative
+    return names

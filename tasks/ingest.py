@@ -3,7 +3,11 @@
 One job, in the style of a DataTrove block: read every row, keep the good documents as
 `{id, text, doc_hash, source, line}` rows in shards named by the hash of their content,
 and put every bad row in the quarantine list with file, line and reason; no row is ever
-dropped silently, so `rows_in == rows_ok + rows_quarantined` always holds."""
+dropped silently, so `rows_in == rows_ok + rows_quarantined` always holds. A file that
+breaks off (truncated gzip, corrupt Parquet) keeps the rows read before the damage and adds
+one quarantine row for the rest, line 0, which counts as one row in. Default ids (rows
+without one) are `<file>:<line>` with the file's path relative to the folder the patterns
+share, so that same-named files of different folders do not collide."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from semisynth.documents import (
     excerpt_of,
     expand_paths,
     read_records,
+    source_names,
     write_documents,
 )
 
@@ -96,12 +101,14 @@ def ingest(
     def limit_reached() -> bool:
         return limit_docs is not None and result.rows_ok >= limit_docs
 
-    for source in expand_paths(paths):
+    sources = expand_paths(paths)
+    names = source_names(paths, sources)  # what default ids call each file
+    for source in sources:
         if limit_reached():
             break
         stats = result.per_file[source] = {"rows_in": 0, "rows_ok": 0, "rows_quarantined": 0}
         rows: list[dict] = []  # the shard being filled; shards never mix source files
-        for rec in read_records(source, text_field, id_field):
+        for rec in read_records(source, text_field, id_field, names[source]):
             stats["rows_in"] += 1
             if progress:
                 progress(1)

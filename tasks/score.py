@@ -38,12 +38,13 @@ SCORE_SCHEMA = pa.schema(
         ("dropped_tokens", pa.int64()),
         ("token_ids", pa.list_(pa.int32())),
         ("edited_text", pa.string()),
+        ("truncated", pa.bool_()),  # cut to prior.max_doc_tokens: its rest is not scored
     ]
 )
 
 
 # Bump when a change to the engine changes what it writes: old caches then miss.
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2  # 2: the truncated column, prior.max_doc_tokens
 
 
 def score_key(model_id: str, prior: PriorConfig, edit: EditConfig, seed: int) -> str:
@@ -54,6 +55,7 @@ def score_key(model_id: str, prior: PriorConfig, edit: EditConfig, seed: int) ->
         "precision": prior.precision,
         "max_tokens": prior.max_tokens,
         "window": prior.window,
+        "max_doc_tokens": prior.max_doc_tokens,
         "edit": edit.model_dump(),
         "beta": edit.effective_beta,
         "seed": seed,
@@ -69,6 +71,7 @@ class ScoreStats:
     scored_tokens: int
     model_work: bool  # False when the cached scores were reused
     seconds: float
+    truncated_docs: int = 0  # documents cut to prior.max_doc_tokens
 
 
 def score_shard(
@@ -80,21 +83,21 @@ def score_shard(
     seed: int,
     batch_docs: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    window_progress: Callable[[int], None] | None = None,
 ) -> ScoreStats:
     """Score and edit one shard unless its scores exist; stream batches of documents
-    through the prior and append them to the output, renamed into place at the end."""
+    through the prior and append them to the output, renamed into place at the end.
+    ``window_progress(tokens)`` after each forward batch (``Scorer.score``'s progress), so
+    that one long document shows its progress too."""
     shard_path, out_path = Path(shard_path), Path(out_path)
     shard_hash = shard_path.stem
     if out_path.exists():
         return _cached(shard_hash, out_path)
     started = time.perf_counter()
     prior = load_prior(prior_cfg.model, root, prior_cfg.precision)
-    scorer = Scorer(
-        prior, edit_cfg, seed=seed, max_tokens=prior_cfg.max_tokens,
-        batch_tokens=prior_cfg.batch_tokens, window=prior_cfg.window,
-    )
+    scorer = Scorer.from_config(prior, prior_cfg, edit_cfg, seed)
     shard = pq.ParquetFile(shard_path)
-    documents = scored = 0
+    documents = scored = truncated = 0
     # keep_existing: another attempt (a task Dask thought lost, still running) may finish
     # first; its file stays, the scores are the same (deterministic), readers keep theirs
     with atomic_path(out_path, keep_existing=True) as tmp:
@@ -102,7 +105,7 @@ def score_shard(
             for batch in shard.iter_batches(batch_size=batch_docs, columns=["id", "text", "doc_hash"]):
                 ids = batch.column("id").to_pylist()
                 texts = batch.column("text").to_pylist()
-                results = scorer.score(ids, texts)
+                results = scorer.score(ids, texts, progress=window_progress)
                 decode = prior.tokenizer.decode
                 writer.write_table(
                     pa.table(
@@ -117,6 +120,7 @@ def score_shard(
                             "dropped_tokens": [r.dropped_tokens for r in results],
                             "token_ids": [r.token_ids.astype(np.int32) for r in results],
                             "edited_text": [decode(r.edited_ids.tolist()) for r in results],
+                            "truncated": [r.truncated for r in results],
                         },
                         schema=SCORE_SCHEMA,
                     )
@@ -124,15 +128,19 @@ def score_shard(
                 documents += len(ids)
                 batch_tokens = sum(r.scored_tokens for r in results)
                 scored += batch_tokens
+                truncated += sum(r.truncated for r in results)
                 if progress:
                     progress(documents, batch_tokens)
-    return ScoreStats(shard_hash, str(out_path), documents, scored, True, time.perf_counter() - started)
+    return ScoreStats(shard_hash, str(out_path), documents, scored, True,
+                      time.perf_counter() - started, truncated)
 
 
 def _cached(shard_hash: str, out_path: Path) -> ScoreStats:
-    meta = pq.read_metadata(out_path)
-    tokens = pq.read_table(out_path, columns=["scored_tokens"]).column(0).to_numpy().sum()
-    return ScoreStats(shard_hash, str(out_path), meta.num_rows, int(tokens), False, 0.0)
+    table = pq.read_table(out_path, columns=["scored_tokens", "truncated"])
+    tokens = table.column("scored_tokens").to_numpy().sum()
+    truncated = table.column("truncated").to_numpy(zero_copy_only=False).sum()
+    return ScoreStats(shard_hash, str(out_path), table.num_rows, int(tokens), False, 0.0,
+                      int(truncated))
 
 
 def read_scores(paths: list[Path], columns: list[str] | None = None) -> pa.Table:

@@ -13,18 +13,27 @@ an edit does not depend on batching, padding or the device, and a re-run reprodu
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from semisynth.config import EditConfig
+from semisynth.config import MAX_DOC_TOKENS, EditConfig, PriorConfig
 from semisynth.settings import read_settings
 from semisynth.tasks.prior import Prior
 
+log = logging.getLogger(__name__)
+
 _MASK63 = (1 << 63) - 1
+# A text longer than its token limit is tokenized from a prefix of this many characters a
+# token (English averages under 5), doubled until it yields the limit: a 10 MB document
+# then costs a prefix's tokenization, not seconds of native code that Ctrl-C cannot stop.
+PREFIX_CHARS_PER_TOKEN = 8
+_WORD_END = re.compile(r"\S(?=[ \t])")  # the last character of a word that a space follows
 
 
 def _signed64(value: int) -> int:
@@ -45,6 +54,7 @@ class DocResult:
     edited_tokens: int  # positions whose token changed
     dropped_tokens: int
     revised_mask: np.ndarray | None = None  # per position: chosen for a redraw
+    truncated: bool = False  # cut to max_doc_tokens: its later tokens are not scored
 
     @property
     def ppl(self) -> float:
@@ -110,8 +120,22 @@ def batches_by_budget(segments: list[Segment], batch_tokens: int) -> list[list[S
     return batches
 
 
+def text_prefix(text: str, chars: int) -> str:
+    """At most ``chars`` characters of ``text``, ending at the end of a word that a space or
+    tab follows if one ends in the last eighth. Tokenizers split text at spaces before
+    anything else (byte-level BPE, SentencePiece), so the prefix's tokens are the first
+    tokens of the whole text; only where no word ends there (code, CJK) does the cut fall
+    inside a run of characters, whose tokens may then differ."""
+    if len(text) <= chars:
+        return text
+    window = _WORD_END.finditer(text, chars - max(chars // 8, 1), chars)
+    return text[: max((m.end() for m in window), default=chars)]
+
+
 class Scorer:
-    """Scores and edits lists of documents with one prior."""
+    """Scores and edits lists of documents with one prior. Each document is cut to its
+    first ``max_tokens`` tokens (the official ToEdit code's truncation) and in any case to
+    ``max_doc_tokens`` (a bound against huge documents: a warning names each one cut)."""
 
     def __init__(
         self,
@@ -122,9 +146,14 @@ class Scorer:
         batch_tokens: int = 4096,
         window: int | None = None,
         logits_chunk: int = 1024,
+        max_doc_tokens: int | None = MAX_DOC_TOKENS,
     ):
+        if edit is not None and edit.top_k > prior.vocab_size:
+            raise ValueError(f"top_k {edit.top_k} is larger than the prior's vocabulary "
+                             f"({prior.vocab_size} tokens)")
         self.prior, self.edit, self.seed = prior, edit, seed
         self.max_tokens, self.batch_tokens = max_tokens, batch_tokens
+        self.max_doc_tokens = max_doc_tokens
         self.window = min(window or prior.context, prior.context)
         self.logits_chunk = logits_chunk
         if prior.device.type == "cpu":
@@ -134,12 +163,43 @@ class Scorer:
             threads = read_settings().torch_threads
             torch.set_num_threads(threads or os.cpu_count() or 1)
 
-    def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
+    @classmethod
+    def from_config(cls, prior: Prior, cfg: PriorConfig, edit: EditConfig | None,
+                    seed: int) -> Scorer:
+        """The Scorer a validated PriorConfig describes."""
+        return cls(prior, edit, seed=seed, max_tokens=cfg.max_tokens,
+                   batch_tokens=cfg.batch_tokens, window=cfg.window,
+                   max_doc_tokens=cfg.max_doc_tokens)
+
+    def _encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         enc = self.prior.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        ids = [np.asarray(e, dtype=np.int64) for e in enc]
-        if self.max_tokens is not None:
-            ids = [e[: self.max_tokens] for e in ids]
-        return ids
+        return [np.asarray(e, dtype=np.int64) for e in enc]
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[list[np.ndarray], list[bool]]:
+        """Each text's token ids, cut to the token limit, and whether max_doc_tokens (not
+        max_tokens) cut it. A long text is tokenized from a prefix (``text_prefix``) only,
+        grown until it holds more tokens than the limit."""
+        limits = [n for n in (self.max_tokens, self.max_doc_tokens) if n is not None]
+        if not limits:
+            return self._encode(texts), [False] * len(texts)
+        limit = min(limits)
+        bounded = self.max_doc_tokens == limit and self.max_tokens != limit
+        ids: list[np.ndarray | None] = [None] * len(texts)
+        cut = [False] * len(texts)
+        todo, chars = list(range(len(texts))), limit * PREFIX_CHARS_PER_TOKEN
+        while todo:
+            heads = [text_prefix(texts[i], chars) for i in todo]
+            left = []
+            for i, head, enc in zip(todo, heads, self._encode(heads), strict=True):
+                whole = len(head) == len(texts[i])
+                if whole or len(enc) >= limit:
+                    # a cut prefix has fewer tokens than the whole text, whose rest starts
+                    # with a space: it was longer than the limit
+                    ids[i], cut[i] = enc[:limit], len(enc) > limit or not whole
+                else:
+                    left.append(i)
+            todo, chars = left, chars * 2
+        return ids, [c and bounded for c in cut]
 
     def score(
         self,
@@ -147,7 +207,15 @@ class Scorer:
         texts: Sequence[str],
         progress: Callable[[int], None] | None = None,
     ) -> list[DocResult]:
-        token_ids = self.tokenize(texts)
+        """Score (and edit, with an EditConfig) documents; ``progress(tokens)`` after each
+        forward batch, with the positions it scored, so that a long document, many windows
+        of the prior's context, shows its progress too."""
+        token_ids, truncated = self.tokenize(texts)
+        for doc_id, cut in zip(doc_ids, truncated, strict=True):
+            if cut:
+                log.warning("document %r has more than %d tokens: only its first %d are "
+                            "scored and edited (prior.max_doc_tokens)", str(doc_id),
+                            self.max_doc_tokens, self.max_doc_tokens)
         keys = [doc_key(self.seed, d) for d in doc_ids]
         nll = [np.zeros(max(len(t), 1), dtype=np.float64) for t in token_ids]
         new_ids = [t.copy() for t in token_ids]
@@ -179,6 +247,7 @@ class Scorer:
                     edited_tokens=int((new_ids[i] != ids)[~dropped[i]].sum()),
                     dropped_tokens=int(dropped[i].sum()),
                     revised_mask=revised[i],
+                    truncated=truncated[i],
                 )
             )
         return results

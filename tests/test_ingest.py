@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from semisynth.documents import expand_paths, read_records, write_documents
+from semisynth.documents import expand_paths, read_records, source_names, write_documents
 from semisynth.tasks.ingest import ingest, iter_shard_batches, read_shard
 
 # (raw line, expected reason prefix or None for a good row); line numbers count from 1
@@ -155,14 +155,133 @@ def test_glob_matching_nothing_raises(tmp_path):
         ingest([str(tmp_path / "nothing-here*.parquet")], tmp_path / "shards", "c1")
 
 
-def test_unreadable_files_raise_naming_file(tmp_path):
-    fake_gz = tmp_path / "fake.jsonl.gz"
-    fake_gz.write_bytes(b'{"text": "not gzip"}\n')
-    fake_pq = tmp_path / "fake.parquet"
-    fake_pq.write_bytes(b"not parquet")
-    for path in [fake_gz, fake_pq]:
-        with pytest.raises(OSError, match="fake"):
-            list(read_records(str(path)))
+def check_counts(res):
+    assert res.rows_in == res.rows_ok + res.rows_quarantined == len(res.quarantine) + res.rows_ok
+    for stats in res.per_file.values():
+        assert stats["rows_in"] == stats["rows_ok"] + stats["rows_quarantined"]
+
+
+def test_default_ids_unique_across_folders(tmp_path):
+    # Dolma-style layout: one file name in many folders, rows without ids
+    for month in ["2024-01", "2024-02"]:
+        write_documents([{"id": "", "text": f"{month} doc {i}"} for i in range(3)],
+                        tmp_path / "dolma" / month / "part.jsonl")
+    for patterns in ([str(tmp_path / "dolma" / "*" / "part.jsonl")],
+                     [str(tmp_path / "dolma" / m / "*.jsonl") for m in ["2024-01", "2024-02"]]):
+        res = ingest(patterns, tmp_path / "shards", "c1")
+        assert res.quarantine == [] and res.rows_ok == 6
+        ids = [i for s in res.shards for i in read_shard(s.path)["id"]]
+        assert ids == [f"{m}/part.jsonl:{line}" for m in ["2024-01", "2024-02"]
+                       for line in (1, 2, 3)]
+    # ids depend on the patterns only: one month alone keeps its ids by its base name
+    alone = ingest([str(tmp_path / "dolma" / "2024-02" / "part.jsonl")], tmp_path / "s2", "c1")
+    assert list(read_shard(alone.shards[0].path)["id"]) == [f"part.jsonl:{i}" for i in (1, 2, 3)]
+
+
+def test_source_names_are_relative_to_the_shared_folder(tmp_path):
+    files = [str(tmp_path / "a" / "x.jsonl"), str(tmp_path / "b" / "c" / "x.jsonl")]
+    patterns = [str(tmp_path / "a" / "*.jsonl"), str(tmp_path / "b" / "c" / "x.jsonl")]
+    assert source_names(patterns, files) == {files[0]: "a/x.jsonl", files[1]: "b/c/x.jsonl"}
+    assert source_names([str(tmp_path / "**" / "*.jsonl")], files) == {
+        files[0]: "a/x.jsonl", files[1]: "b/c/x.jsonl"}
+    # different filesystems share no folder: full names
+    mixed = ["memory://bucket/x.jsonl", files[0]]
+    assert source_names(mixed, mixed) == {m: m for m in mixed}
+
+
+def gzip_rows(n: int) -> bytes:
+    return gzip.compress(b"".join(b'{"id": "r%d", "text": "row number %d"}\n' % (i, i)
+                                  for i in range(n)))
+
+
+def test_truncated_gzip_keeps_the_rows_before_the_damage(tmp_path):
+    data = gzip_rows(5000)
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    res = ingest([str(path)], tmp_path / "shards", "c1", shard_docs=1000)
+    check_counts(res)
+    [whole_file] = res.quarantine
+    assert (whole_file["file"], whole_file["line"]) == (str(path), 0)
+    assert whole_file["reason"].startswith(f"unreadable .jsonl.gz file after line {res.rows_ok}: EOFError")
+    assert 1000 < res.rows_ok < 5000  # the rows before the cut, bar a partial last line
+    ids = [i for s in res.shards for i in read_shard(s.path)["id"]]
+    assert ids == [f"r{i}" for i in range(res.rows_ok)]
+
+
+def test_corrupt_gzip_and_not_gzip_are_whole_file_rows(tmp_path):
+    data = bytearray(gzip_rows(5000))
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # a damaged deflate block
+    corrupt = tmp_path / "corrupt.jsonl.gz"
+    corrupt.write_bytes(bytes(data))
+    fake = tmp_path / "fake.jsonl.gz"
+    fake.write_bytes(b'{"text": "not gzip"}\n')
+    res = ingest([str(tmp_path / "*.jsonl.gz")], tmp_path / "shards", "c1")
+    check_counts(res)
+    whole = [q for q in res.quarantine if q["line"] == 0]
+    assert [(q["file"], q["reason"].split(":")[0]) for q in whole] == [
+        (str(corrupt), f"unreadable .jsonl.gz file after line {res.per_file[str(corrupt)]['rows_in'] - 1}"),
+        (str(fake), "unreadable .jsonl.gz file"),
+    ]
+    assert "BadGzipFile" in whole[1]["reason"]
+    assert res.per_file[str(fake)] == {"rows_in": 1, "rows_ok": 0, "rows_quarantined": 1}
+    assert res.per_file[str(corrupt)]["rows_ok"] >= 1000
+
+
+def test_wrong_encoding_is_one_whole_file_row(tmp_path):
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_bytes('{"id": "a", "text": "café"}\n{"id": "b", "text": "thé"}\n'.encode("utf-16"))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"id": "c", "text": "plain"}\n{"id": "d", "text": "café"}\n'.encode("latin-1"))
+    res = ingest([str(utf16), str(latin1)], tmp_path / "shards", "c1")
+    check_counts(res)
+    assert [(q["file"], q["line"], q["reason"].split(":")[0]) for q in res.quarantine] == [
+        (str(latin1), 2, "invalid utf-8"),  # only the row that is not ASCII
+        (str(utf16), 0, "unreadable .jsonl file"),
+    ]
+    assert "not UTF-8" in res.quarantine[1]["reason"]
+    assert [i for s in res.shards for i in read_shard(s.path)["id"]] == ["c"]
+
+
+def corrupt_row_group(path, group: int) -> None:
+    """Overwrite the middle of one row group's text column chunk (compressed data)."""
+    chunk = pq.ParquetFile(path).metadata.row_group(group).column(1)
+    raw = bytearray(path.read_bytes())
+    middle = chunk.data_page_offset + chunk.total_compressed_size // 2
+    raw[middle : middle + 64] = b"\xff" * 64
+    path.write_bytes(bytes(raw))
+
+
+def test_corrupt_parquet_keeps_the_row_groups_before_the_damage(tmp_path):
+    path = tmp_path / "cosmo.parquet"
+    texts = [f"synthetic textbook page {i} " * 20 for i in range(300)]
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(300)], "text": texts}), path,
+                   row_group_size=100, compression="snappy", use_dictionary=False)
+    corrupt_row_group(path, 2)
+    res = ingest([str(path)], tmp_path / "shards", "c1")
+    check_counts(res)
+    assert res.rows_ok == 200  # both row groups before the damaged one, whole
+    [whole_file] = res.quarantine
+    assert whole_file["line"] == 0
+    assert whole_file["reason"].startswith("unreadable .parquet file after row 200: ")
+    not_parquet = tmp_path / "fake.parquet"
+    not_parquet.write_bytes(b"not parquet")
+    [rec] = read_records(str(not_parquet))
+    assert (rec.line, rec.reason.split(":")[:2]) == (0, ["unreadable .parquet file", " ArrowInvalid"])
+
+
+def test_parquet_row_with_invalid_utf8_is_its_own_row(tmp_path):
+    # Arrow trusts the strings other writers stored; one bad row must not cost the rest
+    offsets = pa.array([0, 3, 5, 9], type=pa.int32()).buffers()[1]
+    text = pa.Array.from_buffers(pa.string(), 3, [None, offsets, pa.py_buffer(b"one\xff\xfefour")])
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": text}), path)
+    recs = list(read_records(str(path)))
+    assert [(r.line, r.id, r.text) for r in recs if r.reason is None] == [(1, "a", "one"), (3, "c", "four")]
+    [bad] = [r for r in recs if r.reason]
+    assert bad.line == 2 and bad.reason.startswith("invalid utf-8") and '"id": "b"' in bad.excerpt
+
+
+def test_missing_file_still_raises_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         list(read_records(str(tmp_path / "missing.jsonl")))
 

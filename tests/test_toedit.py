@@ -154,3 +154,115 @@ def test_token_arrays_match_the_stored_lists():
     for t in (table, table.slice(1), pa.concat_tables([table, table.slice(2)])):
         expected = t.column("token_ids").to_pylist()
         assert [a.tolist() for a in token_arrays(t)] == expected
+
+
+# The Scorer with the real prior (SmolLM2-135M, float32): tiny documents, few tokens.
+
+SENTENCE = ("The Fulton County Grand Jury said Friday an investigation of Atlanta's recent "
+            "primary election produced no evidence that any irregularities took place. ")
+# what tokenizers split differently: tabs, newlines, runs of spaces, digits, accents, CJK
+MIXED = (SENTENCE + "import numpy as np\nfor i in range(10):\n\tprint(i)  # done\n\n"
+         + "x" + " " * 40 + "y 1234567890 12.5% naïve café 東京タワー 'quoted' don't\n")
+SPARSE = ("word" + " " * 60 + "\n") * 300  # many characters a token: the prefix must grow
+
+
+def whole_ids(prior, text: str) -> list[int]:
+    return prior.tokenizer([text], add_special_tokens=False)["input_ids"][0]
+
+
+@pytest.mark.parametrize("text", [MIXED * 40, SPARSE])
+def test_a_long_text_is_tokenized_from_a_prefix_with_the_same_tokens(prior_f32, text):
+    from semisynth.tasks.toedit import Scorer
+
+    whole = whole_ids(prior_f32, text)
+    for limit in (1, 7, 100, 1000, len(whole) - 1, len(whole), len(whole) + 5):
+        ids, cut = Scorer(prior_f32, None, max_tokens=limit).tokenize([text])
+        assert ids[0].tolist() == whole[:limit]
+        assert cut == [False]  # max_tokens is the method's own truncation: not flagged
+        ids, cut = Scorer(prior_f32, None, max_tokens=None, max_doc_tokens=limit).tokenize([text])
+        assert ids[0].tolist() == whole[:limit]
+        assert cut == [len(whole) > limit]
+
+
+def test_a_huge_document_is_bounded_and_named(prior_f32, caplog):
+    from semisynth.tasks.toedit import Scorer
+
+    huge = SENTENCE * 70_000  # 10 MB: tokenized whole, it alone took 26 s of native code
+    scorer = Scorer(prior_f32, EditConfig(), max_doc_tokens=40)
+    with caplog.at_level("WARNING", logger="semisynth.tasks.toedit"):
+        big, small = scorer.score(["huge-doc", "small-doc"], [huge, SENTENCE])
+    assert big.truncated and not small.truncated
+    assert big.token_ids.tolist() == whole_ids(prior_f32, SENTENCE * 4)[:40]
+    assert big.scored_tokens == 39
+    [warning] = caplog.records
+    assert "'huge-doc'" in warning.getMessage() and "first 40" in warning.getMessage()
+    # a cut by max_tokens is the method's, not flagged (so not warned about either)
+    ids, cut = Scorer(prior_f32, None, max_tokens=20, max_doc_tokens=40).tokenize([huge])
+    assert len(ids[0]) == 20 and cut == [False]
+    assert Scorer(prior_f32, None).max_doc_tokens == 100_000
+
+
+def test_top_k_beyond_the_vocabulary_is_refused(prior_f32):
+    from semisynth.tasks.toedit import Scorer
+
+    with pytest.raises(ValueError, match=f"top_k {prior_f32.vocab_size + 1} is larger"):
+        Scorer(prior_f32, EditConfig(top_k=prior_f32.vocab_size + 1))
+
+
+@pytest.fixture
+def long_shard(tmp_path):
+    from semisynth.documents import write_documents
+    from semisynth.tasks.ingest import ingest
+
+    source = tmp_path / "docs.jsonl"
+    write_documents([{"id": "long", "text": SENTENCE * 4}, {"id": "short", "text": SENTENCE}],
+                    source)
+    [shard] = ingest([str(source)], tmp_path / "shards", "c").shards
+    return shard.path
+
+
+def test_score_shard_reports_window_progress_and_counts_truncation(prior_f32, assets_root,
+                                                                   long_shard, tmp_path):
+    import pyarrow.parquet as pq
+
+    from semisynth.config import PriorConfig
+    from semisynth.tasks.score import score_shard
+
+    # 16-token windows one at a time: the 60 scored tokens of the long document are
+    # several forward batches, each reported
+    cfg = PriorConfig(precision="float32", window=16, batch_tokens=16, max_doc_tokens=60)
+    windows = []
+    out = tmp_path / "scores" / "s.parquet"
+    stats = score_shard(long_shard, out, assets_root, cfg, EditConfig(), seed=1,
+                        window_progress=windows.append)
+    assert len(windows) > 5 and sum(windows) == stats.scored_tokens
+    assert stats.truncated_docs == 1
+    table = pq.read_table(out, columns=["id", "scored_tokens", "truncated"]).to_pylist()
+    assert [(r["id"], r["truncated"]) for r in table] == [("long", True), ("short", False)]
+    assert table[0]["scored_tokens"] == 59
+    cached = score_shard(long_shard, out, assets_root, cfg, EditConfig(), seed=1)
+    assert (cached.model_work, cached.truncated_docs) == (False, 1)
+
+
+def test_ctrl_c_stops_a_long_document_between_windows(prior_f32, assets_root, long_shard,
+                                                      tmp_path):
+    import os
+    import signal
+
+    from semisynth.config import PriorConfig
+    from semisynth.tasks.score import score_shard
+
+    cfg = PriorConfig(precision="float32", window=16, batch_tokens=16)
+    windows = []
+
+    def interrupt_at_the_second_window(tokens: int) -> None:
+        windows.append(tokens)
+        if len(windows) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+
+    out = tmp_path / "scores" / "s.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        score_shard(long_shard, out, assets_root, cfg, EditConfig(), seed=1,
+                    window_progress=interrupt_at_the_second_window)
+    assert len(windows) == 2  # no further window was scored
+    assert list(out.parent.iterdir()) == []  # neither a score file nor its temporary
