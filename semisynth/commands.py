@@ -61,18 +61,31 @@ def _files_corpus(cfg: Config, spec: str, role: str, reference: str | None) -> C
 
 
 def pair_config(cfg: Config, candidate: str, reference: str) -> Config:
-    """``cfg`` narrowed to what measuring ``candidate`` against ``reference`` needs: the two
-    (as corpora of the config or of files) and the corpora they are made from, the
-    candidate with role candidate and the reference as its reference. Checked before any
-    model work."""
+    """``cfg`` narrowed to what measuring ``candidate`` against ``reference`` needs."""
     if candidate == reference:
         raise InputError(f"the candidate and the reference are the same corpus ({candidate}); "
                          "the reference's own split halves are measured with any candidate")
+    # a candidate of the config that names a synthetic reference gets its share, as in the flow
+    synthetic = cfg.corpora[candidate].synthetic_reference if candidate in cfg.corpora else None
+    if synthetic in (None, reference):
+        return narrowed_config(cfg, reference, {candidate: "candidate"})
+    return narrowed_config(cfg, reference, {synthetic: "monitored", candidate: "candidate"},
+                           synthetic)
+
+
+def narrowed_config(cfg: Config, reference: str, others: dict[str, str],
+                    synthetic_reference: str | None = None) -> Config:
+    """``cfg`` narrowed to ``reference`` and ``others`` (argument -> role), each a corpus of
+    the config or files, with the corpora they are made from; every other corpus has
+    ``reference`` as its reference, a candidate also ``synthetic_reference``. Checked
+    before any model work."""
     corpora: dict[str, CorpusConfig] = {}
-    for spec, role in ((reference, "reference"), (candidate, "candidate")):
-        ref = reference if role == "candidate" else None
+    for spec, role in ((reference, "reference"), *others.items()):
+        ref = reference if role != "reference" else None
+        synthetic = synthetic_reference if role == "candidate" else None
         if spec not in cfg.corpora:
-            corpora[spec] = _files_corpus(cfg, spec, role, ref)
+            corpora[spec] = _files_corpus(cfg, spec, role, ref).model_copy(
+                update={"synthetic_reference": synthetic})
             continue
         for name in _closure(cfg, spec):
             if name in corpora:
@@ -84,9 +97,10 @@ def pair_config(cfg: Config, candidate: str, reference: str) -> Config:
                 except (FileNotFoundError, ValueError) as exc:
                     raise InputError(f"corpus {name!r}: {exc}") from exc
             # the corpora it is made from are built, not measured
-            corpora[name] = c.model_copy(update={"role": role if name == spec else "monitored",
-                                                 "reference": ref if name == spec else reference,
-                                                 "release": False})
+            corpora[name] = c.model_copy(update={
+                "role": role if name == spec else "monitored",
+                "reference": ref if name == spec else reference, "release": False,
+                "synthetic_reference": synthetic if name == spec else None})
     return Config.model_validate({**cfg.model_dump(), "corpora": {
         n: c.model_dump() for n, c in corpora.items()}})
 
