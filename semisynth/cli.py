@@ -370,11 +370,16 @@ def main(argv: list[str] | None = None) -> int:
     home = os.environ.get("SEMISYNTH_HOME")
     if args.data_root:  # for this command only: main() may be called again in one process
         os.environ["SEMISYNTH_HOME"] = str(Path(args.data_root).resolve())
+    from semisynth.warehouse.lock import LockHeld
+
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except LockHeld as exc:  # another run holds the data root or the warehouse
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     finally:
         if home is None:
             os.environ.pop("SEMISYNTH_HOME", None)
