@@ -2,7 +2,8 @@
 
 Each task is a few lines over a plain function of its stage (``semisynth.tasks``,
 ``semisynth.quality``, ``semisynth.warehouse``); this module only wires them. Only this
-(the flow) process writes the DuckDB warehouse; Dask workers write Parquet.
+(the flow) process writes the DuckDB warehouse, holding the data root's lock from start to
+end; Dask workers write Parquet.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from semisynth.config import Config, load_config
+from semisynth.flows import lifecycle
 from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
 from semisynth.quality import gate as gate_mod
 from semisynth.quality import measure as measure_mod
@@ -31,6 +33,7 @@ from semisynth.tasks import release as release_mod
 from semisynth.tasks.prior import resolve_model
 from semisynth.tasks.score import score_key, score_shard
 from semisynth.warehouse import db, records
+from semisynth.warehouse.lock import data_root_lock
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
@@ -123,6 +126,23 @@ def release_task(cfg: Config, run_id: str, corpus: str, shards: list[Path], mode
     return str(released.path)
 
 
+@task(name="recover", cache_policy=NO_CACHE)
+def recover_task(cfg: Config, closed: dict[str, str | None]) -> None:
+    """What killed runs left behind: the runs this run found dead (marked CRASHED in the
+    warehouse as it started) marked Crashed in Prefect too, and releases written without
+    their warehouse row recorded from their manifests."""
+    logger = get_run_logger()
+    if closed:
+        logger.warning("runs whose process died while RUNNING, now CRASHED: %s", ", ".join(closed))
+        try:
+            lifecycle.mark_crashed(closed.values(), records.DEAD_RUN_MESSAGE)
+        except Exception as exc:  # bookkeeping of old runs: never a reason to fail this one
+            logger.warning("could not mark their Prefect flow runs Crashed: %r", exc)
+    for row in release_mod.restore_rows(cfg.root / "releases", db.warehouse_path(cfg.root)):
+        logger.warning("release %s %s had no warehouse row (its run was killed after writing "
+                       "it): recorded from its manifest", row["name"], row["version"])
+
+
 # The task runner is declared here too (not only in ``run``): a Prefect worker that loads
 # the flow from its entrypoint (deployments/prefect.yaml) must score on Dask as well.
 @flow(name="nightly_refresh", log_prints=True, task_runner=task_runner())
@@ -130,47 +150,49 @@ def nightly_refresh(config_path: str, overrides: list[str] | None = None):
     """Ingest every source, score and edit with the prior, measure each corpus against
     its human reference, gate the release candidates, release those that pass."""
     cfg = load_config(config_path, overrides)
-    wh = db.init(db.warehouse_path(cfg.root))
-    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{flow_run.get_name() or 'local'}"
-    _, model_id = resolve_model(cfg.prior.model, cfg.root)
-    score_dir = cfg.root / "scores" / score_key(model_id, cfg.prior, cfg.edit, cfg.seed)
-    get_run_logger().info("run %s: config %s, prior %s, warehouse %s", run_id, cfg.name, model_id, wh)
-    with records.tracked_run(wh, run_id, config_name=cfg.name, config_json=cfg.model_dump_json(),
-                             model=model_id, flow_run_id=str(flow_run.get_id() or "")) as run:
-        shards, scores, ingest_counts, work = {}, {}, {}, []
+    with data_root_lock(cfg.root, cfg.lock_wait_s, f"flow run {flow_run.get_name() or 'local'}"):
+        wh = db.init(db.warehouse_path(cfg.root))
+        run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{flow_run.get_name() or 'local'}"
+        _, model_id = resolve_model(cfg.prior.model, cfg.root)
+        score_dir = cfg.root / "scores" / score_key(model_id, cfg.prior, cfg.edit, cfg.seed)
+        get_run_logger().info("run %s: config %s, prior %s, warehouse %s", run_id, cfg.name, model_id, wh)
+        with records.tracked_run(wh, run_id, config_name=cfg.name, config_json=cfg.model_dump_json(),
+                                 model=model_id, flow_run_id=str(flow_run.get_id() or "")) as run:
+            recover_task(cfg, run.closed)
+            shards, scores, ingest_counts, work = {}, {}, {}, []
 
-        def score_all(names: list[str]) -> None:
-            with score_placement():  # GPU workers only, when the cluster has them
-                futures = {n: [score_task.submit(cfg, s, score_dir / s.name) for s in shards[n]]
-                           for n in names}
-            for n, fs in futures.items():
-                stats = [f.result() for f in fs]
-                scores[n] = [Path(st["path"]) for st in stats]
-                work.extend(st["scored_tokens"] for st in stats if st["model_work"])
+            def score_all(names: list[str]) -> None:
+                with score_placement():  # GPU workers only, when the cluster has them
+                    futures = {n: [score_task.submit(cfg, s, score_dir / s.name) for s in shards[n]]
+                               for n in names}
+                for n, fs in futures.items():
+                    stats = [f.result() for f in fs]
+                    scores[n] = [Path(st["path"]) for st in stats]
+                    work.extend(st["scored_tokens"] for st in stats if st["model_work"])
 
-        file_backed = [n for n in cfg.order() if cfg.corpora[n].paths]
-        for n in file_backed:
-            shards[n], ingest_counts[n] = ingest_task(cfg, n, run_id)
-        score_all(file_backed)
-        for n in cfg.order():
-            if n not in file_backed:
-                shards[n], made_scores = derive_task(cfg, n, run_id, shards, scores, score_dir)
-                if made_scores is None:
-                    score_all([n])
-                else:
-                    scores[n] = made_scores
-        record_corpora_task(cfg, run_id, shards, scores, ingest_counts)
-        measured = metrics_task(cfg, run_id, scores)
-        gates = {n: gate_task(cfg, run_id, n) for n in cfg.pairs()}
-        candidates = [n for n, c in cfg.corpora.items() if c.release]
-        releases = {n: release_task(cfg, run_id, n, shards[n], model_id, measured.values[n], gates[n])
-                    for n in candidates if gates[n]["success"]}
-        blocked = [n for n in candidates if not gates[n]["success"]]
-        markdown = summary_markdown(run_id, measured.budget, measured.values, gates, releases, blocked)
-        create_markdown_artifact(markdown, key="semisynth-summary", description=f"semisynth run {run_id}")
-        message = (f"release candidates blocked by the gate: {', '.join(blocked)}" if blocked
-                   else "all release candidates passed")
-        run.finish("FAILED" if blocked else "COMPLETED", message)
+            file_backed = [n for n in cfg.order() if cfg.corpora[n].paths]
+            for n in file_backed:
+                shards[n], ingest_counts[n] = ingest_task(cfg, n, run_id)
+            score_all(file_backed)
+            for n in cfg.order():
+                if n not in file_backed:
+                    shards[n], made_scores = derive_task(cfg, n, run_id, shards, scores, score_dir)
+                    if made_scores is None:
+                        score_all([n])
+                    else:
+                        scores[n] = made_scores
+            record_corpora_task(cfg, run_id, shards, scores, ingest_counts)
+            measured = metrics_task(cfg, run_id, scores)
+            gates = {n: gate_task(cfg, run_id, n) for n in cfg.pairs()}
+            candidates = [n for n, c in cfg.corpora.items() if c.release]
+            releases = {n: release_task(cfg, run_id, n, shards[n], model_id, measured.values[n], gates[n])
+                        for n in candidates if gates[n]["success"]}
+            blocked = [n for n in candidates if not gates[n]["success"]]
+            markdown = summary_markdown(run_id, measured.budget, measured.values, gates, releases, blocked)
+            create_markdown_artifact(markdown, key="semisynth-summary", description=f"semisynth run {run_id}")
+            message = (f"release candidates blocked by the gate: {', '.join(blocked)}" if blocked
+                       else "all release candidates passed")
+            run.finish("FAILED" if blocked else "COMPLETED", message)
     result = {"run_id": run_id, "warehouse": str(wh), "releases": releases, "blocked": blocked,
               "gates": {n: g["success"] for n, g in gates.items()},
               "failures": {n: g["failures"] for n, g in gates.items() if not g["success"]},
@@ -184,10 +206,13 @@ def flow_for(cfg: Config):
 
 
 def run(config_path: str, overrides: list[str] | None = None) -> dict:
-    """Run the flow with the configured task runner; returns the result dict."""
-    state = flow_for(load_config(config_path, overrides))(
-        str(config_path), overrides, return_state=True
-    )
+    """Run the flow with the configured task runner, holding the data root's lock (the flow
+    re-enters it) and, without PREFECT_API_URL, a Prefect server that ends with this
+    process; returns the result dict."""
+    cfg = load_config(config_path, overrides)
+    with data_root_lock(cfg.root, cfg.lock_wait_s, f"semisynth run {config_path}"), \
+            lifecycle.temporary_server(cfg.root / "logs"):
+        state = flow_for(cfg)(str(config_path), overrides, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):  # a crash, not a gate verdict
         raise result

@@ -22,6 +22,7 @@ import typer
 from pydantic.fields import FieldInfo
 
 from semisynth.config import Config, EditConfig, Precision, PriorConfig, Strategy
+from semisynth.warehouse.lock import LockHeld
 
 if TYPE_CHECKING:
     from semisynth.documents import Record
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except LockHeld as exc:  # another run holds the data root or the warehouse
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     return invocation.exit_code
 
 

@@ -177,6 +177,7 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
     from semisynth.tasks.prior import resolve_model
     from semisynth.tasks.score import score_key
     from semisynth.warehouse import db, records
+    from semisynth.warehouse.lock import data_root_lock
 
     if budget is not None and budget <= 0:
         raise InputError(f"--budget must be a positive number of tokens, got {budget}")
@@ -184,25 +185,26 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
         raise InputError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
     sub = pair_config(cfg, candidate, reference)
     say = say or (lambda message: None)
-    wh = db.init(db.warehouse_path(cfg.root))
-    _, model_id = resolve_model(cfg.prior.model, cfg.root)
-    score_dir = cfg.root / "scores" / score_key(model_id, cfg.prior, cfg.edit, cfg.seed)
-    run_id = new_run_id(kind)
-    verdict = None
-    with records.tracked_run(wh, run_id, config_name=cfg.name, config_json=sub.model_dump_json(),
-                             model=model_id, message=command) as run:
-        shards, scores, counts, work = _build(sub, run_id, wh, score_dir, say)
-        records.record_corpora(wh, run_id, corpus_records(sub, shards, scores, counts))
-        measured = measure.measure_run(sub, wh, run_id, scores, {candidate: reference}, budget)
-        edited = sub.corpora[candidate].edited_from is not None
-        if suite is not None:
-            gate_cfg = cfg.gate.model_copy(update={"suite": suite})
-            verdict = gate.validate_corpus(wh, cfg.root / "gx", run_id, candidate, reference,
-                                           gate_cfg, edited=edited)
-            records.record_validations(wh, verdict.rows)
-            failing = [r["metric"] for r in verdict.failures()]
-            run.finish("COMPLETED" if verdict.success else "FAILED",
-                       f"{command}: " + (f"failed {', '.join(failing)}" if failing else "passed"))
+    with data_root_lock(cfg.root, cfg.lock_wait_s, command):  # results are stored
+        wh = db.init(db.warehouse_path(cfg.root))
+        _, model_id = resolve_model(cfg.prior.model, cfg.root)
+        score_dir = cfg.root / "scores" / score_key(model_id, cfg.prior, cfg.edit, cfg.seed)
+        run_id = new_run_id(kind)
+        verdict = None
+        with records.tracked_run(wh, run_id, config_name=cfg.name, config_json=sub.model_dump_json(),
+                                 model=model_id, message=command) as run:
+            shards, scores, counts, work = _build(sub, run_id, wh, score_dir, say)
+            records.record_corpora(wh, run_id, corpus_records(sub, shards, scores, counts))
+            measured = measure.measure_run(sub, wh, run_id, scores, {candidate: reference}, budget)
+            edited = sub.corpora[candidate].edited_from is not None
+            if suite is not None:
+                gate_cfg = cfg.gate.model_copy(update={"suite": suite})
+                verdict = gate.validate_corpus(wh, cfg.root / "gx", run_id, candidate, reference,
+                                               gate_cfg, edited=edited)
+                records.record_validations(wh, verdict.rows)
+                failing = [r["metric"] for r in verdict.failures()]
+                run.finish("COMPLETED" if verdict.success else "FAILED",
+                           f"{command}: " + (f"failed {', '.join(failing)}" if failing else "passed"))
     result = Measurement(run_id, candidate, reference, measured.budget, measured.rows, edited,
                          measured.plots, work, wh)
     return result if suite is None else (result, verdict)

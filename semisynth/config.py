@@ -209,6 +209,12 @@ class Config(_Strict):
     shard_docs: int = Field(1000, ge=1, description="Documents per ingested shard.")
     dask_workers: int = Field(1, ge=1, description=(
         "LocalCluster worker processes when $SEMISYNTH_DASK_ADDRESS names no cluster."))
+    lock_wait_s: float = Field(10.0, ge=0, description=(
+        "How long a run (or a command that stores results) waits for another run holding "
+        "the data root's lock before it exits with code 3. A few seconds rides out a run "
+        "that is just ending (a cron job started as the previous run exits) and tells a "
+        "person who started a second run by mistake at once; a scheduler that should queue "
+        "runs instead sets it high (e.g. 3600; .inf waits forever)."))
     prior: PriorConfig = Field(default_factory=PriorConfig)
     edit: EditConfig = Field(default_factory=EditConfig)
     corpora: dict[str, CorpusConfig]

@@ -3,7 +3,10 @@
 
 A release is written into a temporary sibling folder and renamed into place, so it either
 exists complete or not at all; its files are read-only and ``verify_release`` re-checks
-them against the manifest.
+them against the manifest, and the manifest against the warehouse's record of it (its
+sha256 in ``releases``), so that a file edited together with its manifest entry is
+caught. A run killed between the rename and the warehouse insert leaves a release
+without a row: the next run records it from its manifest (``restore_rows``).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semisynth.documents import atomic_path
+from semisynth.warehouse import records
 
 FORMATS = ("parquet", "jsonl.gz")
 MANIFEST = "manifest.json"
@@ -105,18 +109,36 @@ def _write_release_folder(tmp: Path, name: str, version: str, shard_paths: list[
         path.chmod(0o444)
 
 
-def verify_release(path: Path) -> list[str]:
-    """Problems with the release at ``path`` (missing, resized, altered or unlisted files);
-    an empty list means every file matches its manifest entry."""
-    path = Path(path)
+def _inside(folder: Path, rel: str) -> bool:
+    """Whether manifest entry ``rel`` names a file inside ``folder``: a relative path
+    without '..', that no symbolic link leads out of."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in rel or not pure.parts:
+        return False
+    return (folder / pure).resolve().is_relative_to(folder.resolve())
+
+
+def _read_manifest(path: Path) -> tuple[dict | None, list[str]]:
+    """The release's manifest, or None and why it cannot be used."""
     if not (path / MANIFEST).is_file():
-        return [f"no {MANIFEST} in {path}"]
+        return None, [f"no {MANIFEST} in {path}"]
     try:
-        files = json.loads((path / MANIFEST).read_text())["files"]
-    except (ValueError, KeyError) as e:
-        return [f"{MANIFEST} is unreadable: {e!r}"]
+        manifest = json.loads((path / MANIFEST).read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        return None, [f"{MANIFEST} is unreadable: {e!r}"]
+    if not isinstance(files, dict) or not all(
+            isinstance(v, dict) and {"sha256", "bytes"} <= set(v) for v in files.values()):
+        return None, [f"{MANIFEST} is unreadable: 'files' is not a map of sha256 and bytes"]
+    return manifest, []
+
+
+def _check_files(path: Path, files: dict) -> list[str]:
     problems = []
     for rel, expected in sorted(files.items()):
+        if not _inside(path, rel):
+            problems.append(f"{MANIFEST} lists {rel!r}, outside the release folder: not read")
+            continue
         file = path / rel
         if not file.is_file():
             problems.append(f"missing file {rel}")
@@ -130,6 +152,37 @@ def verify_release(path: Path) -> list[str]:
         rel = file.relative_to(path).as_posix()
         if rel != MANIFEST and rel not in files:
             problems.append(f"unlisted file {rel}")
+    return problems
+
+
+def _check_record(path: Path, warehouse: Path) -> list[str]:
+    """The manifest against the warehouse's row of this release (by folder name/version)."""
+    name, version = path.parent.name, path.name
+    try:
+        row = records.recorded_release(warehouse, name, version)
+    except FileNotFoundError as e:
+        return [str(e)]
+    if row is None:
+        return [f"no record of release {name} {version} in the warehouse {warehouse}"]
+    actual = _sha256(path / MANIFEST)
+    if actual != row["manifest_sha256"]:
+        return [f"{MANIFEST} differs from the one recorded in the warehouse (sha256 "
+                f"{actual[:16]}..., recorded {str(row['manifest_sha256'])[:16]}...)"]
+    return []
+
+
+def verify_release(path: Path, warehouse: Path | None = None) -> list[str]:
+    """Problems with the release at ``path``: missing, resized, altered or unlisted files,
+    manifest entries outside the folder (refused, never read), and with ``warehouse`` a
+    manifest other than the one recorded there. An empty list means every file matches
+    its manifest entry (and the manifest its record)."""
+    path = Path(path)
+    manifest, problems = _read_manifest(path)
+    if manifest is None:
+        return problems
+    problems = _check_files(path, manifest["files"])
+    if warehouse is not None:
+        problems += _check_record(path, Path(warehouse))
     return problems
 
 
@@ -194,11 +247,30 @@ def release(releases_root: Path, name: str, shards: list[Path], model_id: str,
     problems = verify_release(path)
     if problems:
         raise RuntimeError(f"release {path} failed verification: {problems}")
-    docs = sum(pq.read_metadata(s).num_rows for s in shards)
-    return Released(path, new=True, row={
-        "name": name, "version": version, "corpus": manifest.get("corpus"),
-        "run_id": manifest.get("run_id"), "path": str(path), "manifest_sha256": _sha256(path / MANIFEST),
-        "documents": docs, "tokens": None})
+    return Released(path, new=True, row=release_row(path))
+
+
+def release_row(path: Path) -> dict:
+    """The ``releases`` row of the release at ``path``, from its manifest."""
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    return {"name": path.parent.name, "version": path.name, "corpus": manifest.get("corpus"),
+            "run_id": manifest.get("run_id"), "path": str(path),
+            "manifest_sha256": _sha256(path / MANIFEST), "documents": manifest.get("documents"),
+            "tokens": None}
+
+
+def restore_rows(releases_root: Path, warehouse: Path) -> list[dict]:
+    """Record the releases under ``releases_root`` that have no row in ``warehouse`` (a
+    run killed between a release's rename and its insert), from their manifests; those
+    that fail verification stay unrecorded (``verify_release`` says why). Returns the
+    rows added."""
+    recorded = records.recorded_releases(warehouse)
+    rows = [release_row(Path(r["path"])) for r in list_releases(releases_root)
+            if (r["name"], r["version"]) not in recorded and not verify_release(r["path"])]
+    for row in rows:
+        records.record_release(warehouse, row)
+    return rows
 
 
 def release_corpus(cfg, run_id: str, corpus: str, shards: list[Path], model_id: str,

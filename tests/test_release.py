@@ -1,6 +1,7 @@
 """Immutable releases: written whole or not at all, read-only, verifiable."""
 
 import gzip
+import hashlib
 import json
 import stat
 
@@ -9,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from semisynth.tasks import release
+from semisynth.warehouse import db, records
 
 
 @pytest.fixture
@@ -92,3 +94,49 @@ def test_failure_mid_write_leaves_nothing(tmp_path, shards):
         pq.write_table(pa.table({"id": ["x"]}), bad)
         release.write_release(root, "demo", "v0002", [bad], {})
     assert [p.name for p in (root / "demo").iterdir()] == ["v0001"]
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _rewrite_manifest(path, change) -> None:
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    change(manifest["files"])
+    manifest_path.chmod(0o644)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_verify_checks_the_manifest_against_the_warehouse_record(tmp_path, shards):
+    root, wh = tmp_path / "releases", db.init(tmp_path / "warehouse.duckdb")
+    released = release.release(root, "demo", shards, "m", {}, {"run_id": "r1", "corpus": "c"})
+    path = released.path
+    assert release.verify_release(path, warehouse=wh) == [
+        f"no record of release demo v0001 in the warehouse {wh}"]
+    records.record_release(wh, released.row)
+    assert release.verify_release(path, warehouse=wh) == []
+
+    # edit a data file, then rewrite its checksum and size in the manifest
+    victim = path / "data" / "part-00000.jsonl.gz"
+    victim.chmod(0o644)
+    victim.write_bytes(gzip.compress(b'{"id": "d0-0", "text": "replaced"}\n'))
+    _rewrite_manifest(path, lambda files: files.update({"data/part-00000.jsonl.gz": {
+        "sha256": _sha(victim), "bytes": victim.stat().st_size}}))
+    assert release.verify_release(path) == []  # the folder agrees with itself ...
+    [problem] = release.verify_release(path, warehouse=wh)  # ... not with the warehouse
+    assert problem.startswith("manifest.json differs from the one recorded in the warehouse")
+    assert released.row["manifest_sha256"][:16] in problem
+
+
+def test_verify_refuses_manifest_paths_outside_the_release(tmp_path, shards):
+    path = release.write_release(tmp_path / "releases", "demo", "v0001", shards[:1], {},
+                                 formats=("parquet",))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not part of any release")
+    (path / "data" / "link.parquet").symlink_to(secret)
+    entry = {"sha256": _sha(secret), "bytes": secret.stat().st_size}
+    crafted = ["../../../secret.txt", str(secret), "data/link.parquet", "data/../../../../secret.txt"]
+    _rewrite_manifest(path, lambda files: files.update(dict.fromkeys(crafted, entry)))
+    assert sorted(release.verify_release(path)) == sorted(
+        f"manifest.json lists {rel!r}, outside the release folder: not read" for rel in crafted)

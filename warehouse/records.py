@@ -7,7 +7,7 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -16,15 +16,18 @@ import pyarrow.parquet as pq
 from semisynth.warehouse import db
 
 RUN_STATES = ("RUNNING", "COMPLETED", "FAILED", "CRASHED")
+DEAD_RUN_MESSAGE = "its process is gone (killed or lost) while RUNNING"
 
 
 @dataclass
 class RunHandle:
-    """The outcome a tracked run ends with (COMPLETED unless set)."""
+    """The outcome a tracked run ends with (COMPLETED unless set), and the dead runs it
+    found and marked CRASHED when it started (run id -> Prefect flow run id or None)."""
 
     run_id: str
     status: str = "COMPLETED"
     message: str | None = None
+    closed: dict[str, str | None] = field(default_factory=dict)
 
     def finish(self, status: str, message: str | None = None) -> None:
         if status not in RUN_STATES:
@@ -38,15 +41,14 @@ def tracked_run(wh: Path, run_id: str, *, config_name: str, config_json: str, mo
                 ) -> Iterator[RunHandle]:
     """The run's ``runs`` row: RUNNING with this process's host and pid while the body runs,
     then the handle's status (COMPLETED by default), or CRASHED with the exception when the
-    body raises. A process killed outright leaves RUNNING with a pid that is gone, which
-    ``running_but_gone`` finds."""
+    body raises. A process killed outright leaves RUNNING with a pid that is gone: the next
+    tracked run marks it CRASHED (``close_dead_runs``; the handle's ``closed``)."""
     db.insert(wh, "runs", [{
         "run_id": run_id, "flow_run_id": flow_run_id, "config_name": config_name,
         "config_json": config_json, "started_at": db.now(), "status": "RUNNING",
         "model": model, "message": message, "host": socket.gethostname(), "pid": os.getpid(),
     }])
-    handle = RunHandle(run_id, message=message)
-    close_dead_runs(wh)
+    handle = RunHandle(run_id, message=message, closed=close_dead_runs(wh))
     try:
         yield handle
     except BaseException as exc:
@@ -70,41 +72,50 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def running_but_gone(wh: Path) -> list[str]:
-    """Runs still RUNNING whose process, on this host, no longer exists."""
-    frame = db.query(wh, "SELECT run_id, host, pid FROM runs WHERE status = 'RUNNING'",
+def running_but_gone(wh: Path) -> dict[str, str | None]:
+    """Runs still RUNNING whose process, on this host, no longer exists: run id -> its
+    Prefect flow run id (None for a command's run)."""
+    frame = db.query(wh, "SELECT run_id, flow_run_id, host, pid FROM runs WHERE status = 'RUNNING'",
                      read_only=False)
     here = socket.gethostname()
-    return [r.run_id for r in frame.itertuples()
-            if r.host == here and r.pid == r.pid and r.pid is not None and not _alive(int(r.pid))]
+    return {r.run_id: r.flow_run_id if isinstance(r.flow_run_id, str) and r.flow_run_id else None
+            for r in frame.itertuples()
+            if r.host == here and r.pid == r.pid and r.pid is not None and not _alive(int(r.pid))}
 
 
-def close_dead_runs(wh: Path) -> list[str]:
-    """Mark CRASHED the runs ``running_but_gone`` finds; returns their ids."""
+def close_dead_runs(wh: Path) -> dict[str, str | None]:
+    """Mark CRASHED the runs ``running_but_gone`` finds; returns them as it does."""
     gone = running_but_gone(wh)
     for run_id in gone:
-        _finish(wh, run_id, "CRASHED", "its process is gone (killed or lost) while RUNNING")
+        _finish(wh, run_id, "CRASHED", DEAD_RUN_MESSAGE)
     return gone
+
+
+def _new_shard_rows(wh: Path, run_id: str, corpus: str, shards: Sequence) -> tuple[set[str], list[dict]]:
+    """The hashes of the corpus's shards recorded before, and rows for the others."""
+    seen = set(db.query(wh, "SELECT shard_hash FROM shards WHERE corpus = ?", [corpus],
+                        read_only=False)["shard_hash"])
+    return seen, [
+        {"shard_hash": s.shard_hash, "corpus": corpus, "source": s.source, "path": str(s.path),
+         "documents": s.documents, "first_seen_run": run_id}
+        for s in shards if s.shard_hash not in seen
+    ]
 
 
 def record_new_shards(wh: Path, run_id: str, corpus: str, shards: Sequence) -> set[str]:
     """Add the corpus's shards (``ingest.ShardInfo``) not recorded before; returns the
     hashes recorded before."""
-    seen = set(db.query(wh, "SELECT shard_hash FROM shards WHERE corpus = ?", [corpus],
-                        read_only=False)["shard_hash"])
-    db.insert(wh, "shards", [
-        {"shard_hash": s.shard_hash, "corpus": corpus, "source": s.source, "path": str(s.path),
-         "documents": s.documents, "first_seen_run": run_id}
-        for s in shards if s.shard_hash not in seen
-    ])
+    seen, rows = _new_shard_rows(wh, run_id, corpus, shards)
+    db.insert(wh, "shards", rows)
     return seen
 
 
 def record_ingest(wh: Path, run_id: str, result) -> set[str]:
     """An ingest result (``tasks.ingest.IngestResult``): its new shards and its quarantined
-    rows; returns the hashes of the shards recorded before."""
-    seen = record_new_shards(wh, run_id, result.corpus, result.shards)
-    db.insert(wh, "quarantine", [{**q, "run_id": run_id} for q in result.quarantine])
+    rows, in one transaction; returns the hashes of the shards recorded before."""
+    seen, rows = _new_shard_rows(wh, run_id, result.corpus, result.shards)
+    db.insert_tables(wh, {"shards": rows,
+                          "quarantine": [{**q, "run_id": run_id} for q in result.quarantine]})
     return seen
 
 
@@ -130,7 +141,7 @@ class CorpusRecord:
 def record_corpora(wh: Path, run_id: str, corpora: Sequence[CorpusRecord]) -> None:
     """``corpora`` (one row each; tokens = scored tokens, as ``doc_scores.tokens``),
     ``doc_scores`` (one row per document) and ``edits`` (per document of each corpus that is
-    edited into another) from the corpora's score files."""
+    edited into another) from the corpora's score files, in one transaction."""
     rows, doc_frames, edit_frames = [], [], []
     for c in corpora:
         docs = tokens = 0
@@ -150,10 +161,9 @@ def record_corpora(wh: Path, run_id: str, corpora: Sequence[CorpusRecord]) -> No
         rows.append({"run_id": run_id, "corpus": c.name, "role": c.role,
                      "reference": c.reference, "origin": c.origin, "documents": docs,
                      "tokens": tokens, "shards": len(c.shards), **dict(c.ingest or {})})
-    db.insert(wh, "corpora", rows)
-    for table, frames in (("doc_scores", doc_frames), ("edits", edit_frames)):
-        if frames:
-            db.insert(wh, table, pd.concat(frames, ignore_index=True))
+    db.insert_tables(wh, {"corpora": rows, **{
+        table: pd.concat(frames, ignore_index=True)
+        for table, frames in (("doc_scores", doc_frames), ("edits", edit_frames)) if frames}})
 
 
 def record_validations(wh: Path, rows: Sequence[dict]) -> int:
@@ -162,4 +172,18 @@ def record_validations(wh: Path, rows: Sequence[dict]) -> int:
 
 
 def record_release(wh: Path, row: dict) -> int:
+    """A release's row (``tasks.release.release_row``)."""
     return db.insert(wh, "releases", [{**row, "created_at": db.now()}])
+
+
+def recorded_releases(wh: Path) -> set[tuple[str, str]]:
+    """(name, version) of every release the warehouse has a row for."""
+    frame = db.query(wh, "SELECT DISTINCT name, version FROM releases", read_only=False)
+    return set(zip(frame["name"], frame["version"], strict=True))
+
+
+def recorded_release(wh: Path, name: str, version: str) -> dict | None:
+    """The warehouse's row of release ``name`` ``version`` (read-only), or None."""
+    frame = db.query(wh, "SELECT * FROM releases WHERE name = ? AND version = ? "
+                         "ORDER BY created_at LIMIT 1", [name, version])
+    return None if frame.empty else frame.iloc[0].to_dict()

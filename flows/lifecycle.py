@@ -1,0 +1,83 @@
+"""The Prefect side of a run's life: the server it talks to ends with its process, and the
+flow runs of runs that were killed are marked Crashed.
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary server (a ``uvicorn`` subprocess,
+about 225 MB) in whichever process first needs one: the CLI, and again each Dask worker
+process, whose tasks carry no API URL to use. A CLI killed with SIGKILL leaves them all
+running. ``temporary_server`` starts one server itself instead
+(``semisynth.serve.PrefectServer``, which gets SIGTERM from the kernel when the thread that
+started it dies: PR_SET_PDEATHSIG) and points this process and its subprocesses at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+API_URL_ENV = "PREFECT_API_URL"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def temporary_server(log_dir: Path) -> Iterator[str | None]:
+    """A Prefect server for the block, owned by this process: stopped when the block
+    ends and gone within seconds of this process's death, however it dies. Yields its API
+    URL; with a Prefect API already configured, starts nothing and yields None.
+
+    Start it from the thread that lives as long as the process (the main thread): the
+    kernel stops the server when the thread that started it ends."""
+    from prefect.logging import get_logger
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from semisynth.serve import PrefectServer
+
+    if PREFECT_API_URL.value():
+        yield None
+        return
+    server = PrefectServer(_free_port(), Path(log_dir) / "prefect-server-run.log")
+    get_logger("semisynth").info("Starting a temporary Prefect server on %s for this run "
+                                 "(log: %s); it stops with the run", server.ui_url,
+                                 server.log_path)
+    server.start()
+    previous = os.environ.get(API_URL_ENV)
+    os.environ[API_URL_ENV] = server.api_url  # the Dask workers inherit it
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        if previous is None:
+            os.environ.pop(API_URL_ENV, None)
+        else:
+            os.environ[API_URL_ENV] = previous
+        server.stop()
+
+
+def mark_crashed(flow_run_ids: Iterable[str | None], message: str) -> list[str]:
+    """Set the Prefect flow runs of runs found dead (``records.close_dead_runs``) to
+    Crashed with ``message``, where this API knows them and they are not final yet.
+    Returns the ids marked."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    marked = []
+    with get_client(sync_client=True) as client:
+        for flow_run_id in filter(None, flow_run_ids):
+            try:
+                flow_run = client.read_flow_run(uuid.UUID(flow_run_id))
+            except (ValueError, ObjectNotFound):  # not a flow run id, or another server's
+                continue
+            if flow_run.state is not None and flow_run.state.is_final():
+                continue
+            client.set_flow_run_state(flow_run.id, Crashed(message=message), force=True)
+            marked.append(flow_run_id)
+    return marked
