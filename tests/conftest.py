@@ -6,6 +6,13 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Importing prefect sets up its logging once per process, binding its console handler to
+# the sys.stderr of that moment. Imported here (before any test), that is the session's
+# capture stream; imported first inside a test that captures output (capsys, an in-process
+# `semisynth run`), it would be that test's stream, closed after it, and every later flow's
+# log line would fail.
+import prefect  # noqa: E402, F401
+
 REPO = Path(__file__).resolve().parents[1]
 # The prior and the Brown Corpus are fetched once and cached here (never committed).
 ASSETS = Path(os.environ.get("SEMISYNTH_TEST_ASSETS", REPO / "var" / "test-assets"))

@@ -27,7 +27,7 @@ def write_scores(path, rng, n_docs, vocab, a):
         "scored_tokens": lengths, "nll_sum": nll, "ppl": np.exp(nll / np.maximum(lengths, 1)),
         "revised_tokens": [0] * n_docs, "edited_tokens": rng.integers(0, 4, n_docs),
         "dropped_tokens": [0] * n_docs, "token_ids": [d.tolist() for d in docs],
-        "edited_text": [""] * n_docs,
+        "edited_text": [""] * n_docs, "truncated": [False] * n_docs,
     }
     pq.write_table(pa.table(columns, schema=SCORE_SCHEMA), path)
     return path

@@ -9,6 +9,7 @@ limit and Ctrl-C can interrupt it (``DuckDBPyConnection.interrupt``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def one_statement(sql: str) -> str:
     return sql
 
 
+def _interrupt(con: duckdb.DuckDBPyConnection, worker: threading.Thread) -> None:
+    """Stop the worker's statement: DuckDB refuses a call on a connection that is busy with
+    another call for a moment (between statements' phases), so ask again until it stops."""
+    while worker.is_alive():
+        try:
+            con.interrupt()
+        except duckdb.Error:
+            pass
+        worker.join(0.05)
+
+
 def run_query(path: Path, sql: str, timeout: float = DEFAULT_TIMEOUT_S) -> pd.DataFrame:
     """The statement's rows. Raises QueryError (refused or failed), QueryTimeout (past
     ``timeout`` seconds) or KeyboardInterrupt (Ctrl-C), each after interrupting DuckDB."""
@@ -71,17 +83,18 @@ def run_query(path: Path, sql: str, timeout: float = DEFAULT_TIMEOUT_S) -> pd.Da
         worker.start()
         worker.join(timeout)
         if worker.is_alive():
-            con.interrupt()
-            worker.join()
+            _interrupt(con, worker)
             raise QueryTimeout(f"the query ran past its time limit of {timeout:g} s and was "
                                "stopped (--timeout sets it)")
     except KeyboardInterrupt:
-        con.interrupt()
-        worker.join()
+        _interrupt(con, worker)
         raise
     finally:
         if not worker.is_alive():
-            con.close()
+            # right after an interrupt DuckDB may still call the connection busy; it is a
+            # read-only connection that goes with the process (or the garbage collector)
+            with contextlib.suppress(duckdb.Error):
+                con.close()
     if "error" in outcome:
         raise QueryError(str(outcome["error"])) from outcome["error"]
     return outcome["frame"]
