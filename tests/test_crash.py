@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from semisynth.cli import main as cli
 from semisynth.tasks import release
 from semisynth.warehouse import db, records
 from semisynth.warehouse.lock import DataRootLocked, data_root_lock, holder
@@ -90,20 +89,28 @@ def _config(tmp_path, **extra):
     return path
 
 
-def test_run_and_metrics_exit_3_while_another_run_holds_the_data_root(tmp_path, capsys):
+def _semisynth(*args: str) -> subprocess.CompletedProcess:
+    # a process of its own: an in-process `semisynth run` would leave Prefect's logging
+    # and API settings of its temporary server behind in this test session
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return subprocess.run([sys.executable, "-m", "semisynth.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_run_and_metrics_exit_3_while_another_run_holds_the_data_root(tmp_path):
     path = _config(tmp_path, prior={"model": str(tmp_path / "no-prior-needed")})
     root = tmp_path / "root"
     first = _child(HOLD_ROOT, str(root), "60")
     try:
         _ready(first)
-        assert cli(["run", str(path), "--set", "lock_wait_s=0.2"]) == 3
-        err = capsys.readouterr().err
-        assert f"the data root {root} is in use by the holder test (pid {first.pid}" in err
-        assert "Traceback" not in err
-        code = cli(["--data-root", str(root), "metrics", str(tmp_path / "docs.jsonl"),
-                    "--reference", "ref", "--config", str(path), "--set", "lock_wait_s=0"])
-        assert code == 3
-        assert "is in use by the holder test" in capsys.readouterr().err
+        done = _semisynth("run", str(path), "--set", "lock_wait_s=0.2")
+        assert done.returncode == 3, done.stderr
+        assert f"the data root {root} is in use by the holder test (pid {first.pid}" in done.stderr
+        assert "Traceback" not in done.stderr
+        done = _semisynth("--data-root", str(root), "metrics", str(tmp_path / "docs.jsonl"),
+                          "--reference", "ref", "--config", str(path), "--set", "lock_wait_s=0")
+        assert done.returncode == 3, done.stderr
+        assert "is in use by the holder test" in done.stderr
         # neither did any work: no warehouse, no shards, no Prefect server log
         assert sorted(p.name for p in root.iterdir()) == [".lock"]
     finally:
