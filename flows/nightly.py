@@ -30,7 +30,7 @@ from semisynth.quality.report import summary_markdown
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import ingest as ingest_mod
 from semisynth.tasks import release as release_mod
-from semisynth.tasks.prior import resolve_model
+from semisynth.tasks.prior import pin_precision, resolve_model
 from semisynth.tasks.score import score_key, score_shard
 from semisynth.warehouse import db, records
 from semisynth.warehouse.lock import data_root_lock
@@ -149,7 +149,7 @@ def recover_task(cfg: Config, closed: dict[str, str | None]) -> None:
 def nightly_refresh(config_path: str, overrides: list[str] | None = None):
     """Ingest every source, score and edit with the prior, measure each corpus against
     its human reference, gate the release candidates, release those that pass."""
-    cfg = load_config(config_path, overrides)
+    cfg = pin_precision(load_config(config_path, overrides))
     with data_root_lock(cfg.root, cfg.lock_wait_s, f"flow run {flow_run.get_name() or 'local'}"):
         wh = db.init(db.warehouse_path(cfg.root))
         run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{flow_run.get_name() or 'local'}"

@@ -174,7 +174,7 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
     ``suite`` the gate's result too."""
     from semisynth.quality import gate, measure
     from semisynth.tasks.corpora import corpus_records
-    from semisynth.tasks.prior import resolve_model
+    from semisynth.tasks.prior import pin_precision, resolve_model
     from semisynth.tasks.score import score_key
     from semisynth.warehouse import db, records
     from semisynth.warehouse.lock import data_root_lock
@@ -183,6 +183,7 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
         raise InputError(f"--budget must be a positive number of tokens, got {budget}")
     if suite is not None and suite not in SUITES:
         raise InputError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
+    cfg = pin_precision(cfg)
     sub = pair_config(cfg, candidate, reference)
     say = say or (lambda message: None)
     with data_root_lock(cfg.root, cfg.lock_wait_s, command):  # results are stored

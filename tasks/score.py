@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from semisynth.config import EditConfig, PriorConfig
 from semisynth.documents import atomic_path
-from semisynth.tasks.prior import load_prior
+from semisynth.tasks.prior import load_prior, resolve_precision
 from semisynth.tasks.toedit import Scorer
 
 SCORE_SCHEMA = pa.schema(
@@ -52,7 +52,7 @@ def score_key(model_id: str, prior: PriorConfig, edit: EditConfig, seed: int) ->
     params = {
         "engine": ENGINE_VERSION,
         "model": model_id,
-        "precision": prior.precision,
+        "precision": resolve_precision(prior.precision),
         "max_tokens": prior.max_tokens,
         "window": prior.window,
         "max_doc_tokens": prior.max_doc_tokens,

@@ -29,3 +29,18 @@ def test_bf16_decisions_match_float32(assets_root, brown_shards):
     assert sum(a.revised_tokens for a in runs["float32"]) > 0
     assert differ / total <= 0.005, f"{differ}/{total} decisions differ"
     assert np.median(ppl_rel) <= 0.01, f"median PPL difference {np.median(ppl_rel):.4f}"
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from semisynth.config import config_from_tree
+    from semisynth.tasks import prior as prior_mod
+
+    monkeypatch.setattr(prior_mod, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert prior_mod.resolve_precision("auto", "cpu") == "float32"
+    cfg = prior_mod.pin_precision(config_from_tree({"corpora": {}}))
+    assert cfg.prior.precision == "float32"  # the score cache key then names float32
+    monkeypatch.setattr(prior_mod, "_cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert prior_mod.resolve_precision("auto", "cpu") == "bfloat16"
+    # an explicit choice is kept whatever the hardware
+    monkeypatch.setattr(prior_mod, "_cpu_flags", lambda: set())
+    assert prior_mod.resolve_precision("bfloat16", "cpu") == "bfloat16"
