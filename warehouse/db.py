@@ -18,7 +18,8 @@ import pandas as pd
 
 TABLES = (
     "runs", "corpora", "shards", "quarantine", "doc_scores", "edits", "metrics",
-    "ppl_histograms", "ngram_top", "validations", "releases",
+    "ppl_histograms", "ngram_top", "validations", "releases", "experiment_results",
+    "experiment_arms",
 )
 
 

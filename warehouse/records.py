@@ -163,3 +163,11 @@ def record_validations(wh: Path, rows: Sequence[dict]) -> int:
 
 def record_release(wh: Path, row: dict) -> int:
     return db.insert(wh, "releases", [{**row, "created_at": db.now()}])
+
+
+def record_experiment(wh: Path, results: Sequence[dict], arms: Sequence[dict]) -> int:
+    """A collapse experiment's rows: ``experiment_results`` (one per arm, seed and held-out
+    corpus) and ``experiment_arms`` (what each arm's stream is made of); returns the result
+    rows written."""
+    db.insert(wh, "experiment_arms", list(arms))
+    return db.insert(wh, "experiment_results", list(results))
