@@ -114,7 +114,7 @@ def tiny(prefect_server, tmp_path_factory, prior_folder, brown_shards):
     home = tmp_path_factory.mktemp("experiment")
     config = {
         "name": "tiny-collapse", "data_root": str(home), "seed": 3, "shard_docs": 4,
-        "prior": {"model": str(prior_folder), "precision": "bfloat16", "max_tokens": 32},
+        "prior": {"model": str(prior_folder), "precision": "float32", "max_tokens": 32},
         "edit": {"beta": 8.0},  # flat redraws: a few hundred tokens see some edits
         "human": {"paths": [str(brown_shards[0])], "limit_docs": 8},
         "synthetic": {"paths": ["assets/synthetic/pool-*.jsonl.gz"], "generate": [
