@@ -74,8 +74,12 @@ def build_task(ecfg: ExperimentConfig, pcfg: Config, run_id: str, shards: dict, 
                                                               len(a.pieces), "arm")])
         logger.info("arm %s: %s", arm, ", ".join(
             f"{r['source']} {r['tokens']} tokens in {r['documents']} documents" for r in a.sources()))
-    logger.info("vocabulary: %d token types of the prior's %d", data.vocab_size,
-                len(tokenizer))
+    logger.info("vocabulary: %d token types of the prior's %d; pools: %s", data.vocab_size,
+                len(tokenizer), ", ".join(f"{n} {t} tokens" for n, t in data.pool_tokens.items()))
+    if any(a.select for a in ecfg.arms.values()) and \
+            data.pool_tokens[exp.SYNTHETIC] < 2 * ecfg.train_tokens:
+        logger.warning("the synthetic pool holds less than twice train_tokens: DSIR has little "
+                       "room to choose (generate more documents)")
     return data
 
 

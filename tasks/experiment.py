@@ -302,6 +302,7 @@ class ExperimentData:
     vocab_size: int
     eos: int
     doc_hashes: dict[str, set[str]] = field(default_factory=dict)  # corpus or arm -> text hashes
+    pool_tokens: dict[str, int] = field(default_factory=dict)  # the pools' stream tokens
 
 
 def experiment_folder(root: Path) -> Path:
@@ -346,7 +347,8 @@ def build_experiment(ecfg: ExperimentConfig, pcfg: Config, shards: Mapping[str, 
     vocab_path, vocab_sha = save_array(vocab, folder / "vocab")
     hashes = {arm: pieces_hashes(p, pools) for arm, p in pieces.items()}
     hashes.update({pool.name: set(pool.hashes) for pool in heldout})
-    return ExperimentData(arms, evals, vocab_path, vocab_sha, len(vocab), eos, hashes)
+    sizes = {name: int(pools[name].lengths.sum()) for name in (HUMAN, SYNTHETIC)}
+    return ExperimentData(arms, evals, vocab_path, vocab_sha, len(vocab), eos, hashes, sizes)
 
 
 def arm_corpus(pcfg: Config, arm: str, pieces: Sequence[Piece], shards: Mapping[str, list[Path]],
@@ -384,8 +386,11 @@ def generate_source(pcfg: Config, gen, seed: int, progress: Callable | None = No
     from semisynth.documents import expand_paths
     from semisynth.tasks import assets
     from semisynth.tasks.prior import load_prior
+    from semisynth.tasks.train import use_worker_threads
 
     prior = load_prior(pcfg.prior.model, pcfg.root, pcfg.prior.precision)
+    if prior.device.type == "cpu":
+        use_worker_threads()  # two workers with every core each would thrash them
     seed_docs = [Path(p) for p in expand_paths([pcfg.resolve(s) for s in gen.seeded_by])]
     file_seed = int.from_bytes(hashlib.sha256(f"{seed}\x00{gen.out}".encode()).digest()[:4], "little")
     return assets.synthesize(prior, seed_docs, Path(pcfg.resolve(gen.out)), gen.documents,
