@@ -1,11 +1,12 @@
 # Two commands on a fresh machine: `make run` (the demo on the embedded default) and
-# `make test`. Both create .venv and install what they need.
+# `make test`. Both create .venv and install what they need; so does `make experiment`
+# (the collapse experiment on the embedded default).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv clean browser
+.PHONY: run experiment test lint venv clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/semisynth demo
+
+# the collapse experiment on the embedded default (README, "Experiments: collapse itself")
+experiment: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/semisynth experiment configs/experiment-demo.yaml
 
 # tests/test_browser.py renders the Prefect UI in headless Chromium: Debian's package
 browser:

@@ -158,3 +158,67 @@ def image_markdown(png: Path, caption: str | None = None) -> str:
     """Markdown that shows the PNG inline (a data URI), with its file path under it."""
     caption = caption or Path(png).stem
     return f"![{caption}]({data_uri(png)})\n\n`{png}`"
+
+
+# The paper's first experiment (ToEdit, arXiv 2412.14689): GPT-2 124M trained on human text
+# with 0-100% of it replaced by synthetic text, average perplexity on held-out human text.
+PAPER_GPT2_PPL = {0.0: 20.99, 0.25: 22.06, 0.5: 23.48, 0.75: 27.60, 1.0: 51.93}
+EXPERIMENT_PNG = "experiment-ppl.png"
+
+
+def relative_paper_curve() -> tuple[np.ndarray, np.ndarray]:
+    """(synthetic shares, the paper's PPL / its human-only PPL)."""
+    shares = np.array(sorted(PAPER_GPT2_PPL))
+    return shares, np.array([PAPER_GPT2_PPL[s] for s in shares]) / PAPER_GPT2_PPL[0.0]
+
+
+def experiment_png(path: Path, summary, title: str | None = None) -> Path:
+    """Held-out perplexity against synthetic share, one panel per held-out corpus, plus the
+    human panel relative to the human arm beside the paper's relative curve. ``summary``:
+    rows of ``experiment_summary`` (a DataFrame); mixture arms are the line (mean over seeds,
+    95% interval bars), edited and DSIR arms are points at their share."""
+    corpora = [c for c in ("heldout-human", "heldout-synthetic") if c in set(summary.eval_corpus)]
+    fig = _figure(5.2 * (len(corpora) + 1), 4.6)
+    axes = fig.subplots(1, len(corpora) + 1, squeeze=False)[0]
+
+    def errors(rows):
+        low = (rows.mean_ppl - rows.ci_low).fillna(0).clip(lower=0)
+        high = (rows.ci_high - rows.mean_ppl).fillna(0).clip(lower=0)
+        return np.vstack([low, high])
+
+    for ax, corpus in zip(axes, corpora, strict=False):
+        rows = summary[summary.eval_corpus == corpus]
+        mix = rows[rows.edit_threshold.isna() & rows.selection.isna()].sort_values("synthetic_share")
+        ax.errorbar(mix.synthetic_share, mix.mean_ppl, yerr=errors(mix), marker="o", capsize=4,
+                    color="black", label="human + synthetic mixtures")
+        others = rows[rows.edit_threshold.notna() | rows.selection.notna()]
+        for i, r in enumerate(others.itertuples()):
+            ax.errorbar([r.synthetic_share], [r.mean_ppl], yerr=errors(others.iloc[[i]]),
+                        marker="sD^v"[i % 4], linestyle="none", capsize=4, color=f"C{i}",
+                        label=r.arm)
+        ax.set_xlabel("synthetic share of the training tokens")
+        ax.set_ylabel("per-token perplexity (mean over seeds, 95% CI)")
+        ax.set_title(f"{corpus}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[-1]
+    human = summary[(summary.eval_corpus == "heldout-human") & summary.edit_threshold.isna()
+                    & summary.selection.isna()].sort_values("synthetic_share")
+    base = human[human.synthetic_share == 0.0].mean_ppl
+    if len(base):
+        ax.errorbar(human.synthetic_share, human.mean_ppl / base.iloc[0],
+                    yerr=errors(human) / base.iloc[0], marker="o", capsize=4, color="black",
+                    label="this experiment")
+    shares, relative = relative_paper_curve()
+    ax.plot(shares, relative, marker="s", linestyle="--", color="C3",
+            label="paper: GPT-2 124M (20.99 at 0%)")
+    ax.set_xlabel("synthetic share of the training tokens")
+    ax.set_ylabel("held-out human PPL / human-only PPL")
+    ax.set_title("relative to the human-only arm")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title or "Model collapse: held-out perplexity against the synthetic share")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

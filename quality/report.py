@@ -261,6 +261,7 @@ def build_report(root: Path, run_id: str, out: Path | None = None) -> Path:
 <body>
 <h1>semisynth run <code>{_e(run_id)}</code></h1>
 {overview}
+{_experiment_section(wh, run_id)}
 <h2>Corpora</h2>{corpora_html}
 <h2>Gate verdicts</h2>{_gate_section(validations)}
 <h2>Metrics</h2>{_metrics_section(metrics)}
@@ -276,3 +277,115 @@ def build_report(root: Path, run_id: str, out: Path | None = None) -> Path:
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out
+
+
+# The collapse experiment: held-out perplexity per arm beside the arm's gate metrics.
+
+EXPERIMENT_GATE_METRICS = ("ppl_low_frac", "ppl_ks", "distinct_2", "ref_coverage_2", "js_2",
+                           "edit_rate")
+
+
+def experiment_summary(wh: Path, run_id: str) -> pd.DataFrame:
+    """The run's rows of ``experiment_summary_by_run`` (empty: not an experiment run, or a
+    warehouse written before the experiment's tables existed)."""
+    import duckdb
+
+    try:
+        return db.query(wh, "SELECT * FROM experiment_summary_by_run WHERE run_id = ? "
+                            "ORDER BY eval_corpus, selection NULLS FIRST, "
+                            "edit_threshold NULLS FIRST, synthetic_share, arm", [run_id])
+    except duckdb.CatalogException:
+        return pd.DataFrame()
+
+
+def collapse_shape(summary: pd.DataFrame, corpus: str = "heldout-human") -> list[tuple[str, bool]]:
+    """The paper's shape, checked on the mixture arms' held-out perplexity: the all-synthetic
+    arm above the human-only arm with 95% intervals apart, and the mean not falling as the
+    synthetic share rises (a dip within the intervals allowed). [(claim, holds)]."""
+    rows = summary[(summary.eval_corpus == corpus) & summary.edit_threshold.isna()
+                   & summary.selection.isna()].sort_values("synthetic_share")
+    human, full = rows[rows.synthetic_share == 0.0], rows[rows.synthetic_share == 1.0]
+    checks = []
+    if len(human) and len(full):
+        h, s = human.iloc[0], full.iloc[0]
+        apart = bool(s.ci_low > h.ci_high) if not (_missing(s.ci_low) or _missing(h.ci_high)) \
+            else bool(s.mean_ppl > h.mean_ppl)
+        checks.append((f"{s.arm} ({s.mean_ppl:.4g}) above {h.arm} ({h.mean_ppl:.4g}), "
+                       "95% intervals apart", apart))
+    rising = True
+    for (_, a), (_, b) in zip(rows.iterrows(), rows.iloc[1:].iterrows(), strict=False):
+        if b.mean_ppl < a.mean_ppl and not (b.ci_high >= a.ci_low):
+            rising = False
+    if len(rows) > 1:
+        checks.append(("mean PPL does not fall as the synthetic share rises "
+                       "(any dip within the intervals)", rising))
+    return checks
+
+
+def experiment_table(wh: Path, run_id: str) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the run's experiment: per arm its held-out PPL (mean [95% CI] over
+    seeds) on each held-out corpus, relative to the human-only arm beside the paper's
+    GPT-2 curve, and its training corpus's gate metrics against the human pool."""
+    from semisynth.quality.plots import PAPER_GPT2_PPL
+
+    summary = experiment_summary(wh, run_id)
+    if summary.empty:
+        return [], []
+    gate = db.query(wh, "SELECT corpus, metric, value FROM metrics WHERE run_id = ? AND "
+                        "comparison = 'vs_reference'", [run_id])
+    gate = {(r.corpus, r.metric): r.value for r in gate.itertuples()}
+    corpora = list(dict.fromkeys(summary.eval_corpus))
+    human = summary[(summary.eval_corpus == "heldout-human") & summary.edit_threshold.isna()
+                    & summary.selection.isna() & (summary.synthetic_share == 0.0)]
+    base = human.mean_ppl.iloc[0] if len(human) else None
+    headers = (["arm", "synthetic share", "edit", "selection", "seeds"]
+               + [f"{c} PPL [95% CI]" for c in corpora]
+               + ["relative (human)", "paper GPT-2 (relative)"] + list(EXPERIMENT_GATE_METRICS))
+    rows = []
+    first = summary[summary.eval_corpus == corpora[0]]
+    for r in first.itertuples():
+        cells = [r.arm, f"{r.synthetic_share:g}", _num(r.edit_threshold), "" if _missing(r.selection) else r.selection,
+                 str(r.seeds)]
+        for c in corpora:
+            hit = summary[(summary.eval_corpus == c) & (summary.arm == r.arm)].iloc[0]
+            ci = "" if _missing(hit.ci_low) else f" [{hit.ci_low:.4g}, {hit.ci_high:.4g}]"
+            cells.append(f"{hit.mean_ppl:.4g}{ci}")
+        mine = summary[(summary.eval_corpus == "heldout-human") & (summary.arm == r.arm)]
+        cells.append(f"{mine.mean_ppl.iloc[0] / base:.3f}" if base and len(mine) else "")
+        paper = PAPER_GPT2_PPL.get(r.synthetic_share) if _missing(r.edit_threshold) \
+            and _missing(r.selection) else None
+        cells.append(f"{paper / PAPER_GPT2_PPL[0.0]:.3f}" if paper else "")
+        cells += [_num(gate.get((r.arm, m))) for m in EXPERIMENT_GATE_METRICS]
+        rows.append(cells)
+    return headers, rows
+
+
+def experiment_markdown(wh: Path, run_id: str, name: str, train_tokens: int) -> str:
+    """The experiment flow run's markdown summary artifact."""
+    headers, rows = experiment_table(wh, run_id)
+    summary = experiment_summary(wh, run_id)
+    lines = [f"# Collapse experiment `{name}`, run `{run_id}`", "",
+             f"Every arm trains on exactly {train_tokens} tokens; perplexity per token on the "
+             "held-out documents, mean over seeds with a 95% Student-t interval; the gate "
+             "metrics are the arm's training corpus against the human pool.", "",
+             "| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    lines += ["", "## The paper's shape", ""]
+    lines += [f"- {'yes' if ok else 'NO'}: {claim}" for claim, ok in collapse_shape(summary)]
+    return "\n".join(lines)
+
+
+def _experiment_section(wh: Path, run_id: str) -> str:
+    """The report's experiment section ('' for a run without experiment results)."""
+    headers, rows = experiment_table(wh, run_id)
+    if not headers:
+        return ""
+    checks = collapse_shape(experiment_summary(wh, run_id))
+    verdicts = "".join(
+        f'<li><span class="{"pass" if ok else "fail"}">{"yes" if ok else "NO"}</span>: '
+        f"{_e(claim)}</li>" for claim, ok in checks)
+    return ("<h2>Collapse experiment</h2><p>Held-out perplexity of the model trained on each "
+            "arm (mean over seeds, 95% interval), relative to the human-only arm beside the "
+            "paper's GPT-2 124M curve, and the arm's training corpus's gate metrics against "
+            f"the human pool.</p>{_table([_e(h) for h in headers], [[_e(c) for c in r] for r in rows], left=4)}"
+            f"<ul>{verdicts}</ul>")

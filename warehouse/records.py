@@ -187,3 +187,12 @@ def recorded_release(wh: Path, name: str, version: str) -> dict | None:
     frame = db.query(wh, "SELECT * FROM releases WHERE name = ? AND version = ? "
                          "ORDER BY created_at LIMIT 1", [name, version])
     return None if frame.empty else frame.iloc[0].to_dict()
+
+
+def record_experiment(wh: Path, results: Sequence[dict], arms: Sequence[dict]) -> int:
+    """A collapse experiment's rows: ``experiment_results`` (one per arm, seed and held-out
+    corpus) and ``experiment_arms`` (what each arm's stream is made of); returns the result
+    rows written."""
+    added = db.insert_tables(wh, {"experiment_arms": list(arms),
+                                  "experiment_results": list(results)})
+    return added.get("experiment_results", 0)

@@ -68,3 +68,41 @@ CREATE OR REPLACE VIEW release_lineage AS
          r.model, rl.documents, rl.tokens, rl.path, r.status AS run_status
   FROM releases rl LEFT JOIN runs r USING (run_id)
   LEFT JOIN corpora c ON c.run_id = rl.run_id AND c.corpus = rl.corpus;
+
+-- The collapse experiment (flow collapse_experiment): one row per (arm, seed, eval corpus).
+CREATE TABLE IF NOT EXISTS experiment_results (
+  experiment VARCHAR, run_id VARCHAR, arm VARCHAR, seed BIGINT, synthetic_share DOUBLE,
+  edit_threshold DOUBLE, selection VARCHAR,  -- NULL: not edited / not selected
+  train_tokens BIGINT, eval_corpus VARCHAR, eval_tokens BIGINT, eval_ppl DOUBLE,
+  steps INTEGER, parameters BIGINT, vocab_size INTEGER, final_train_loss DOUBLE,
+  train_seconds DOUBLE, cached BOOLEAN, result_key VARCHAR, model VARCHAR);
+-- what each arm's stream is made of: one row per (arm, source pool)
+CREATE TABLE IF NOT EXISTS experiment_arms (
+  experiment VARCHAR, run_id VARCHAR, arm VARCHAR, source VARCHAR, documents BIGINT,
+  tokens BIGINT, cut_documents INTEGER, stream_sha VARCHAR);
+
+-- Mean held-out perplexity over seeds with a 95% Student-t interval (normal quantile
+-- beyond 30 degrees of freedom; no interval from one seed), per run.
+CREATE OR REPLACE VIEW experiment_summary_by_run AS
+  WITH t(df, q) AS (VALUES (1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571),
+      (6, 2.447), (7, 2.365), (8, 2.306), (9, 2.262), (10, 2.228), (11, 2.201), (12, 2.179),
+      (13, 2.160), (14, 2.145), (15, 2.131), (16, 2.120), (17, 2.110), (18, 2.101),
+      (19, 2.093), (20, 2.086), (21, 2.080), (22, 2.074), (23, 2.069), (24, 2.064),
+      (25, 2.060), (26, 2.056), (27, 2.052), (28, 2.048), (29, 2.045), (30, 2.042)),
+  per_arm AS (
+    SELECT experiment, run_id, arm, eval_corpus, any_value(synthetic_share) AS synthetic_share,
+           any_value(edit_threshold) AS edit_threshold, any_value(selection) AS selection,
+           any_value(train_tokens) AS train_tokens, count(DISTINCT seed) AS seeds,
+           avg(eval_ppl) AS mean_ppl, stddev_samp(eval_ppl) AS sd_ppl
+    FROM experiment_results GROUP BY experiment, run_id, arm, eval_corpus)
+  SELECT p.experiment, p.arm, p.synthetic_share, p.seeds, p.mean_ppl,
+         p.mean_ppl - coalesce(t.q, 1.96) * p.sd_ppl / sqrt(p.seeds) AS ci_low,
+         p.mean_ppl + coalesce(t.q, 1.96) * p.sd_ppl / sqrt(p.seeds) AS ci_high,
+         p.eval_corpus, p.edit_threshold, p.selection, p.train_tokens, p.sd_ppl, p.run_id
+  FROM per_arm p LEFT JOIN t ON t.df = p.seeds - 1;
+-- the latest run of each experiment
+CREATE OR REPLACE VIEW experiment_summary AS
+  SELECT s.* FROM experiment_summary_by_run s
+  JOIN (SELECT e.experiment, arg_max(e.run_id, r.started_at) AS run_id
+        FROM experiment_results e JOIN finished_runs r USING (run_id) GROUP BY e.experiment) last
+    USING (experiment, run_id);

@@ -1,0 +1,259 @@
+"""The collapse experiment: small causal LMs trained from scratch on each arm's corpus.
+
+fetch -> generate (the prior's synthetic text, cached) -> ingest -> score+edit (cached) ->
+derive (the edited arms' text) -> build arms (streams of exactly train_tokens, DSIR) ->
+records and gate metrics of each arm's corpus -> train x seeds (accelerator tasks) ->
+experiment_results -> picture and summary.
+
+Ingest, score+edit, derive and the corpus records are the nightly flow's own tasks over the
+experiment's pipeline config (``tasks.experiment.pipeline_config``), with their caches; the
+other tasks are a few lines over the plain functions of ``tasks.experiment``,
+``tasks.train``, ``quality`` and ``warehouse.records``. Only this process writes the
+warehouse.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.runtime import flow_run
+from prefect.states import Completed
+
+from semisynth.config import Config, ExperimentConfig, load_experiment_config
+from semisynth.flows import lifecycle
+from semisynth.flows.nightly import derive_task, ingest_task, record_corpora_task, score_task
+from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
+from semisynth.quality import measure as measure_mod
+from semisynth.quality import plots as plots_mod
+from semisynth.quality import report as report_mod
+from semisynth.tasks import experiment as exp
+from semisynth.tasks import train as train_mod
+from semisynth.tasks.ingest import ShardInfo
+from semisynth.tasks.prior import pin_precision, resolve_model
+from semisynth.tasks.score import score_key
+from semisynth.warehouse import db, records
+from semisynth.warehouse.lock import data_root_lock
+
+
+@task(name="fetch-assets", cache_policy=NO_CACHE)
+def fetch_task(ecfg: ExperimentConfig, root: Path) -> None:
+    if ecfg.embedded_default:
+        from semisynth.tasks.assets import fetch_brown
+
+        get_run_logger().info("Brown Corpus under %s", fetch_brown(root)[0].parent)
+
+
+@task(name="generate", cache_policy=NO_CACHE, retries=1, tags=[GPU_TAG])
+def generate_task(pcfg: Config, gen, seed: int) -> str:
+    """The prior writes one synthetic source file (accelerator work, as score+edit)."""
+    logger = get_run_logger()
+    done = [0, 0]
+
+    def progress(docs: int, tokens: int) -> None:
+        done[0] += docs
+        done[1] += tokens
+        logger.info("%s: %d/%d documents, %d tokens generated", gen.out, done[0],
+                    gen.documents, done[1])
+
+    return str(exp.generate_source(pcfg, gen, seed, progress))
+
+
+@task(name="build-arms", cache_policy=NO_CACHE)
+def build_task(ecfg: ExperimentConfig, pcfg: Config, run_id: str, shards: dict, scores: dict,
+               score_dir: Path) -> exp.ExperimentData:
+    tokenizer = exp.prior_tokenizer(pcfg)
+    data = exp.build_experiment(ecfg, pcfg, shards, scores, tokenizer, score_dir)
+    wh = db.warehouse_path(pcfg.root)
+    logger = get_run_logger()
+    for arm, a in data.arms.items():
+        records.record_new_shards(wh, run_id, arm, [ShardInfo(a.shard.stem, str(a.shard),
+                                                              len(a.pieces), "arm")])
+        logger.info("arm %s: %s", arm, ", ".join(
+            f"{r['source']} {r['tokens']} tokens in {r['documents']} documents" for r in a.sources()))
+    logger.info("vocabulary: %d token types of the prior's %d; pools: %s", data.vocab_size,
+                len(tokenizer), ", ".join(f"{n} {t} tokens" for n, t in data.pool_tokens.items()))
+    if any(a.select for a in ecfg.arms.values()) and \
+            data.pool_tokens[exp.SYNTHETIC] < 2 * ecfg.train_tokens:
+        logger.warning("the synthetic pool holds less than twice train_tokens: DSIR has little "
+                       "room to choose (generate more documents)")
+    return data
+
+
+@task(name="arm-metrics", cache_policy=NO_CACHE)
+def metrics_task(pcfg: Config, run_id: str, scores: dict, pairs: dict) -> measure_mod.MeasuredRun:
+    """Each arm's corpus against the human pool: the gate's metric rows, with the plots."""
+    measured = measure_mod.measure_run(pcfg, db.warehouse_path(pcfg.root), run_id, scores, pairs,
+                                       client=flow_dask_client())
+    get_run_logger().info("gate metrics of %d arms on equal budgets of %d tokens", len(pairs),
+                          measured.budget)
+    for png in measured.plots:
+        create_markdown_artifact(plots_mod.image_markdown(png), key=plots_mod.artifact_key(png),
+                                 description=f"semisynth run {run_id}: {png.name}")
+    return measured
+
+
+@task(name="train", cache_policy=NO_CACHE, retries=1, tags=[GPU_TAG])
+def train_task(arm: str, seed: int, stream: Path, vocab: Path, evals: dict, model,
+               results_dir: Path) -> dict:
+    """One (arm, seed): train, evaluate; a finished one is read back, not trained again."""
+    logger = get_run_logger()
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        if step % max(1, steps // 10) == 0 or step == steps:
+            logger.info("%s seed %d: step %d/%d, loss %.3f", arm, seed, step, steps, loss)
+
+    result = train_mod.train_and_evaluate(stream, vocab, evals, model, seed, results_dir, progress)
+    logger.info("%s seed %d: %s%s", arm, seed, ", ".join(
+        f"{c} PPL {e['ppl']:.4g}" for c, e in result["evals"].items()),
+        " (cached result, not trained again)" if result["cached"] else
+        f" ({result['train_seconds']:.0f} s on {result['device']})")
+    return {**result, "arm": arm}
+
+
+@task(name="record-results", cache_policy=NO_CACHE)
+def record_results_task(ecfg: ExperimentConfig, pcfg: Config, run_id: str,
+                        data: exp.ExperimentData, results: list[dict]) -> int:
+    rows = [row for r in results for row in exp.result_rows(ecfg, run_id, r["arm"], r)]
+    return records.record_experiment(db.warehouse_path(pcfg.root), rows,
+                                     exp.arm_rows(ecfg, run_id, data))
+
+
+@task(name="experiment-report", cache_policy=NO_CACHE)
+def report_task(ecfg: ExperimentConfig, pcfg: Config, run_id: str) -> str:
+    """The picture and the summary, attached to the flow run."""
+    wh = db.warehouse_path(pcfg.root)
+    png = plots_mod.experiment_png(plots_mod.run_folder(pcfg.root, run_id) / plots_mod.EXPERIMENT_PNG,
+                                   report_mod.experiment_summary(wh, run_id),
+                                   title=f"{ecfg.name}: held-out PPL against the synthetic share")
+    create_markdown_artifact(plots_mod.image_markdown(png), key=plots_mod.artifact_key(png),
+                             description=f"semisynth experiment {ecfg.name}, run {run_id}")
+    markdown = report_mod.experiment_markdown(wh, run_id, ecfg.name, ecfg.train_tokens)
+    create_markdown_artifact(markdown, key="semisynth-experiment-summary",
+                             description=f"semisynth experiment {ecfg.name}, run {run_id}")
+    return markdown
+
+
+@flow(name="collapse_experiment", log_prints=True, task_runner=task_runner())
+def collapse_experiment(config_path: str, overrides: list[str] | None = None):
+    """Build every arm's corpus at one token budget, measure it against the human pool,
+    train a small LM on it per seed, and evaluate each on held-out human (and synthetic)
+    documents."""
+    ecfg = load_experiment_config(config_path, overrides)
+    pcfg = pin_precision(exp.pipeline_config(ecfg))
+    with data_root_lock(pcfg.root, pcfg.lock_wait_s, f"flow run {flow_run.get_name() or 'local'}"):
+        return _experiment(ecfg, pcfg)
+
+
+def _experiment(ecfg: ExperimentConfig, pcfg: Config):
+    wh = db.init(db.warehouse_path(pcfg.root))
+    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{flow_run.get_name() or 'local'}"
+    _, model_id = resolve_model(pcfg.prior.model, pcfg.root)
+    get_run_logger().info("run %s: experiment %s, %d arms x %d seeds at %d tokens, warehouse %s",
+                          run_id, ecfg.name, len(ecfg.arms), len(ecfg.seeds), ecfg.train_tokens, wh)
+
+    def score_dir(edit) -> Path:
+        return pcfg.root / "scores" / score_key(model_id, pcfg.prior, edit, pcfg.seed)
+
+    def submit_scores(shard_list: list[Path], edit) -> list:
+        cfg = pcfg.model_copy(update={"edit": edit})
+        with score_placement():  # GPU workers only, when the cluster has them
+            return [score_task.submit(cfg, s, score_dir(edit) / s.name) for s in shard_list]
+
+    def collected(futures: list) -> list[Path]:
+        return [Path(f.result()["path"]) for f in futures]
+
+    edited = [a for a in ecfg.arms if ecfg.arms[a].edit is not None]
+    with records.tracked_run(wh, run_id, config_name=ecfg.name, config_json=ecfg.model_dump_json(),
+                             model=model_id, flow_run_id=str(flow_run.get_id() or "")) as run:
+        fetch_task(ecfg, pcfg.root)
+        with score_placement():
+            generated = [generate_task.submit(pcfg, g, ecfg.seed)
+                         for g in exp.generation_jobs(ecfg, pcfg)]
+        shards, counts, pending = {}, {}, {}
+        for name in (exp.HUMAN, exp.HELDOUT):
+            shards[name], counts[name] = ingest_task(pcfg, name, run_id)
+        # the human pool under the experiment's edit settings and each edited arm's (once
+        # per distinct setting: arms that share one share its score files)
+        by_dir: dict[Path, list] = {}
+        edits = {exp.HUMAN: pcfg.edit, **{exp.edit_source(a): ecfg.arm_edit(a) for a in edited}}
+        for name, edit in edits.items():
+            if score_dir(edit) not in by_dir:
+                by_dir[score_dir(edit)] = submit_scores(shards[exp.HUMAN], edit)
+            pending[name] = by_dir[score_dir(edit)]
+        wait(generated)
+        for g in generated:
+            g.result()
+        for name in exp.source_configs(ecfg):
+            if name not in shards:
+                shards[name], counts[name] = ingest_task(pcfg, name, run_id)
+        pending[exp.SYNTHETIC] = submit_scores(shards[exp.SYNTHETIC], pcfg.edit)
+        scores = {name: collected(fs) for name, fs in pending.items()}
+        for arm in edited:  # the edited text, scored as a corpus of its own
+            shards[exp.edit_source(arm)] = shards[exp.HUMAN]
+            shards[arm], _ = derive_task(pcfg, arm, run_id, shards, scores, score_dir(pcfg.edit))
+            pending[arm] = submit_scores(shards[arm], pcfg.edit)
+        scores.update({arm: collected(pending[arm]) for arm in edited})
+        data = build_task(ecfg, pcfg, run_id, shards, scores, score_dir(pcfg.edit))
+        arm_shards = {arm: [a.shard] for arm, a in data.arms.items()}
+        arm_scores = {arm: [a.score] for arm, a in data.arms.items()}
+        pools = (exp.HUMAN, exp.SYNTHETIC)
+        record_corpora_task(pcfg, run_id, {**{n: shards[n] for n in pools}, **arm_shards},
+                            {**{n: scores[n] for n in pools}, **arm_scores}, counts)
+        measured = metrics_task(
+            pcfg, run_id, {exp.HUMAN: scores[exp.HUMAN], **arm_scores,
+                           **{exp.edit_source(a): scores[exp.edit_source(a)] for a in edited}},
+            {arm: exp.HUMAN for arm in ecfg.arms})
+        evals = {name: path for name, (path, _, _) in data.evals.items()}
+        results_dir = exp.experiment_folder(pcfg.root) / "results"
+        with score_placement():  # accelerator work: GPU workers only, when there are any
+            futures = [train_task.submit(arm, seed, a.stream, data.vocab, evals, ecfg.model,
+                                         results_dir)
+                       for seed in ecfg.seeds for arm, a in data.arms.items()]
+        results = [f.result() for f in futures]
+        record_results_task(ecfg, pcfg, run_id, data, results)
+        markdown = report_task(ecfg, pcfg, run_id)
+        trained = sum(not r["cached"] for r in results)
+        message = (f"{len(results)} models ({trained} trained now, {len(results) - trained} "
+                   "read from the cache)")
+        run.finish("COMPLETED", message)
+    summary = report_mod.experiment_summary(wh, run_id)
+    result = {"run_id": run_id, "warehouse": str(wh), "summary": markdown,
+              "rows": summary.to_dict("records"), "trained": trained,
+              "cached": len(results) - trained, "shape": report_mod.collapse_shape(summary),
+              "vocab_size": data.vocab_size, "metrics_budget": measured.budget,
+              "streams": {arm: str(a.stream) for arm, a in data.arms.items()},
+              "evals": {name: str(path) for name, path in evals.items()},
+              "vocab": str(data.vocab),
+              "doc_hashes": {k: sorted(v) for k, v in data.doc_hashes.items()}}
+    return Completed(message=message, data=result)
+
+
+def flow_for(ecfg: ExperimentConfig):
+    """collapse_experiment with the task runner sized by ``ecfg`` (``dask_workers``)."""
+    return collapse_experiment.with_options(task_runner=task_runner(exp.pipeline_config(ecfg)))
+
+
+def run(config_path: str, overrides: list[str] | None = None) -> dict:
+    """Run the flow with the configured task runner, holding the data root's lock (the flow
+    re-enters it) and, without PREFECT_API_URL, a Prefect server that ends with this
+    process; returns the result dict."""
+    ecfg = load_experiment_config(config_path, overrides)
+    root = exp.pipeline_config(ecfg).root
+    with data_root_lock(root, ecfg.lock_wait_s, f"semisynth experiment {config_path}"), \
+            lifecycle.temporary_server(root / "logs"):
+        state = flow_for(ecfg)(str(config_path), overrides, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    result["state"] = state.type.value
+    result["flow_run_id"] = str(state.state_details.flow_run_id)
+    return result
+
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
