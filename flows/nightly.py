@@ -63,7 +63,16 @@ def score_task(cfg: Config, shard: Path, out: Path) -> dict:
         rate = scored[0] / max(time.perf_counter() - started, 1e-9)
         logger.info("shard %s: %d docs, %d tokens scored (%.0f tokens/s)", shard.stem, docs, scored[0], rate)
 
-    stats = score_shard(shard, out, cfg.root, cfg.prior, cfg.edit, cfg.seed, progress=progress)
+    window = {"tokens": 0, "logged": started}
+
+    def window_progress(tokens: int) -> None:  # a long document logs while it is scored
+        window["tokens"] += tokens
+        if time.perf_counter() - window["logged"] >= 30:
+            window["logged"] = time.perf_counter()
+            logger.info("shard %s: %d tokens through the prior so far", shard.stem, window["tokens"])
+
+    stats = score_shard(shard, out, cfg.root, cfg.prior, cfg.edit, cfg.seed, progress=progress,
+                        window_progress=window_progress)
     if not stats.model_work:
         logger.info("shard %s: cached scores reused, no model work", shard.stem)
     return asdict(stats)

@@ -159,9 +159,9 @@ def store(wh: Path, root: Path, run_id: str, rows: list[dict], corpora: Mapping[
 
     tables = ngram_tables(corpora, orders)
     hist_rows, top_rows = distribution_rows(run_id, corpora, tables)
-    db.insert(wh, "metrics", [{**r, "run_id": run_id} for r in rows])
-    db.insert(wh, "ppl_histograms", hist_rows)
-    db.insert(wh, "ngram_top", top_rows)
+    # one transaction: a kill between the tables leaves none of them, not a half measurement
+    db.insert_tables(wh, {"metrics": [{**r, "run_id": run_id} for r in rows],
+                          "ppl_histograms": hist_rows, "ngram_top": top_rows})
     return plots.write_run_plots(plots.run_folder(root, run_id), corpora, pairs, tables)
 
 

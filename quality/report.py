@@ -24,6 +24,7 @@ from semisynth.warehouse import db
 CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2em auto;
        max-width: 1200px; color: #222; padding: 0 1em; }
+.warn { background: #fff3cd; border: 1px solid #e0b400; padding: .5em 1em; }
 h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
@@ -151,7 +152,7 @@ def _gate_section(validations: pd.DataFrame) -> str:
     for (corpus, suite), v in validations.groupby(["corpus", "suite"], sort=True):
         ok = bool(v.success.all())
         verdict = '<span class="pass">PASSED</span>' if ok else '<span class="fail">FAILED</span>'
-        failing = [m for m, s in zip(v.metric, v.success, strict=True) if not s]
+        failing = [str(m) for m, s in zip(v.metric, v.success, strict=True) if not s]
         note = f" — failing: {_e(', '.join(failing))}" if failing else ""
         rows, classes = [], []
         for r in v.itertuples():
@@ -233,6 +234,10 @@ def build_report(root: Path, run_id: str, out: Path | None = None) -> Path:
         _e(run_id), _e(run.status), _e(run.config_name), _e(run.model), _e(started),
         _e(run.finished_at),
         _e(run.flow_run_id or "—"), _e(run.message or "")]], left=8)
+    if run.status not in ("COMPLETED", "FAILED"):  # the views leave such a run out, too
+        overview += (f'<p class="warn"><strong>This run is {_e(run.status)}</strong>: it did not '
+                     "finish, so its rows below may be partial. They are not the warehouse's "
+                     "results (its views show finished runs only).</p>")
     corpora_html = "<p>No corpora recorded.</p>" if corpora.empty else _table(
         ["corpus", "role", "reference", "origin", "documents", "tokens", "shards", "rows in",
          "quarantined"],

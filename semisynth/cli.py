@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -97,7 +98,11 @@ def command(group: typer.Typer, name: str, *examples: str) -> Callable:
     def register(fn: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(fn)  # typer reads the parameters from fn's signature
         def run(ctx: typer.Context, **params) -> None:
-            ctx.obj.exit_code = fn(ctx, **params)
+            try:
+                ctx.obj.exit_code = fn(ctx, **params)
+            except KeyboardInterrupt:  # here, or click would call it "Aborted!", exit 1
+                print("interrupted", file=sys.stderr)
+                ctx.obj.exit_code = 130
 
         group.command(name, epilog=example(*examples))(run)
         return fn
@@ -134,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except LockHeld as exc:  # another run holds the data root or the warehouse
         print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except Exception as exc:  # a crash: not the gate's 1, not the user's 2
+        traceback.print_exc()
+        print(f"error: semisynth crashed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
     return invocation.exit_code
 
@@ -447,13 +456,17 @@ def cmd_release_verify(
             print(f"error: no release {name!r} under {root}", file=sys.stderr)
             return 2
         target = versions[-1]
-    problems = release.verify_release(target)
+    from semisynth.warehouse import db
+
+    # the folder's manifest is checked against the warehouse's record of it too, so that a
+    # data file edited together with its checksum in the manifest is caught
+    problems = release.verify_release(target, warehouse=db.warehouse_path(ctx.obj.settings.data_root))
     if problems:
         print(f"{target}: FAILED")
         for p in problems:
             print(f"  - {p}")
         return 1
-    print(f"{target}: OK (every checksum matches)")
+    print(f"{target}: OK (every checksum matches, and the manifest is the warehouse's)")
     return 0
 
 

@@ -139,8 +139,9 @@ def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[s
         total = sum(pq.read_metadata(s).num_rows for s in todo)
         with progress(f"score {name}", total=total, unit="documents", also="tokens") as bar:
             for shard in shards[name]:
+                # tokens after every forward batch: a long document moves the bar too
                 stats = score_shard(shard, score_dir / shard.name, cfg.root, cfg.prior, cfg.edit,
-                                    cfg.seed, progress=lambda d, t: bar.advance(0, also=t))
+                                    cfg.seed, window_progress=lambda t: bar.advance(0, also=t))
                 bar.advance(stats.documents if stats.model_work else 0)
                 scores[name].append(Path(stats.path))
                 work += stats.scored_tokens if stats.model_work else 0

@@ -303,3 +303,15 @@ def test_edit_with_nothing_usable_exits_2_and_writes_nothing(tmp_path, capsys, c
     assert cli(["edit", str(src), str(out)]) == 2
     assert "no usable documents" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_unexpected_error_exits_3_with_its_traceback_not_the_gates_1(tmp_path, clean_env, capsys):
+    from semisynth.warehouse import db
+
+    wh = db.warehouse_path(tmp_path)
+    wh.parent.mkdir(parents=True, exist_ok=True)
+    wh.write_bytes(b"not a DuckDB file" * 100)  # a warehouse clobbered by something else
+    assert cli(["--data-root", str(tmp_path), "report", "some-run"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert "error: semisynth crashed:" in err

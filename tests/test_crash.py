@@ -196,6 +196,12 @@ def test_killed_run_is_crashed_and_not_shown_as_a_run_by_the_views(tmp_path):
     status = db.query(wh, "SELECT status, message FROM runs WHERE run_id = 'killed'").iloc[0]
     assert status.status == "CRASHED" and status.message == records.DEAD_RUN_MESSAGE
     assert shown()["gate_history"] == ["done"]
+    # its report says so above its partial rows; a finished run's report does not
+    from semisynth.quality.report import build_report
+
+    page = build_report(tmp_path, "killed", tmp_path / "killed.html").read_text()
+    assert "This run is CRASHED" in page and "may be partial" in page
+    assert "may be partial" not in build_report(tmp_path, "done", tmp_path / "done.html").read_text()
 
 
 KILLED_AFTER_RELEASE = """

@@ -140,3 +140,23 @@ def test_verify_refuses_manifest_paths_outside_the_release(tmp_path, shards):
     _rewrite_manifest(path, lambda files: files.update(dict.fromkeys(crafted, entry)))
     assert sorted(release.verify_release(path)) == sorted(
         f"manifest.json lists {rel!r}, outside the release folder: not read" for rel in crafted)
+
+
+def test_release_verify_command_compares_with_the_warehouse(tmp_path, shards, capsys):
+    from semisynth.cli import main
+
+    root = tmp_path / "data"
+    wh = db.init(db.warehouse_path(root))
+    released = release.release(root / "releases", "demo", shards, "m", {},
+                               {"run_id": "r1", "corpus": "c"})
+    records.record_release(wh, released.row)
+    assert main(["--data-root", str(root), "release", "verify", "demo"]) == 0
+    victim = released.path / "data" / "part-00000.jsonl.gz"
+    victim.chmod(0o644)
+    victim.write_bytes(gzip.compress(b'{"id": "d0-0", "text": "replaced"}\n'))
+    _rewrite_manifest(released.path, lambda files: files.update({"data/part-00000.jsonl.gz": {
+        "sha256": _sha(victim), "bytes": victim.stat().st_size}}))
+    capsys.readouterr()
+    assert main(["--data-root", str(root), "release", "verify", "demo"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "differs from the one recorded in the warehouse" in out

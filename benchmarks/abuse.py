@@ -1,0 +1,166 @@
+"""Every careless or hostile use of issue 10, tried again: one line per case, OK or not.
+
+Each case is run by the tests that reproduce it (real commands, real DuckDB, real processes
+killed with SIGKILL, the real prior where the case needs one); this script runs exactly
+those tests in one pytest session and prints, per case, what was tried, what must happen
+(what the tests assert), and whether it did. The last line is JSON. Exit 0 when every case
+is OK.
+
+    .venv/bin/python benchmarks/abuse.py            # about 3 minutes on 2 cores
+    .venv/bin/python benchmarks/abuse.py --only query
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+Q = "tests/test_query.py::test_writes_files_settings_and_extensions_are_refused"
+CFG = "tests/test_config.py::test_out_of_range_values_are_refused_naming_file_and_key"
+EDIT = "tests/test_config.py::test_edit_command_exits_2_on_a_bad_parameter"
+
+# (case, what was tried, what must happen, test node ids that try it)
+CASES = [
+    ("query-attach", "query: ATTACH another file, re-ATTACH the warehouse READ_WRITE",
+     "refused, exit 2; rows and folder untouched",
+     [f"{Q}[ATTACH '{{tmp}}/other.duckdb' AS s (READ_WRITE)]", f"{Q}[ATTACH '{{wh}}' AS again (READ_WRITE)]"]),
+    ("query-write", "query: DELETE, CREATE TABLE, COPY ... TO a file, EXPORT DATABASE",
+     "refused; no file written",
+     [f"{Q}[DELETE FROM runs]", f"{Q}[CREATE TABLE x (a INT)]",
+      f"{Q}[COPY (SELECT * FROM runs) TO '{{tmp}}/out.csv']", f"{Q}[EXPORT DATABASE '{{tmp}}/export']"]),
+    ("query-read-machine", "query: read_text('/etc/passwd'), read_csv, glob('/root/*'), read_parquet",
+     "refused: external access is off",
+     [f"{Q}[SELECT * FROM read_text('/etc/passwd')]", f"{Q}[SELECT * FROM read_csv('/etc/passwd')]",
+      f"{Q}[SELECT * FROM glob('/root/*')]", f"{Q}[SELECT * FROM read_parquet('{{tmp}}/*.parquet')]"]),
+    ("query-install", "query: INSTALL httpfs, LOAD httpfs", "refused, nothing downloaded",
+     [f"{Q}[INSTALL httpfs]", f"{Q}[LOAD httpfs]"]),
+    ("query-settings", "query: SET, PRAGMA, SET enable_external_access = true, two statements",
+     "refused: the configuration is locked, one statement only",
+     [f"{Q}[SET threads = 1]", f"{Q}[PRAGMA threads = 1]", f"{Q}[SET enable_external_access = true]",
+      f"{Q}[SELECT 1; DELETE FROM runs]", "tests/test_query.py::test_the_command_says_why_a_statement_is_refused"]),
+    ("query-long", "query: a statement that runs for minutes; Ctrl-C on one",
+     "stopped at --timeout (exit 2); Ctrl-C exits 130",
+     ["tests/test_query.py::test_a_long_query_is_stopped_at_its_time_limit",
+      "tests/test_query.py::test_ctrl_c_stops_a_long_query_of_the_command"]),
+    ("names-outside-root", "corpora named '../../x' and '/tmp/x', a config named '../evil'",
+     "shards stay inside the data root; unsafe config and release names refused",
+     ["tests/test_config.py::test_corpus_and_config_names_never_become_paths_outside_the_data_root"]),
+    ("release-forged-manifest", "edit a released file and rewrite its checksum in manifest.json",
+     "verify (function and command) FAILED: the manifest differs from the warehouse's record",
+     ["tests/test_release.py::test_verify_checks_the_manifest_against_the_warehouse_record",
+      "tests/test_release.py::test_release_verify_command_compares_with_the_warehouse"]),
+    ("release-crafted-paths", "manifest entries '../../../secret.txt', an absolute path, a symlink",
+     "refused as outside the release folder, never read",
+     ["tests/test_release.py::test_verify_refuses_manifest_paths_outside_the_release"]),
+    ("data-root-order", "a config's data_root against --data-root",
+     "--data-root on the command line wins",
+     ["tests/test_cli.py::test_data_root_on_the_command_line_wins_over_the_config_and_the_environment"]),
+    ("ids-across-folders", "2024-01/part.jsonl and 2024-02/part.jsonl without ids",
+     "distinct default ids (path from the shared folder); nothing quarantined as a duplicate",
+     ["tests/test_ingest.py::test_default_ids_unique_across_folders",
+      "tests/test_ingest.py::test_source_names_are_relative_to_the_shared_folder"]),
+    ("edit-fields", "edit a file whose rows carry extra fields", "every input field kept",
+     ["tests/test_cli.py::test_edit_keeps_every_input_field"]),
+    ("edit-nothing-usable", "edit a CSV renamed .jsonl, an empty file, rows without text",
+     "exit 2, each bad row named, no output written",
+     ["tests/test_cli.py::test_edit_with_nothing_usable_exits_2_and_writes_nothing"]),
+    ("damaged-files", "a truncated .jsonl.gz, a corrupt gzip, a non-gzip .gz, UTF-16, a corrupt Parquet",
+     "one whole-file quarantine row each (line 0), the good rows before the damage kept",
+     ["tests/test_ingest.py::test_truncated_gzip_keeps_the_rows_before_the_damage",
+      "tests/test_ingest.py::test_corrupt_gzip_and_not_gzip_are_whole_file_rows",
+      "tests/test_ingest.py::test_wrong_encoding_is_one_whole_file_row",
+      "tests/test_ingest.py::test_corrupt_parquet_keeps_the_row_groups_before_the_damage",
+      "tests/test_ingest.py::test_parquet_row_with_invalid_utf8_is_its_own_row"]),
+    ("validate-refused-input", "validate an input with no usable document",
+     "exit 2 and its quarantine rows stored, the run says why",
+     ["tests/test_commands.py::test_refused_input_keeps_its_quarantine_rows_and_the_run_says_why"]),
+    ("kill-after-release-rename", "SIGKILL between a release's rename and its warehouse row",
+     "the next run records the release from its manifest",
+     ["tests/test_crash.py::test_release_without_its_row_after_a_kill_is_recorded_by_the_next_run"]),
+    ("killed-run", "SIGKILL a run half way through its gate",
+     "the next run marks it CRASHED (runs and Prefect); views and gate history leave it out; its "
+     "report warns",
+     ["tests/test_crash.py::test_killed_run_is_crashed_and_not_shown_as_a_run_by_the_views",
+      "tests/test_crash.py::test_temporary_server_marks_a_killed_runs_flow_run_crashed"]),
+    ("orphan-servers", "SIGKILL `semisynth run` while it scores", "no process of it survives "
+     "(its temporary Prefect server ends with it)",
+     ["tests/test_crash.py::test_sigkill_of_semisynth_run_leaves_no_process_behind"]),
+    ("two-runs", "two runs (and metrics) on one data root",
+     "the second waits lock_wait_s, then exits 3 naming the holder; free at once after a kill",
+     ["tests/test_crash.py::test_run_and_metrics_exit_3_while_another_run_holds_the_data_root",
+      "tests/test_crash.py::test_lock_second_holder_fails_after_its_wait_then_waits_out_the_first",
+      "tests/test_crash.py::test_lock_of_a_killed_holder_is_free_at_once"]),
+    ("query-blocks-writer", "a long query holds the warehouse while a run writes",
+     "the writer waits (bounded), then a clear error, exit 3; never a traceback",
+     ["tests/test_crash.py::test_writer_waits_out_a_reader_then_gives_a_clear_error"]),
+    ("half-written-stage", "a stage's rows interrupted part way",
+     "one transaction: all rows of a stage or none",
+     ["tests/test_crash.py::test_rows_of_one_record_call_commit_together"]),
+    ("bad-edit-options", "edit --top-k 0, --threshold -1, --beta 0, --beta -1",
+     "exit 2 naming the option, nothing rewritten", [EDIT]),
+    ("bad-config-values", "shard_docs: 0, threshold -1/0/1.5, top_k 0, beta 0/-1, ... in a config",
+     "exit 2 naming file and key", [CFG, "tests/test_config.py::test_inconsistent_values_are_refused"]),
+    ("yaml-syntax", "a config with a YAML syntax error", "an error naming file:line:column",
+     ["tests/test_config.py::test_yaml_syntax_error_names_file_line_and_column"]),
+    ("huge-document", "one 10 MB document without --max-tokens",
+     "bounded by prior.max_doc_tokens with a warning naming it; progress per window; Ctrl-C stops it",
+     ["tests/test_toedit.py::test_a_huge_document_is_bounded_and_named",
+      "tests/test_toedit.py::test_score_shard_reports_window_progress_and_counts_truncation",
+      "tests/test_toedit.py::test_ctrl_c_stops_a_long_document_between_windows"]),
+    ("crash-exit-code", "an unexpected error inside a command (a clobbered warehouse file)",
+     "exit 3 with its traceback, not the gate's 1",
+     ["tests/test_cli.py::test_an_unexpected_error_exits_3_with_its_traceback_not_the_gates_1"]),
+]
+
+
+class Outcomes:
+    """A pytest plugin that keeps each test's outcome by node id."""
+
+    def __init__(self):
+        self.by_node: dict[str, str] = {}
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:  # in setup, call or teardown
+            self.by_node[report.nodeid] = "failed"
+        elif report.skipped:
+            self.by_node.setdefault(report.nodeid, "skipped")
+        elif report.when == "call":
+            self.by_node.setdefault(report.nodeid, "passed")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", help="run the cases whose name contains this")
+    args = parser.parse_args()
+    cases = [c for c in CASES if not args.only or args.only in c[0]]
+    nodes = sorted({n for c in cases for n in c[3]})
+    os.chdir(ROOT)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    outcomes = Outcomes()
+    started = time.perf_counter()
+    pytest.main(["-q", "-p", "no:cacheprovider", "--no-header", "-rN", *nodes], plugins=[outcomes])
+    seconds = time.perf_counter() - started
+    print()
+    results = {}
+    for name, tried, expected, case_nodes in cases:
+        seen = {n: outcomes.by_node.get(n, "not run") for n in case_nodes}
+        ok = all(v == "passed" for v in seen.values())
+        results[name] = ok
+        happened = expected if ok else "; ".join(f"{n.split('::')[-1]}: {v}"
+                                                 for n, v in seen.items() if v != "passed")
+        print(f"[{'OK' if ok else 'NOT OK'}] {name}: tried {tried} -> {happened}")
+    print(json.dumps({"benchmark": "abuse", "cases": len(results), "ok": sum(results.values()),
+                      "not_ok": [n for n, ok in results.items() if not ok],
+                      "seconds": round(seconds, 1)}))
+    return 0 if all(results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
