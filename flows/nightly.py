@@ -112,7 +112,8 @@ def gate_task(cfg: Config, run_id: str, corpus: str) -> dict:
     c = cfg.corpora[corpus]
     wh = db.warehouse_path(cfg.root)
     result = gate_mod.validate_corpus(wh, cfg.root / "gx", run_id, corpus, c.reference,
-                                      cfg.gate, edited=c.edited_from is not None)
+                                      cfg.gate, edited=c.edited_from is not None,
+                                      synthetic_share=c.synthetic_reference is not None)
     records.record_validations(wh, result.rows)
     logger = get_run_logger()
     if result.success:

@@ -165,6 +165,28 @@ def store(wh: Path, root: Path, run_id: str, rows: list[dict], corpora: Mapping[
     return plots.write_run_plots(plots.run_folder(root, run_id), corpora, pairs, tables)
 
 
+def share_rows(cfg: Config, scores: Mapping[str, Sequence[Path]],
+               pairs: Mapping[str, str]) -> list[dict]:
+    """The ``synthetic_share`` row (with its bootstrap CI) of every candidate of ``pairs``
+    whose corpus names a ``synthetic_reference``: its mixture share between its reference
+    (human) and that corpus (``quality.share``), over all its scored documents."""
+    from semisynth.quality import share
+
+    rows = []
+    for candidate, reference in pairs.items():
+        synthetic = cfg.corpora[candidate].synthetic_reference
+        if synthetic is None:
+            continue
+        missing = [n for n in (candidate, reference, synthetic) if n not in scores]
+        if missing:
+            raise InputError(f"{candidate}: the synthetic share needs the scores of {missing}")
+        docs = [share.read_scored_docs(scores[n]) for n in (candidate, reference, synthetic)]
+        estimate = share.estimate_share(*docs, bootstrap=cfg.metrics.bootstrap, seed=cfg.seed)
+        rows.append({**estimate.metric_row(), "corpus": candidate, "reference": reference,
+                     "comparison": "vs_reference"})
+    return rows
+
+
 @dataclass
 class MeasuredRun:
     """A run's measurement: its metric rows (stored), the budget, each candidate's values
@@ -190,6 +212,7 @@ def measure_run(cfg: Config, wh: Path, run_id: str, scores: Mapping[str, Sequenc
     rows, used = measure(loaded, pairs, cfg.metrics, cfg.seed, budget, edited_from=edited,
                          client=client)
     values: dict[str, dict[str, float]] = {}
+    rows += share_rows(cfg, scores, pairs)
     for r in rows:
         if r["comparison"] == "vs_reference":
             values.setdefault(r["corpus"], {})[r["metric"]] = r["value"]

@@ -39,7 +39,7 @@ code { background: #f5f5f5; padding: 0 3px; }
 
 
 SUMMARY_METRICS = ("ppl_q50", "ppl_low_frac", "ppl_tail_frac", "ppl_ks", "distinct_2",
-                   "top1pct_mass_2", "ref_coverage_2", "js_2", "edit_rate")
+                   "top1pct_mass_2", "ref_coverage_2", "js_2", "edit_rate", "synthetic_share")
 
 
 def summary_markdown(run_id: str, budget: int, values: dict[str, dict[str, float]],

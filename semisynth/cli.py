@@ -1,6 +1,7 @@
 """The `semisynth` command.
 
-Exit codes: 0 pass, 1 a release candidate failed the gate, 2 a usage or input error.
+Exit codes: 0 pass, 1 a release candidate failed the gate, 2 a usage or input error,
+3 a crash or a lock held by another run, 130 Ctrl-C.
 Nothing heavy is imported before a command runs (torch, Prefect, GX load inside the
 commands that need them), so `--help` answers at once.
 """
@@ -76,7 +77,8 @@ app = typer.Typer(
     name="semisynth",
     help="Semi-synthetic corpora by token-level editing (ToEdit), model-collapse metrics "
     "against a human reference, and a release gate.\n\n"
-    "Exit codes: 0 pass, 1 a release candidate failed the gate, 2 a usage or input error.",
+    "Exit codes: 0 pass, 1 a release candidate failed the gate, 2 a usage or input error, "
+    "3 a crash or a lock held by another run, 130 Ctrl-C.",
     epilog=example("semisynth demo", "semisynth --data-root /data run configs/prod.yaml",
                    "semisynth edit --help"),
     no_args_is_help=True,
@@ -522,6 +524,32 @@ def cmd_validate(ctx: typer.Context, candidate: Candidate, reference: Reference,
     print(commands.format_verdict(result, verdict))
     print(f"\nrecorded in {result.warehouse} (table validations, run_id {result.run_id})")
     return 0 if verdict.success else 1
+
+
+@command(app, "estimate", "semisynth estimate mix50 --human brown --synthetic synthetic",
+         'semisynth estimate "new-batch/*.jsonl.gz" --human brown --synthetic synthetic --format json')
+def cmd_estimate(
+    ctx: typer.Context, candidate: Candidate,
+    human: Annotated[str, typer.Option(help="the human reference: a file, a glob or a corpus name")],
+    synthetic: Annotated[str, typer.Option(
+        help="the synthetic reference: a file, a glob or a corpus name")],
+    format_: Annotated[Literal["table", "json"], typer.Option("--format", help="output format")] = "table",
+    config: ConfigOption = None, set_: ConfigSets = None,
+) -> int:
+    """How much of a candidate is synthetic: a mixture estimate with a 95% bootstrap CI."""
+    from semisynth import commands
+
+    cfg, _, say = _measure_setup(ctx, "estimate", candidate, human, None, config, set_)
+    command_line = f"semisynth estimate {candidate} --human {human} --synthetic {synthetic}"
+    estimate = commands.run_estimate(cfg, candidate, human, synthetic, command_line, say)
+    if format_ == "json":
+        print(json.dumps(estimate))
+        return 0
+    print(f"{candidate}: synthetic share {estimate['synthetic_share']:.3f}, 95% CI "
+          f"[{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}] over {estimate['documents']} "
+          f"documents (human {human}, synthetic {synthetic})")
+    print(f"stored in {estimate['warehouse']} (table metrics, run_id {estimate['run_id']})")
+    return 0
 
 
 @command(app, "report", "semisynth report 20261201T020000-nightly",

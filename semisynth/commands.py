@@ -60,13 +60,18 @@ def _files_corpus(cfg: Config, spec: str, role: str, reference: str | None) -> C
     return CorpusConfig(paths=patterns, role=role, reference=reference)
 
 
-def pair_config(cfg: Config, candidate: str, reference: str) -> Config:
-    """``cfg`` narrowed to what measuring ``candidate`` against ``reference`` needs."""
+def pair_config(cfg: Config, candidate: str, reference: str, synthetic: str | None = None) -> Config:
+    """``cfg`` narrowed to what measuring ``candidate`` against ``reference`` needs; with
+    ``synthetic`` (a corpus, file or glob), its synthetic share against that too."""
     if candidate == reference:
         raise InputError(f"the candidate and the reference are the same corpus ({candidate}); "
                          "the reference's own split halves are measured with any candidate")
+    if synthetic is not None and synthetic in (candidate, reference):
+        raise InputError(f"the synthetic reference {synthetic!r} must differ from the candidate "
+                         "and the human reference")
     # a candidate of the config that names a synthetic reference gets its share, as in the flow
-    synthetic = cfg.corpora[candidate].synthetic_reference if candidate in cfg.corpora else None
+    if synthetic is None and candidate in cfg.corpora:
+        synthetic = cfg.corpora[candidate].synthetic_reference
     if synthetic in (None, reference):
         return narrowed_config(cfg, reference, {candidate: "candidate"})
     return narrowed_config(cfg, reference, {synthetic: "monitored", candidate: "candidate"},
@@ -169,10 +174,11 @@ def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[s
 
 
 def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None, kind: str,
-                command: str, say=None, suite: str | None = None):
-    """Measure ``candidate`` against ``reference`` as a run of its own; with ``suite``, also
-    gate it (the run ends FAILED when the gate fails). Returns the Measurement, and with
-    ``suite`` the gate's result too."""
+                command: str, say=None, suite: str | None = None, synthetic: str | None = None):
+    """Measure ``candidate`` against ``reference`` as a run of its own; with ``synthetic``,
+    its synthetic share against ``reference`` and that too; with ``suite``, also gate it
+    (the run ends FAILED when the gate fails). Returns the Measurement, and with ``suite``
+    the gate's result too."""
     from semisynth.quality import gate, measure
     from semisynth.tasks.corpora import corpus_records
     from semisynth.tasks.prior import pin_precision, resolve_model
@@ -185,7 +191,7 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
     if suite is not None and suite not in SUITES:
         raise InputError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
     cfg = pin_precision(cfg)
-    sub = pair_config(cfg, candidate, reference)
+    sub = pair_config(cfg, candidate, reference, synthetic)
     say = say or (lambda message: None)
     with data_root_lock(cfg.root, cfg.lock_wait_s, command):  # results are stored
         wh = db.init(db.warehouse_path(cfg.root))
@@ -202,7 +208,8 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
             if suite is not None:
                 gate_cfg = cfg.gate.model_copy(update={"suite": suite})
                 verdict = gate.validate_corpus(wh, cfg.root / "gx", run_id, candidate, reference,
-                                               gate_cfg, edited=edited)
+                                               gate_cfg, edited=edited,
+                                               synthetic_share=sub.corpora[candidate].synthetic_reference is not None)
                 records.record_validations(wh, verdict.rows)
                 failing = [r["metric"] for r in verdict.failures()]
                 run.finish("COMPLETED" if verdict.success else "FAILED",
@@ -217,6 +224,23 @@ def run_validation(cfg: Config, candidate: str, reference: str, budget: int | No
     """run_metrics, then the GX suite on the run's rows, recorded in ``validations``.
     Returns (Measurement, gate.GateResult)."""
     return run_metrics(cfg, candidate, reference, budget, "validate", command, say, suite=suite)
+
+
+def run_estimate(cfg: Config, candidate: str, human: str, synthetic: str, command: str,
+                 say=None) -> dict:
+    """The synthetic share of ``candidate`` between ``human`` and ``synthetic`` (each a
+    corpus, file or glob), measured as a metrics run of its own (every metric is stored,
+    the share among them); returns the estimate with its CI and the run."""
+    from semisynth.warehouse import db
+
+    result = run_metrics(cfg, candidate, human, None, "estimate", command, say, synthetic=synthetic)
+    [row] = [r for r in result.rows if r["metric"] == "synthetic_share"]
+    documents = db.query(result.warehouse, "SELECT documents FROM corpora WHERE run_id = ? AND "
+                         "corpus = ?", [result.run_id, candidate]).documents
+    return {"candidate": candidate, "human": human, "synthetic": synthetic,
+            "synthetic_share": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+            "confidence": 0.95, "documents": int(documents.iloc[0]) if len(documents) else None,
+            "run_id": result.run_id, "warehouse": str(result.warehouse)}
 
 
 def _num(v) -> str:

@@ -20,9 +20,10 @@ from semisynth.tasks.prior import default_prior_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SEMISYNTH = Path(sys.executable).with_name("semisynth")
-COMMANDS = ["run", "demo", "edit", "query", "metrics", "validate", "report", "serve", "prior",
-            "release"]
-LEAVES = ["run", "demo", "edit", "query", "metrics", "validate", "report", "serve",
+COMMANDS = ["run", "experiment", "demo", "edit", "query", "metrics", "validate", "estimate",
+            "report", "serve", "prior", "release"]
+LEAVES = ["run", "experiment", "demo", "edit", "query", "metrics", "validate", "estimate",
+          "report", "serve",
           "prior fetch", "release list", "release verify"]
 VARIABLES = {  # every SEMISYNTH_* variable: (value in the environment, value in Settings)
     "SEMISYNTH_HOME": ("/srv/semisynth", Path("/srv/semisynth")),
