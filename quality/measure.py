@@ -15,6 +15,7 @@ and the commands.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from semisynth.quality.comparison import compare, split_half_yardstick
 from semisynth.quality.ngrams import DocumentFiles, count_ngrams, top_of_table, unpack_ngram
 from semisynth.quality.ppl_metrics import log_bins, ppl_histogram
 from semisynth.warehouse import db
+
+log = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ["token_ids", "ppl", "scored_tokens", "edited_tokens"]
 
@@ -181,7 +184,13 @@ def share_rows(cfg: Config, scores: Mapping[str, Sequence[Path]],
         if missing:
             raise InputError(f"{candidate}: the synthetic share needs the scores of {missing}")
         docs = [share.read_scored_docs(scores[n]) for n in (candidate, reference, synthetic)]
-        estimate = share.estimate_share(*docs, bootstrap=cfg.metrics.bootstrap, seed=cfg.seed)
+        try:
+            estimate = share.estimate_share(*docs, bootstrap=cfg.metrics.bootstrap, seed=cfg.seed)
+        except InputError as exc:  # e.g. a reference left with too few documents
+            # no row: the gate's synthetic_share expectation then fails as "missing", so
+            # a candidate whose share cannot be estimated is not released
+            log.warning("%s: no synthetic share estimate: %s", candidate, exc)
+            continue
         rows.append({**estimate.metric_row(), "corpus": candidate, "reference": reference,
                      "comparison": "vs_reference"})
     return rows
