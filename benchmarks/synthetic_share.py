@@ -98,13 +98,19 @@ def score_corpus(root: Path, cfg: Config, name: str, files: list[Path],
 
 
 def prepare(root: Path, cfg: Config, human_docs: int, synthetic_shards: int, per_shard: int,
-            new_tokens: int) -> tuple[list[Path], list[Path]]:
+            new_tokens: int, synthetic_files: list[str] | None = None) -> tuple[list[Path], list[Path]]:
     """The score files of the human and the synthetic corpus (made once, then cached):
     the first ``human_docs`` Brown documents (the shards interleave the genres), and the
-    text the prior writes from the first ``synthetic_shards`` Brown shards."""
+    text the prior writes from the first ``synthetic_shards`` Brown shards (or, given
+    ``synthetic_files``, documents the prior already wrote, e.g. the demo's)."""
+    from semisynth.documents import expand_paths
+
     fetch_default_prior(root)
     brown = fetch_brown(root)
-    synthetic = generate_synthetic(root, cfg, brown[:synthetic_shards], per_shard, new_tokens)
+    if synthetic_files:
+        synthetic = [Path(p) for p in expand_paths([str(Path(f).resolve()) for f in synthetic_files])]
+    else:
+        synthetic = generate_synthetic(root, cfg, brown[:synthetic_shards], per_shard, new_tokens)
     return (score_corpus(root, cfg, "brown", brown, human_docs),
             score_corpus(root, cfg, "synthetic", synthetic))
 
@@ -197,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="synthetic documents seeded by each of those shards")
     p.add_argument("--synthetic-tokens", type=int, default=384,
                    help="new tokens per synthetic document (the demo's 384)")
+    p.add_argument("--synthetic-files", nargs="+", metavar="GLOB", help=(
+        "use these files of the prior's text (e.g. the demo's and the experiment's, under "
+        "var/assets/synthetic) instead of generating"))
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for generation and scoring (default: every core; "
                         "1 spends far less CPU time on a machine other jobs share)")
@@ -214,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[TORCH_THREADS_ENV] = str(args.threads)  # the scorer's setting
         torch.set_num_threads(args.threads)
     human_files, synthetic_files = prepare(root, cfg, args.human_docs, args.synthetic_shards,
-                                           args.synthetic_per_shard, args.synthetic_tokens)
+                                           args.synthetic_per_shard, args.synthetic_tokens,
+                                           args.synthetic_files)
     if args.prepare_only:
         return 0
     human, synthetic = read_scored_docs(human_files), read_scored_docs(synthetic_files)

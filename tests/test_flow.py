@@ -34,7 +34,8 @@ def flow_run(prefect_server, tmp_path_factory, prior_folder, brown_shards, synth
         "corpora": {
             "brown": {"role": "reference", "paths": [str(p) for p in brown_shards[:2]],
                       "limit_docs": 48},
-            "brown_toedit": {"edited_from": "brown", "reference": "brown", "release": True},
+            "brown_toedit": {"edited_from": "brown", "reference": "brown", "release": True,
+                             "synthetic_reference": "synthetic"},
             "synthetic": {"role": "monitored", "paths": [str(synthetic_slice)], "reference": "brown"},
             "mix50": {"mix": {"brown": 0.5, "synthetic": 0.5}, "reference": "brown", "release": True},
         },
@@ -167,3 +168,17 @@ def test_metrics_command_gives_the_flows_metric_rows(flow_run, capsys):
                             [run_id])
     assert len(flow_rows) > 40
     assert command_rows.equals(flow_rows)
+
+
+def test_a_candidate_with_a_synthetic_reference_gets_its_share_gated(flow_run):
+    home, _, result = flow_run
+    wh = db.warehouse_path(home)
+    rows = db.query(wh, "SELECT corpus, value, ci_low, ci_high FROM metrics WHERE run_id = ? "
+                        "AND metric = 'synthetic_share'", [result["run_id"]])
+    assert rows.corpus.tolist() == ["brown_toedit"]  # the one corpus naming a synthetic reference
+    share = rows.iloc[0]
+    assert 0 <= share.ci_low <= share.value <= share.ci_high <= 1
+    assert share.value < 0.25  # edited human text is not the prior's text
+    gated = db.query(wh, "SELECT corpus, success FROM validations WHERE run_id = ? AND "
+                         "metric = 'synthetic_share'", [result["run_id"]])
+    assert gated.values.tolist() == [["brown_toedit", True]]
