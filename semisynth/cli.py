@@ -200,7 +200,7 @@ def cmd_experiment(ctx: typer.Context,
 
 
 def _print_outcome(result: dict) -> None:
-    from semisynth.quality.gate import failure_reason
+    from semisynth.quality.thresholds import failure_reason
 
     print(f"\nrun {result.get('run_id')}: flow run {result.get('flow_run_id')} ended {result['state']}")
     for corpus, ok in result.get("gates", {}).items():

@@ -316,3 +316,21 @@ def test_an_unexpected_error_exits_3_with_its_traceback_not_the_gates_1(tmp_path
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err
     assert "error: semisynth crashed:" in err
+
+
+def test_the_demo_prints_every_verdict_release_and_block(capsys):
+    """What `semisynth demo` prints after its flow run (the flow itself is tested in test_flow)."""
+    from semisynth.cli import _print_outcome
+
+    result = {"run_id": "r1", "flow_run_id": "f1", "state": "FAILED", "warehouse": "/w.duckdb",
+              "gates": {"brown_toedit": True, "mix50": False},
+              "failures": {"mix50": [{"metric": "ppl_low_frac", "observed": 0.61,
+                                      "threshold": "<= 0.4", "run_id": "r1"}]},
+              "releases": {"brown_toedit": "/releases/semisynth-brown_toedit/v0001"},
+              "blocked": ["mix50"]}
+    _print_outcome(result)
+    out = capsys.readouterr().out
+    assert "gate coverage on brown_toedit: PASSED" in out
+    assert "gate coverage on mix50: FAILED" in out and "ppl_low_frac: observed 0.61, want <= 0.4" in out
+    assert "released brown_toedit: /releases/semisynth-brown_toedit/v0001" in out
+    assert "not released mix50: blocked by the gate" in out
