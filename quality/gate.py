@@ -61,8 +61,8 @@ def _stored(db_path: Path, where: tuple[str, list]) -> dict[str, Stored]:
                               f"FROM metrics WHERE {where[0]} GROUP BY metric", where[1])
     out = {}
     for row in frame.itertuples(index=False):
-        budget = None if row.budget is None or row.budget != row.budget else int(row.budget)
-        ci = [None if v is None or v != v else float(v) for v in (row.ci_low, row.ci_high)]
+        budget = None if pd.isna(row.budget) else int(row.budget)  # None, NaN or NA
+        ci = [None if pd.isna(v) else float(v) for v in (row.ci_low, row.ci_high)]
         out[row.metric] = Stored(float(row.value), budget, standard_error(*ci))
     return out
 

@@ -259,7 +259,7 @@ def format_table(result: Measurement) -> str:
         ci = f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if r["ci_low"] is not None else ""
         lines.append(f"{r['metric']:<16} {'' if r['n'] is None else r['n']:>2} "
                      f"{_num(r['value']):>10} {ci:>21} {_num(yard.get(r['metric'])):>10} "
-                     f"{r['budget']:>9}")
+                     f"{'' if r['budget'] is None else r['budget']:>9}")
     lines += ["", f"yardstick: {result.reference} split half A vs half B on the same budget"]
     return "\n".join(lines)
 
