@@ -39,11 +39,11 @@ import torch
 
 from semisynth.config import Config, load_config
 from semisynth.quality.share import FEATURES, ScoredDocs, estimate_share, read_scored_docs
+from semisynth.settings import env_name
 from semisynth.tasks.assets import fetch_brown, synthesize
 from semisynth.tasks.ingest import ingest
 from semisynth.tasks.prior import fetch_default_prior, load_prior, resolve_model
 from semisynth.tasks.score import score_key, score_shard
-from semisynth.tasks.toedit import TORCH_THREADS_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 SHARES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root).resolve()
     cfg = load_config(args.config)
     if args.threads:
-        os.environ[TORCH_THREADS_ENV] = str(args.threads)  # the scorer's setting
+        os.environ[env_name("torch_threads")] = str(args.threads)  # the scorer's setting
         torch.set_num_threads(args.threads)
     human_files, synthetic_files = prepare(root, cfg, args.human_docs, args.synthetic_shards,
                                            args.synthetic_per_shard, args.synthetic_tokens,
