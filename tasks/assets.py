@@ -194,7 +194,8 @@ def synthesize(
     texts = generate(prior, [s for _, s in seeds], max_new_tokens, seed, batch_size=batch_size,
                      progress=progress)
     docs = [
-        {"id": f"synthetic/{i:05d}", "text": text, "seeded_by": source}
+        # the file's name in the id: ids stay unique across the files of one corpus
+        {"id": f"{out.name.split('.')[0]}/{i:05d}", "text": text, "seeded_by": source}
         for i, ((source, _), text) in enumerate(zip(seeds, texts, strict=True))
     ]
     out.parent.mkdir(parents=True, exist_ok=True)

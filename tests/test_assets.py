@@ -65,3 +65,14 @@ def test_synthesize_writes_seeded_documents_once(prior_f32, brown_shards, tmp_pa
     assets.synthesize(prior_f32, brown_shards, out, documents=3, max_new_tokens=8, seed=2,
                       progress=lambda docs, tokens: calls.append(docs))
     assert out.read_bytes() == written and calls == [2, 1]  # cached: nothing generated
+
+
+def test_files_of_one_corpus_get_distinct_ids(prior_f32, brown_shards, tmp_path):
+    """A corpus read from several generated files (the experiment's pool) must not lose its
+    second file to duplicate ids."""
+    ids = []
+    for i in range(2):
+        out = assets.synthesize(prior_f32, brown_shards, tmp_path / f"pool-{i}.jsonl.gz",
+                                documents=2, max_new_tokens=4, seed=i, batch_size=2)
+        ids.append({d.id for d in docio.read_records(str(out))})
+    assert len(ids[0]) == len(ids[1]) == 2 and not ids[0] & ids[1]
