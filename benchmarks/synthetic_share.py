@@ -75,13 +75,13 @@ def generate_synthetic(root: Path, cfg: Config, brown: list[Path], per_shard: in
 
 
 def score_corpus(root: Path, cfg: Config, name: str, files: list[Path],
-                 limit_docs: int | None = None) -> list[Path]:
+                 limit_docs: int | None = None, id_field: str = "id") -> list[Path]:
     """Ingest then score+edit a corpus with the pipeline's code; the score files in order.
     Shards of SHARD_DOCS documents, not the config's 50: the cache's unit is a shard, so an
     interrupted run loses little (sharding changes only how documents are batched)."""
     model_id = resolve_model(cfg.prior.model, root)[1]
     score_dir = root / "scores" / score_key(model_id, cfg.prior, cfg.edit, cfg.seed)
-    result = ingest([str(f) for f in files], root / "shards" / name, name,
+    result = ingest([str(f) for f in files], root / "shards" / name, name, id_field=id_field,
                     shard_docs=SHARD_DOCS, limit_docs=limit_docs)
     scores = []
     for shard in result.shards:
@@ -112,7 +112,10 @@ def prepare(root: Path, cfg: Config, human_docs: int, synthetic_shards: int, per
     else:
         synthetic = generate_synthetic(root, cfg, brown[:synthetic_shards], per_shard, new_tokens)
     return (score_corpus(root, cfg, "brown", brown, human_docs),
-            score_corpus(root, cfg, "synthetic", synthetic))
+            # the files' own ids are not used: files written before 2026-12-02 all number
+            # their documents synthetic/00000, ..., so ingest would keep the first file only;
+            # an id field no row has gives each document its file and line
+            score_corpus(root, cfg, "synthetic", synthetic, id_field="(file and line)"))
 
 
 def split_parts(n_docs: int, held: int, rng) -> tuple[np.ndarray, np.ndarray]:

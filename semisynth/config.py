@@ -181,8 +181,9 @@ class GateConfig(_Strict):
     synthetic_share_max: float = Field(0.25, ge=0, le=1, description=(
         "synthetic_share <= this, for corpora with a synthetic_reference: the estimated share "
         "of model-written documents (quality/share.py). The paper's damage starts at 25% "
-        "synthetic (GPT-2: avg PPL 20.99 human, 22.06 at 25%, 23.48 at 50%); the calibration "
-        "(benchmarks/README.md, \"Synthetic share\") sets how close to it the bound can sit."))
+        "synthetic (GPT-2: avg PPL 20.99 human, 22.06 at 25%, 23.48 at 50%). The calibration "
+        "(benchmarks/synthetic_share.py: max error 0.018 at 10% and 0.006 at 25% on 40 "
+        "documents) keeps 10% clearly below it and 50% clearly above."))
 
     def coverage_ratio(self, n: int | None) -> float:
         """ref_coverage_min_ratio for n-gram order n (None: an order not known)."""
