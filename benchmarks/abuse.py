@@ -126,6 +126,16 @@ class Outcomes:
     def __init__(self):
         self.by_node: dict[str, str] = {}
 
+    def of(self, node: str) -> str:
+        """A test's outcome; a test named without its parameters: every parametrization's
+        (all passed, or the first that did not)."""
+        if node in self.by_node:
+            return self.by_node[node]
+        ran = [v for n, v in self.by_node.items() if n.startswith(node + "[")]
+        if not ran:
+            return "not run"
+        return next((v for v in ran if v != "passed"), "passed")
+
     def pytest_runtest_logreport(self, report):
         if report.failed:  # in setup, call or teardown
             self.by_node[report.nodeid] = "failed"
@@ -150,7 +160,7 @@ def main() -> int:
     print()
     results = {}
     for name, tried, expected, case_nodes in cases:
-        seen = {n: outcomes.by_node.get(n, "not run") for n in case_nodes}
+        seen = {n: outcomes.of(n) for n in case_nodes}
         ok = all(v == "passed" for v in seen.values())
         results[name] = ok
         happened = expected if ok else "; ".join(f"{n.split('::')[-1]}: {v}"
