@@ -6,12 +6,12 @@ Data, all cached under ``--root`` (a re-run does no model work):
 
 - human: the Brown Corpus (500 documents, ``tasks.assets.fetch_brown``);
 - synthetic: text the prior writes from the first 12 words of Brown documents
-  (``tasks.assets.synthesize``, the demo's generator: 384 new tokens, bf16), written in one
+  (``tasks.assets.synthesize``, the demo's generator: 384 new tokens), written in one
   cached file per Brown shard (``--synthetic-per-shard`` documents seeded by that shard) so
   that an interrupted generation keeps what it finished;
 - both ingested (``tasks.ingest.ingest``) and scored with the prior by the pipeline's own
   ``tasks.score.score_shard``, with the prior and edit settings of configs/demo.yaml
-  (512 tokens, bf16).
+  (512 tokens, ``precision: auto``).
 
 Each of ``--splits`` seeded splits cuts both corpora into a reference part and a candidate
 part (``--human-ref`` / ``--synthetic-ref`` documents go to the references); for every

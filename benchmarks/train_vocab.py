@@ -4,7 +4,7 @@ experiment's remapped one (``tasks.experiment.remap``).
 Times optimizer steps of the demo's model (configs/experiment-demo.yaml) on random tokens
 at both output sizes, one torch thread (as each of the demo's two Dask workers), and prints
 wall and CPU milliseconds per step (CPU time is steadier on a shared machine) and the
-projected training time of the demo's 24 models.
+projected training time of the demo's 40 models.
 
     .venv/bin/python benchmarks/train_vocab.py --vocab 17000
     .venv/bin/python benchmarks/train_vocab.py --vocab-file var/experiments/vocab/<hash>.npy

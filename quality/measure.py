@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +169,7 @@ def store(wh: Path, root: Path, run_id: str, rows: list[dict], corpora: Mapping[
 
 
 def share_rows(cfg: Config, scores: Mapping[str, Sequence[Path]],
-               pairs: Mapping[str, str]) -> list[dict]:
+               pairs: Mapping[str, str], unestimated: dict[str, str] | None = None) -> list[dict]:
     """The ``synthetic_share`` row (with its bootstrap CI) of every candidate of ``pairs``
     whose corpus names a ``synthetic_reference``: its mixture share between its reference
     (human) and that corpus (``quality.share``), over all its scored documents."""
@@ -190,6 +190,8 @@ def share_rows(cfg: Config, scores: Mapping[str, Sequence[Path]],
             # no row: the gate's synthetic_share expectation then fails as "missing", so
             # a candidate whose share cannot be estimated is not released
             log.warning("%s: no synthetic share estimate: %s", candidate, exc)
+            if unestimated is not None:
+                unestimated[candidate] = str(exc)
             continue
         rows.append({**estimate.metric_row(), "corpus": candidate, "reference": reference,
                      "comparison": "vs_reference"})
@@ -205,6 +207,7 @@ class MeasuredRun:
     budget: int
     values: dict[str, dict[str, float]]
     plots: list[Path]
+    unestimated: dict[str, str] = field(default_factory=dict)  # candidate -> why no share
 
 
 def measure_run(cfg: Config, wh: Path, run_id: str, scores: Mapping[str, Sequence[Path]],
@@ -221,10 +224,11 @@ def measure_run(cfg: Config, wh: Path, run_id: str, scores: Mapping[str, Sequenc
     rows, used = measure(loaded, pairs, cfg.metrics, cfg.seed, budget, edited_from=edited,
                          client=client)
     values: dict[str, dict[str, float]] = {}
-    rows += share_rows(cfg, scores, pairs)
+    unestimated: dict[str, str] = {}
+    rows += share_rows(cfg, scores, pairs, unestimated)
     for r in rows:
         if r["comparison"] == "vs_reference":
             values.setdefault(r["corpus"], {})[r["metric"]] = r["value"]
     shown = {n: c for n, c in loaded.items() if n in {*pairs, *pairs.values()}}
     pngs = store(wh, cfg.root, run_id, rows, shown, pairs, cfg.metrics.ngram_orders)
-    return MeasuredRun(rows, used, values, pngs)
+    return MeasuredRun(rows, used, values, pngs, unestimated)

@@ -182,7 +182,7 @@ def cmd_run(ctx: typer.Context,
 
 
 @command(app, "experiment", "semisynth experiment configs/experiment-demo.yaml",
-         "semisynth experiment configs/experiment-demo.yaml --set seeds=[1,2] --set train_tokens=50000")
+         "semisynth experiment configs/experiment-demo.yaml --set 'seeds=[1,2]' --set model.hidden=128")
 def cmd_experiment(ctx: typer.Context,
                    config: Annotated[str, typer.Argument(metavar="CONFIG",
                                                          help="the experiment's YAML config")],
@@ -270,7 +270,7 @@ def cmd_demo(
             assets.synthesize(prior, seeds, synthetic, synthetic_docs, synthetic_tokens,
                               seed=cfg.seed if name == "synthetic" else cfg.seed + 1,
                               progress=bar.advance)
-    for extra in cfg.corpora["synthetic"].paths[1:]:
+    for extra in (cfg.corpora["synthetic"].paths[1:] if "synthetic" in cfg.corpora else []):
         if extra.endswith("damaged-batch.jsonl"):
             assets.damaged_batch(Path(cfg.resolve(extra)))
     print(f"[4/4] Prefect flow nightly_refresh on {config} (scoring progress in the flow's log)",
@@ -453,7 +453,8 @@ def cmd_release_verify(
     name: Annotated[str, typer.Argument(metavar="NAME", help="a release name (its latest version) or folder")],
     version: Annotated[str | None, typer.Option(help="this version of the release, e.g. v2")] = None,
 ) -> int:
-    """Re-check every checksum of a release (exit 1: a mismatch)."""
+    """Re-check every checksum of a release, and its manifest against the warehouse's
+    record (exit 1: a mismatch)."""
     from semisynth.tasks import release
 
     root = ctx.obj.settings.data_root / "releases"
@@ -468,15 +469,20 @@ def cmd_release_verify(
         target = versions[-1]
     from semisynth.warehouse import db
 
-    # the folder's manifest is checked against the warehouse's record of it too, so that a
-    # data file edited together with its checksum in the manifest is caught
-    problems = release.verify_release(target, warehouse=db.warehouse_path(ctx.obj.settings.data_root))
+    # a release of this data root is checked against the warehouse's record of its manifest
+    # too, so that a data file edited together with its checksum in the manifest is caught;
+    # a copy elsewhere has only its own manifest to go by
+    inside = Path(target).resolve().is_relative_to(root.resolve())
+    problems = release.verify_release(
+        target, warehouse=db.warehouse_path(ctx.obj.settings.data_root) if inside else None)
     if problems:
         print(f"{target}: FAILED")
         for p in problems:
             print(f"  - {p}")
         return 1
-    print(f"{target}: OK (every checksum matches, and the manifest is the warehouse's)")
+    print(f"{target}: OK (every checksum matches" + (", and the manifest is the warehouse's)"
+                                                     if inside else "; outside the data root "
+                                                     f"{root}: no warehouse record compared)"))
     return 0
 
 
@@ -534,8 +540,8 @@ def cmd_validate(ctx: typer.Context, candidate: Candidate, reference: Reference,
     return 0 if verdict.success else 1
 
 
-@command(app, "estimate", "semisynth estimate mix50 --human brown --synthetic synthetic",
-         'semisynth estimate "new-batch/*.jsonl.gz" --human brown --synthetic synthetic --format json')
+@command(app, "estimate", "semisynth estimate mix50 --human brown --synthetic synthetic_ref",
+         'semisynth estimate "new-batch/*.jsonl.gz" --human brown --synthetic synthetic_ref --format json')
 def cmd_estimate(
     ctx: typer.Context, candidate: Candidate,
     human: Annotated[str, typer.Option(help="the human reference: a file, a glob or a corpus name")],
@@ -553,9 +559,10 @@ def cmd_estimate(
     if format_ == "json":
         print(json.dumps(estimate))
         return 0
-    print(f"{candidate}: synthetic share {estimate['synthetic_share']:.3f}, 95% CI "
-          f"[{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}] over {estimate['documents']} "
-          f"documents (human {human}, synthetic {synthetic})")
+    ci = ("no CI (metrics.bootstrap is 0)" if estimate["ci_low"] is None else
+          f"95% CI [{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]")
+    print(f"{candidate}: synthetic share {estimate['synthetic_share']:.3f}, {ci} over "
+          f"{estimate['documents']} documents (human {human}, synthetic {synthetic})")
     print(f"stored in {estimate['warehouse']} (table metrics, run_id {estimate['run_id']})")
     return 0
 

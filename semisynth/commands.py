@@ -121,6 +121,7 @@ class Measurement:
     plots: list[Path]
     model_work_tokens: int
     warehouse: Path
+    unestimated: dict[str, str]  # candidate -> why it has no synthetic share
 
 
 def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[str], None]):
@@ -215,7 +216,7 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
                 run.finish("COMPLETED" if verdict.success else "FAILED",
                            f"{command}: " + (f"failed {', '.join(failing)}" if failing else "passed"))
     result = Measurement(run_id, candidate, reference, measured.budget, measured.rows, edited,
-                         measured.plots, work, wh)
+                         measured.plots, work, wh, measured.unestimated)
     return result if suite is None else (result, verdict)
 
 
@@ -234,13 +235,22 @@ def run_estimate(cfg: Config, candidate: str, human: str, synthetic: str, comman
     from semisynth.warehouse import db
 
     result = run_metrics(cfg, candidate, human, None, "estimate", command, say, synthetic=synthetic)
+    if candidate in result.unestimated:
+        raise InputError(f"no synthetic share for {candidate}: {result.unestimated[candidate]} "
+                         f"(run {result.run_id}; its other metrics are stored)")
     [row] = [r for r in result.rows if r["metric"] == "synthetic_share"]
     documents = db.query(result.warehouse, "SELECT documents FROM corpora WHERE run_id = ? AND "
                          "corpus = ?", [result.run_id, candidate]).documents
     return {"candidate": candidate, "human": human, "synthetic": synthetic,
-            "synthetic_share": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+            "synthetic_share": row["value"], "ci_low": _finite(row["ci_low"]),
+            "ci_high": _finite(row["ci_high"]),
             "confidence": 0.95, "documents": int(documents.iloc[0]) if len(documents) else None,
             "run_id": result.run_id, "warehouse": str(result.warehouse)}
+
+
+def _finite(v: float | None) -> float | None:
+    """None for a missing or NaN value (JSON has no NaN): no interval without a bootstrap."""
+    return None if v is None or np.isnan(v) else float(v)
 
 
 def _num(v) -> str:

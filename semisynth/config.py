@@ -238,6 +238,9 @@ class Config(_Strict):
                     raise ValueError(f"corpus {name!r} names unknown corpus {other!r}")
             if c.role != "reference" and c.reference is None:
                 raise ValueError(f"corpus {name!r} needs a reference")
+            if c.synthetic_reference is not None and c.synthetic_reference in (name, c.reference):
+                raise ValueError(f"corpus {name!r}: its synthetic_reference must be another "
+                                 "corpus than itself and its (human) reference")
         return self
 
     @property

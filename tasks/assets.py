@@ -174,6 +174,14 @@ def generate(
     return texts
 
 
+def _document_name(path: Path) -> str:
+    """``pool.v1.jsonl.gz`` -> ``pool.v1``: the name without its format suffixes."""
+    name = path.name
+    for suffix in (".gz", ".jsonl", ".json", ".parquet"):
+        name = name.removesuffix(suffix)
+    return name
+
+
 def synthesize(
     prior: Prior,
     human_paths: list[Path],
@@ -195,7 +203,7 @@ def synthesize(
                      progress=progress)
     docs = [
         # the file's name in the id: ids stay unique across the files of one corpus
-        {"id": f"{out.name.split('.')[0]}/{i:05d}", "text": text, "seeded_by": source}
+        {"id": f"{_document_name(out)}/{i:05d}", "text": text, "seeded_by": source}
         for i, ((source, _), text) in enumerate(zip(seeds, texts, strict=True))
     ]
     out.parent.mkdir(parents=True, exist_ok=True)

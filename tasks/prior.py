@@ -47,7 +47,9 @@ def resolve_precision(precision: str, device: str | None = None) -> str:
         return precision
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        with torch.cuda.device(torch.device(device)):  # pre-Ampere GPUs only emulate it
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bfloat16" if native else "float32"
     return "bfloat16" if _cpu_flags() & set(NATIVE_BF16_FLAGS) else "float32"
 
 

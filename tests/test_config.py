@@ -140,3 +140,13 @@ def test_corpus_and_config_names_never_become_paths_outside_the_data_root(tmp_pa
         config_from_tree({"name": "../evil", "corpora": {}})
     with pytest.raises(ValueError, match="must be a plain name"):  # releases/<name>-<corpus>/
         config_from_tree({"corpora": {**corpora, "/tmp/x": {**corpora["/tmp/x"], "release": True}}})
+
+
+@pytest.mark.parametrize("synthetic", ["ref", "cand"])
+def test_a_synthetic_reference_must_be_another_corpus(tmp_path, synthetic):
+    from semisynth.config import config_from_tree
+
+    corpora = {"ref": {"role": "reference", "paths": ["r.jsonl"]},
+               "cand": {"paths": ["c.jsonl"], "reference": "ref", "synthetic_reference": synthetic}}
+    with pytest.raises(ValueError, match="synthetic_reference must be another corpus"):
+        config_from_tree({"data_root": str(tmp_path), "corpora": corpora})
