@@ -88,7 +88,7 @@ def test_edit_options_come_from_the_config_models(capsys):
         assert shown.split(" --")[0].find(_flat(field.description)) >= 0, option
         if field.default is not None:
             assert f"[default: {field.default}]" in shown.split(" --")[0], option
-    assert "<float32|bfloat16|float16>" in out
+    assert "<auto|float32|bfloat16|float16>" in out
     assert "<up_revise|low_drop_up_revise|filtering>" in out
 
 
