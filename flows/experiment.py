@@ -240,20 +240,12 @@ def flow_for(ecfg: ExperimentConfig):
 
 
 def run(config_path: str, overrides: list[str] | None = None) -> dict:
-    """Run the flow with the configured task runner, holding the data root's lock (the flow
-    re-enters it) and, without PREFECT_API_URL, a Prefect server that ends with this
-    process; returns the result dict."""
+    """Run the flow with the configured task runner (``lifecycle.run_owned``: the data
+    root's lock, a Prefect server of its own); returns the result dict."""
     ecfg = load_experiment_config(config_path, overrides)
-    root = exp.pipeline_config(ecfg).root
-    with data_root_lock(root, ecfg.lock_wait_s, f"semisynth experiment {config_path}"), \
-            lifecycle.temporary_server(root / "logs"):
-        state = flow_for(ecfg)(str(config_path), overrides, return_state=True)
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
-        raise result
-    result["state"] = state.type.value
-    result["flow_run_id"] = str(state.state_details.flow_run_id)
-    return result
+    pcfg = exp.pipeline_config(ecfg)
+    return lifecycle.run_owned(flow_for(ecfg), pcfg.root, pcfg.lock_wait_s,
+                               f"semisynth experiment {config_path}", str(config_path), overrides)
 
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

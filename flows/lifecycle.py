@@ -61,6 +61,23 @@ def temporary_server(log_dir: Path) -> Iterator[str | None]:
         server.stop()
 
 
+def run_owned(flow, root: Path, lock_wait_s: float, holder: str, *args) -> dict:
+    """Call ``flow(*args)`` holding the data root's lock (the flow re-enters it) and, without
+    PREFECT_API_URL, a Prefect server that ends with this process; returns the flow's result
+    dict with its final ``state`` and ``flow_run_id``. A crash of the flow is raised, not
+    returned."""
+    from semisynth.warehouse.lock import data_root_lock
+
+    with data_root_lock(root, lock_wait_s, holder), temporary_server(Path(root) / "logs"):
+        state = flow(*args, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):  # a crash, not a verdict
+        raise result
+    result["state"] = state.type.value
+    result["flow_run_id"] = str(state.state_details.flow_run_id)
+    return result
+
+
 def mark_crashed(flow_run_ids: Iterable[str | None], message: str) -> list[str]:
     """Set the Prefect flow runs of runs found dead (``records.close_dead_runs``) to
     Crashed with ``message``, where this API knows them and they are not final yet.

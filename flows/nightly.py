@@ -216,19 +216,11 @@ def flow_for(cfg: Config):
 
 
 def run(config_path: str, overrides: list[str] | None = None) -> dict:
-    """Run the flow with the configured task runner, holding the data root's lock (the flow
-    re-enters it) and, without PREFECT_API_URL, a Prefect server that ends with this
-    process; returns the result dict."""
+    """Run the flow with the configured task runner (``lifecycle.run_owned``: the data
+    root's lock, a Prefect server of its own); returns the result dict."""
     cfg = load_config(config_path, overrides)
-    with data_root_lock(cfg.root, cfg.lock_wait_s, f"semisynth run {config_path}"), \
-            lifecycle.temporary_server(cfg.root / "logs"):
-        state = flow_for(cfg)(str(config_path), overrides, return_state=True)
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, BaseException):  # a crash, not a gate verdict
-        raise result
-    result["state"] = state.type.value
-    result["flow_run_id"] = str(state.state_details.flow_run_id)
-    return result
+    return lifecycle.run_owned(flow_for(cfg), cfg.root, cfg.lock_wait_s,
+                               f"semisynth run {config_path}", str(config_path), overrides)
 
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -7,6 +7,7 @@ once to a safetensors folder under the data root, which then loads in under a se
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import threading
@@ -28,15 +29,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def _cpu_flags() -> set[str]:
+@functools.cache  # the CPU does not change while a process runs
+def _cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def resolve_precision(precision: str, device: str | None = None) -> str:
