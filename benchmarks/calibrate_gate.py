@@ -214,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     for split in range(args.first_split, args.first_split + args.splits):
         scored, metric_seed = split_cases(human, edited, synthetic, cfg.seed, split)
         pairs = {c: "human_B" for c in cases}
-        rows, budget = measure(scored, pairs, cfg.metrics, metric_seed,
-                               edited_from={"edited_A": "human_A"})
+        measured = measure(scored, pairs, cfg.metrics, metric_seed,
+                           edited_from={"edited_A": "human_A"})
+        rows, budget = measured.rows, measured.budget
         budgets.add(budget)
         verdicts = validate(wh, gx_root, f"split-{split:02d}", rows, pairs,
                             {"edited_A": "human_A"}, cfg.gate)
@@ -228,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     # The demo's own comparisons: every candidate against the whole human corpus.
     demo_pairs = {args.edited: args.human, args.synthetic: args.human, args.mix: args.human}
     demo_scored = {n: c.take(np.arange(len(c))) for n, c in corpora.items()}
-    demo_rows, demo_budget = measure(demo_scored, demo_pairs, cfg.metrics, cfg.seed,
-                                     edited_from={args.edited: args.human})
+    demo_measured = measure(demo_scored, demo_pairs, cfg.metrics, cfg.seed,
+                            edited_from={args.edited: args.human})
+    demo_rows, demo_budget = demo_measured.rows, demo_measured.budget
     demo = validate(wh, gx_root, "demo", demo_rows, demo_pairs, {args.edited: args.human},
                     cfg.gate)
 

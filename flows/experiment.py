@@ -32,9 +32,9 @@ from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, t
 from semisynth.quality import measure as measure_mod
 from semisynth.quality import plots as plots_mod
 from semisynth.quality import report as report_mod
+from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import experiment as exp
 from semisynth.tasks import train as train_mod
-from semisynth.tasks.ingest import ShardInfo
 from semisynth.tasks.prior import pin_precision, resolve_model
 from semisynth.tasks.score import score_key
 from semisynth.warehouse import db, records
@@ -72,8 +72,7 @@ def build_task(ecfg: ExperimentConfig, pcfg: Config, run_id: str, shards: dict, 
     wh = db.warehouse_path(pcfg.root)
     logger = get_run_logger()
     for arm, a in data.arms.items():
-        records.record_new_shards(wh, run_id, arm, [ShardInfo(a.shard.stem, str(a.shard),
-                                                              len(a.pieces), "arm")])
+        records.record_new_shards(wh, run_id, arm, corpora_mod.shard_infos(a.shards, "arm"))
         logger.info("arm %s: %s", arm, ", ".join(
             f"{r['source']} {r['tokens']} tokens in {r['documents']} documents" for r in a.sources()))
     logger.info("vocabulary: %d token types of the prior's %d; pools: %s", data.vocab_size,
@@ -200,8 +199,8 @@ def _experiment(ecfg: ExperimentConfig, pcfg: Config):
             pending[arm] = submit_scores(shards[arm], pcfg.edit)
         scores.update({arm: collected(pending[arm]) for arm in edited})
         data = build_task(ecfg, pcfg, run_id, shards, scores, score_dir(pcfg.edit))
-        arm_shards = {arm: [a.shard] for arm, a in data.arms.items()}
-        arm_scores = {arm: [a.score] for arm, a in data.arms.items()}
+        arm_shards = {arm: a.shards for arm, a in data.arms.items()}
+        arm_scores = {arm: a.scores for arm, a in data.arms.items()}
         pools = (exp.HUMAN, exp.SYNTHETIC)
         record_corpora_task(pcfg, run_id, {**{n: shards[n] for n in pools}, **arm_shards},
                             {**{n: scores[n] for n in pools}, **arm_scores}, counts)

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from semisynth.quality.budget import doc_lengths
-
 TOKEN_BITS = 21  # 3 tokens x 21 bits = 63 bits: a trigram packs exactly into a non-negative int64
 TOKEN_MASK = (1 << TOKEN_BITS) - 1
 MAX_ORDER = 3
@@ -38,6 +36,11 @@ EMPTY_TABLE = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 MERGE_PIECE = 1 << 18  # rows per piece of a merge: its keys, counts and sort order fit in L2/L3
 _U32_SENTINEL = np.uint32(0xFFFFFFFF)
 GROUPS_PER_WORKER = 4  # map tasks per worker and sample: enough to balance, few tables to move
+
+
+def doc_lengths(docs) -> np.ndarray:
+    """Tokens per document (int64)."""
+    return np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
 
 
 # -----------------------------------------------------------------------------

@@ -92,18 +92,18 @@ def rank_frequency_curve(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ranks, shares[ranks - 1]
 
 
-def rank_frequency_png(path: Path, tables: Mapping[str, Mapping[int, tuple]],
+def rank_frequency_png(path: Path, curves: Mapping[str, Mapping[int, tuple]],
                        references: Sequence[str] = (), title: str | None = None) -> Path:
     """Rank-frequency (Zipf) curves, log-log, one panel per n-gram order, one curve per
-    corpus (references drawn thick and black-ish), from each corpus's count tables
-    ``{n: (types, counts)}``. Frequencies are shares of the corpus's n-gram occurrences, so
-    corpora of different sizes compare."""
-    orders = sorted({n for corpus_tables in tables.values() for n in corpus_tables})
+    corpus (references drawn thick and black-ish), from each corpus's curves
+    ``{n: rank_frequency_curve(counts)}``. Frequencies are shares of the corpus's n-gram
+    occurrences, so corpora of different sizes compare."""
+    orders = sorted({n for corpus_curves in curves.values() for n in corpus_curves})
     fig = _figure(4.2 * len(orders) + 0.6, 4.6)
     axes = fig.subplots(1, len(orders), squeeze=False)[0]
     for ax, n in zip(axes, orders, strict=True):
-        for i, (name, corpus_tables) in enumerate(tables.items()):
-            ranks, shares = rank_frequency_curve(corpus_tables[n][1])
+        for i, (name, corpus_curves) in enumerate(curves.items()):
+            ranks, shares = corpus_curves[n]
             if ranks.size == 0:
                 continue
             is_ref = name in references
@@ -124,24 +124,24 @@ def rank_frequency_png(path: Path, tables: Mapping[str, Mapping[int, tuple]],
     return path
 
 
-def write_run_plots(folder: Path, corpora: Mapping[str, object], references: Mapping[str, str],
-                    tables: Mapping[str, Mapping[int, tuple]]) -> list[Path]:
+def write_run_plots(folder: Path, ppl: Mapping[str, np.ndarray], references: Mapping[str, str],
+                    curves: Mapping[str, Mapping[int, tuple]]) -> list[Path]:
     """The run's PNGs in ``folder``: ``ppl-<reference>.png`` (one per reference, with the
     candidates measured against it) and ``ngram-rank-frequency.png``.
 
-    ``corpora`` maps names to objects with ``ppl`` (per-document perplexities), e.g.
-    ``measure.Scored``; ``references`` maps each candidate to its
-    reference; ``tables`` holds each corpus's n-gram count tables (``measure.ngram_tables``)."""
+    ``ppl`` maps corpus names to per-document perplexities; ``references`` maps each
+    candidate to its reference; ``curves`` holds each corpus's rank-frequency curves
+    (``{n: rank_frequency_curve(counts)}``)."""
     folder = Path(folder)
     paths = []
     refs = sorted(set(references.values()))
     for ref in refs:
         names = [ref] + [c for c, r in references.items() if r == ref and c != ref]
         paths.append(ppl_distribution_png(
-            folder / f"ppl-{_safe(ref)}.png", ref, {n: corpora[n].ppl for n in names if n in corpora}))
-    ordered = [r for r in refs if r in corpora] + [n for n in corpora if n not in refs]
+            folder / f"ppl-{_safe(ref)}.png", ref, {n: ppl[n] for n in names if n in ppl}))
+    ordered = [r for r in refs if r in curves] + [n for n in curves if n not in refs]
     paths.append(rank_frequency_png(folder / "ngram-rank-frequency.png",
-                                    {n: tables[n] for n in ordered}, refs))
+                                    {n: curves[n] for n in ordered}, refs))
     return paths
 
 

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from semisynth.quality.measure import InputError
+from semisynth.errors import InputError
 
 FEATURES = ("log_ppl", "token_occurrence")
 METRIC = "synthetic_share"
@@ -89,14 +89,18 @@ class ScoredDocs:
         return np.isfinite(self.ppl) & (self.ppl > 0)
 
 
-def read_scored_docs(paths: Sequence[Path]) -> ScoredDocs:
-    """A corpus's score files (``tasks/score.py``), concatenated in order."""
-    from semisynth.tasks.score import read_scores, token_arrays
+def scored_docs(sample) -> ScoredDocs:
+    """The share's inputs from a ``quality.sample.Sample`` (its documents in its order)."""
+    return ScoredDocs(ppl=np.asarray(sample.ppl, float), tokens=sample.token_arrays(),
+                      hashes=np.asarray(sample.hashes, dtype=object))
 
-    table = read_scores(list(paths), ["doc_hash", "token_ids", "ppl"])
-    return ScoredDocs(ppl=table.column("ppl").to_numpy().astype(float),
-                      tokens=token_arrays(table),
-                      hashes=np.asarray(table.column("doc_hash").to_pylist(), dtype=object))
+
+def read_scored_docs(paths: Sequence[Path]) -> ScoredDocs:
+    """Every document of a corpus's score files (``tasks/score.py``), in order."""
+    from semisynth.quality.sample import ScoreFiles, Stream
+
+    whole = ScoreFiles(paths).scan({"all": Stream(0)}, None).samples["all"]
+    return scored_docs(whole.in_corpus_order())
 
 
 # -----------------------------------------------------------------------------

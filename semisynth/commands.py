@@ -20,7 +20,7 @@ import numpy as np
 
 from semisynth.config import Config, CorpusConfig, config_from_tree, find_demo_config, load_config
 from semisynth.documents import expand_paths
-from semisynth.quality.measure import InputError
+from semisynth.errors import InputError
 
 SUITES = ("coverage",)  # the GX suites semisynth.quality.suite builds
 

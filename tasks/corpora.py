@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from semisynth.documents import atomic_path
@@ -48,48 +48,84 @@ def mix_selection(doc_counts: dict[str, int], shares: dict[str, float], seed: in
     return picks
 
 
-def mixed_shard(
+def mixed_shards(
     components: dict[str, tuple[list[Path], list[Path]]],
     shares: dict[str, float],
     seed: int,
     shard_dir: Path,
     score_dir: Path,
-) -> tuple[Path, Path]:
-    """Mix components (name -> (shard paths, score paths)) into one shard, and carry
-    their scores over: a mixture's documents were already scored in their components."""
+    shard_docs: int,
+) -> tuple[list[Path], list[Path]]:
+    """Mix components (name -> (shard paths, score paths)) into shards, and carry their
+    scores over: a mixture's documents were already scored in their components."""
     counts = {name: sum(pq.read_metadata(p).num_rows for p in shard_paths)
               for name, (shard_paths, _) in components.items()}
     picks = mix_selection(counts, shares, seed)
-    return picked_shard(components, picks, shard_dir, score_dir, "mix")
+    return picked_shards(components, picks, shard_dir, score_dir, "mix", shard_docs)
 
 
-def picked_shard(
+def _picked_rows(components: dict[str, tuple[list[Path], list[Path]]],
+                 picks: dict[str, np.ndarray], origin: str) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """(documents, their scores) of the picked rows, one component shard at a time."""
+    for name, rows in picks.items():
+        shard_paths, score_paths = components[name]
+        rows, first = np.asarray(rows, np.int64), 0
+        for shard_path, score_path in zip(shard_paths, score_paths, strict=True):
+            size = pq.read_metadata(shard_path).num_rows
+            here = rows[(rows >= first) & (rows < first + size)] - first
+            first += size
+            if not here.size:
+                continue
+            taken = pa.array(here)
+            docs = pq.read_table(shard_path, columns=["id", "text", "doc_hash"]).take(taken)
+            scores = pq.read_table(score_path).take(taken)
+            if docs.column("id") != scores.column("id"):
+                raise ValueError(f"{score_path} does not hold the scores of {shard_path} row "
+                                 "for row: its ids differ")
+            source = pa.array([f"{origin}:{name}"] * len(here))
+            yield docs.append_column("source", source), scores
+
+
+def picked_shards(
     components: dict[str, tuple[list[Path], list[Path]]],
     picks: dict[str, np.ndarray],
     shard_dir: Path,
     score_dir: Path,
     origin: str,
-) -> tuple[Path, Path]:
-    """One shard of the documents ``picks`` names (component -> row numbers in its shards,
-    concatenated in order) and their score file, the scores carried over from the
-    components (name -> (shard paths, score paths)); each row's ``source`` is
-    ``<origin>:<component>``."""
-    docs, scores = {}, {}
-    for name, (shard_paths, score_paths) in components.items():
-        docs[name] = pa.concat_tables(pq.read_table(p, columns=["id", "text", "doc_hash"]) for p in shard_paths)
-        scores[name] = pa.concat_tables(pq.read_table(p) for p in score_paths)
-    doc_parts, score_parts = [], []
-    for name, rows in picks.items():
-        picked = docs[name].take(pa.array(rows))
-        doc_parts.append(picked.append_column("source", pa.array([f"{origin}:{name}"] * len(rows))))
-        # scores are keyed by id; join so the two tables stay aligned row for row
-        index = pc.index_in(picked.column("id"), value_set=scores[name].column("id"))
-        score_parts.append(scores[name].take(index))
-    mixed_docs = pa.concat_tables(doc_parts)
-    mixed_docs = mixed_docs.append_column("line", pa.array(range(1, mixed_docs.num_rows + 1)))
-    shard = write_shard(mixed_docs.to_pylist(), Path(shard_dir), origin)
-    score = write_table_atomic(pa.concat_tables(score_parts), Path(score_dir) / f"{shard.shard_hash}.parquet")
-    return Path(shard.path), score
+    shard_docs: int,
+) -> tuple[list[Path], list[Path]]:
+    """Shards of at most ``shard_docs`` of the documents ``picks`` names (component -> row
+    numbers in its shards, concatenated in order), each with its score file, the scores
+    carried over from the components (name -> (shard paths, score paths)); each row's
+    ``source`` is ``<origin>:<component>``, its ``line`` its place in the whole. Reads one
+    component shard at a time and holds at most one output shard."""
+    shards, score_files = [], []
+    docs_buffer: list[pa.Table] = []
+    score_buffer: list[pa.Table] = []
+    written = 0
+
+    def flush(rows: int) -> None:
+        nonlocal docs_buffer, score_buffer, written
+        docs, scores = pa.concat_tables(docs_buffer), pa.concat_tables(score_buffer)
+        out_docs, out_scores = docs.slice(0, rows), scores.slice(0, rows)
+        docs_buffer, score_buffer = [docs.slice(rows)], [scores.slice(rows)]
+        lines = pa.array(range(written + 1, written + rows + 1))
+        shard = write_shard(out_docs.append_column("line", lines).to_pylist(), Path(shard_dir),
+                            origin)
+        shards.append(Path(shard.path))
+        score_files.append(write_table_atomic(out_scores,
+                                              Path(score_dir) / f"{shard.shard_hash}.parquet"))
+        written += rows
+
+    for docs, scores in _picked_rows(components, picks, origin):
+        docs_buffer.append(docs)
+        score_buffer.append(scores)
+        while sum(t.num_rows for t in docs_buffer) >= shard_docs:
+            flush(shard_docs)
+    left = sum(t.num_rows for t in docs_buffer)
+    if left:
+        flush(left)
+    return shards, score_files
 
 
 def derive(cfg, name: str, shards: dict[str, list[Path]], scores: dict[str, list[Path]],
@@ -102,9 +138,8 @@ def derive(cfg, name: str, shards: dict[str, list[Path]], scores: dict[str, list
         return [edited_shard(sc, sh, cfg.shard_dir(name))
                 for sh, sc in zip(shards[c.edited_from], scores[c.edited_from], strict=True)], None
     if c.mix:
-        shard, score = mixed_shard({m: (shards[m], scores[m]) for m in c.mix}, c.mix, cfg.seed,
-                                   cfg.shard_dir(name), score_dir)
-        return [shard], [score]
+        return mixed_shards({m: (shards[m], scores[m]) for m in c.mix}, c.mix, cfg.seed,
+                            cfg.shard_dir(name), score_dir, cfg.shard_docs)
     raise ValueError(f"corpus {name!r} is read from files, not derived")
 
 
@@ -114,11 +149,15 @@ def origin(cfg, name: str) -> str:
     return "files" if c.paths else (f"edited_from:{c.edited_from}" if c.edited_from else "mix")
 
 
-def derived_shard_infos(cfg, name: str, shards: list[Path]) -> list[ShardInfo]:
-    """The ``shards`` rows of a derived corpus's shards (they are made, not ingested)."""
-    c = cfg.corpora[name]
-    source = f"toedit:{c.edited_from}" if c.edited_from else "mix"
+def shard_infos(shards: list[Path], source: str) -> list[ShardInfo]:
+    """The ``shards`` rows of shards that were made, not ingested."""
     return [ShardInfo(p.stem, str(p), pq.read_metadata(p).num_rows, source) for p in shards]
+
+
+def derived_shard_infos(cfg, name: str, shards: list[Path]) -> list[ShardInfo]:
+    """The ``shards`` rows of a derived corpus's shards."""
+    c = cfg.corpora[name]
+    return shard_infos(shards, f"toedit:{c.edited_from}" if c.edited_from else "mix")
 
 
 def corpus_records(cfg, shards: dict[str, list[Path]], scores: dict[str, list[Path]],

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from semisynth.config import EXPERIMENT_SOURCES, Config, ExperimentConfig
 from semisynth.documents import atomic_path
-from semisynth.tasks.corpora import picked_shard
+from semisynth.tasks.corpora import picked_shards
 
 HUMAN, SYNTHETIC, HELDOUT, HELDOUT_SYNTHETIC = EXPERIMENT_SOURCES
 EVAL_CORPORA = (HELDOUT, HELDOUT_SYNTHETIC)
@@ -277,8 +277,8 @@ class ArmData:
     stream: Path
     stream_sha: str
     pieces: list[Piece]
-    shard: Path | None = None  # its documents (uncut) as a corpus, for the gate metrics
-    score: Path | None = None
+    shards: list[Path] = field(default_factory=list)  # its documents (uncut) as a corpus,
+    scores: list[Path] = field(default_factory=list)  # for the gate metrics
 
     def sources(self) -> list[dict]:
         """Per source pool: documents, tokens and cut documents in the stream."""
@@ -336,7 +336,7 @@ def build_experiment(ecfg: ExperimentConfig, pcfg: Config, shards: Mapping[str, 
         streams.append(stream)
         path, sha = save_array(stream, folder / "streams")
         arms[arm] = ArmData(arm, path, sha, arm_pieces_)
-        arms[arm].shard, arms[arm].score = arm_corpus(pcfg, arm, arm_pieces_, shards, scores,
+        arms[arm].shards, arms[arm].scores = arm_corpus(pcfg, arm, arm_pieces_, shards, scores,
                                                       score_dir)
     evals = {}
     for pool in heldout:
@@ -353,15 +353,16 @@ def build_experiment(ecfg: ExperimentConfig, pcfg: Config, shards: Mapping[str, 
 
 
 def arm_corpus(pcfg: Config, arm: str, pieces: Sequence[Piece], shards: Mapping[str, list[Path]],
-               scores: Mapping[str, list[Path]], score_dir: Path) -> tuple[Path, Path]:
-    """The arm's documents as a corpus of their own (one shard, the scores carried over from
-    the pools they come from): what the gate metrics measure."""
+               scores: Mapping[str, list[Path]], score_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The arm's documents as a corpus of their own (shards of ``shard_docs``, the scores
+    carried over from the pools they come from): what the gate metrics measure."""
     picks: dict[str, list[int]] = {}
     for p in pieces:
         picks.setdefault(p.source, []).append(p.index)
     components = {name: (shards[name], scores[name]) for name in picks}
-    return picked_shard(components, {n: np.array(sorted(ix), dtype=np.int64) for n, ix in picks.items()},
-                        pcfg.shard_dir(arm), score_dir, "arm")
+    return picked_shards(components, {n: np.array(sorted(ix), dtype=np.int64)
+                                      for n, ix in picks.items()},
+                         pcfg.shard_dir(arm), score_dir, "arm", pcfg.shard_docs)
 
 
 def generation_jobs(ecfg: ExperimentConfig, pcfg: Config) -> list:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semisynth.documents import atomic_path
@@ -44,14 +43,40 @@ def next_version(releases_root: Path, name: str) -> str:
     return f"v{max(numbers, default=0) + 1:04d}"
 
 
-def _write_jsonl_gz(table: pa.Table, path: Path) -> None:
+RELEASE_BATCH_ROWS = 1000  # rows read from a shard and written at a time
+
+
+def _jsonl_line(row: dict) -> bytes:
     """Dolma layout: one JSON object a line, id and text first."""
-    order = ["id", "text"] + [c for c in table.column_names if c not in ("id", "text")]
-    # mtime=0 and no file name in the gzip header: the same documents give the same bytes.
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
-        for batch in table.select(order).to_batches():
-            for row in batch.to_pylist():
-                out.write((json.dumps(row, ensure_ascii=False, default=str) + "\n").encode())
+    ordered = {"id": row.get("id"), "text": row.get("text"),
+               **{k: v for k, v in row.items() if k not in ("id", "text")}}
+    return (json.dumps(ordered, ensure_ascii=False, default=str) + "\n").encode()
+
+
+def _write_part(shard: Path, data: Path, part: int, formats: tuple[str, ...]) -> int:
+    """One shard as the release's part ``part`` in each format, a batch of rows at a time;
+    returns its documents."""
+    source = pq.ParquetFile(shard)
+    missing = {"id", "text"} - set(source.schema_arrow.names)
+    if missing:
+        raise ValueError(f"shard {shard} lacks column(s) {sorted(missing)}")
+    documents = 0
+    with contextlib.ExitStack() as stack:
+        parquet = (stack.enter_context(pq.ParquetWriter(data / f"part-{part:05d}.parquet",
+                                                        source.schema_arrow))
+                   if "parquet" in formats else None)
+        jsonl = None
+        if "jsonl.gz" in formats:
+            raw = stack.enter_context(open(data / f"part-{part:05d}.jsonl.gz", "wb"))
+            # mtime=0 and no file name in the gzip header: the same documents, the same bytes
+            jsonl = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb", mtime=0))
+        for batch in source.iter_batches(batch_size=RELEASE_BATCH_ROWS):
+            documents += batch.num_rows
+            if parquet is not None:
+                parquet.write_batch(batch)
+            if jsonl is not None:
+                jsonl.writelines(_jsonl_line(row) for row in batch.to_pylist())
+    return documents
 
 
 def write_release(releases_root: Path, name: str, version: str, shard_paths: list[Path],
@@ -87,17 +112,8 @@ def _write_release_folder(tmp: Path, name: str, version: str, shard_paths: list[
                           manifest: dict, formats: tuple[str, ...]) -> None:
     data = tmp / "data"
     data.mkdir(parents=True)
-    documents = 0
-    for i, shard in enumerate(shard_paths):
-        table = pq.read_table(shard)
-        missing = {"id", "text"} - set(table.column_names)
-        if missing:
-            raise ValueError(f"shard {shard} lacks column(s) {sorted(missing)}")
-        documents += table.num_rows
-        if "parquet" in formats:
-            pq.write_table(table, data / f"part-{i:05d}.parquet")
-        if "jsonl.gz" in formats:
-            _write_jsonl_gz(table, data / f"part-{i:05d}.jsonl.gz")
+    documents = sum(_write_part(Path(shard), data, i, formats)
+                    for i, shard in enumerate(shard_paths))
     files = {p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
              for p in sorted(data.iterdir())}
     full = {**manifest, "name": name, "version": version,

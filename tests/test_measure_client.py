@@ -2,7 +2,6 @@
 n-grams by map-reduce over the score files on the workers, with the same metric rows as
 without a cluster and as counting in memory."""
 
-import dataclasses
 import math
 
 import numpy as np
@@ -41,28 +40,44 @@ def score_files(tmp_path_factory):
             "syn": [write_scores(folder / f"syn{i}.parquet", rng, 70, 300, 1.5) for i in range(2)]}
 
 
+def in_memory(paths):
+    """The documents of score files, read whole into memory."""
+    table = pa.concat_tables(pq.read_table(p) for p in paths)
+    return measure.Scored([np.asarray(t, np.int64) for t in table.column("token_ids").to_pylist()],
+                          table.column("ppl").to_numpy(),
+                          int(pa.compute.sum(table.column("scored_tokens")).as_py()),
+                          int(pa.compute.sum(table.column("edited_tokens")).as_py()),
+                          hashes=np.asarray(table.column("doc_hash").to_pylist(), dtype=object))
+
+
 def test_measure_on_a_dask_cluster_gives_the_same_rows(score_files):
-    corpora = {name: measure.load_scores(paths) for name, paths in score_files.items()}
-    in_memory = {name: dataclasses.replace(c, files=None) for name, c in corpora.items()}
+    corpora = {name: measure.ScoreFiles(paths) for name, paths in score_files.items()}
+    memory_corpora = {name: in_memory(paths) for name, paths in score_files.items()}
     pairs, edited = {"ed": "ref", "syn": "ref"}, {"ed": "ref"}
     cfg = MetricsConfig(bootstrap=30)
     with (LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                        dashboard_address=":0") as cluster,
           Client(cluster) as client):
         for seed, budget in ((1, None), (4, 120)):  # the largest budget, and a few documents
-            local, used = measure.measure(corpora, pairs, cfg, seed, budget, edited)
-            memory, _ = measure.measure(in_memory, pairs, cfg, seed, budget, edited)
+            local = measure.measure(corpora, pairs, cfg, seed, budget, edited)
+            memory = measure.measure(memory_corpora, pairs, cfg, seed, budget, edited)
             with get_task_stream(client) as stream:
-                remote, used_remote = measure.measure(corpora, pairs, cfg, seed, budget, edited,
-                                                      client=client)
+                remote = measure.measure(corpora, pairs, cfg, seed, budget, edited, client=client)
             ran = [str(t["key"]) for t in stream.data]
             # one yardstick and two comparisons, two samples each: their maps and merges
             assert sum("count_parts" in k for k in ran) >= 6
             assert any("merge_counts" in k for k in ran)
-            assert not any(isinstance(r["value"], float) and math.isnan(r["value"]) for r in local)
-            assert len(local) == 3 * 25 + 1  # 25 metrics per comparison, plus edit_rate
-            assert used_remote == used
-            assert remote == local
-            assert memory == local
+            assert not any(isinstance(r["value"], float) and math.isnan(r["value"])
+                           for r in local.rows)
+            assert len(local.rows) == 3 * 25 + 1  # 25 metrics per comparison, plus edit_rate
+            assert remote.budget == local.budget == memory.budget
+            assert remote.rows == local.rows
+            assert memory.rows == local.rows
+            for name, shown in local.shown.items():  # what the tables and plots show
+                assert shown.ppl.tolist() == remote.shown[name].ppl.tolist()
+                for n, (types, counts, total) in shown.top.items():
+                    assert types.tolist() == memory.shown[name].top[n][0].tolist()
+                    assert (counts.tolist(), total) == (remote.shown[name].top[n][1].tolist(),
+                                                        remote.shown[name].top[n][2])
         with pytest.raises(ValueError, match="score files"):
-            measure.measure(in_memory, pairs, cfg, 1, client=client)
+            measure.measure(memory_corpora, pairs, cfg, 1, client=client)

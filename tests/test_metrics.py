@@ -1,4 +1,4 @@
-"""Known-answer tests for the metrics of semisynth.quality (budget, ngrams, ngram_metrics,
+"""Known-answer tests for the metrics of semisynth.quality (ngrams, ngram_metrics,
 ppl_metrics, bootstrap, comparison); expected values computed by hand, or by the plain
 implementations of tests/oracles.py."""
 
@@ -18,8 +18,7 @@ from oracles import (
 
 from semisynth.quality import ngrams
 from semisynth.quality.bootstrap import bootstrap_ci, coverage_of_covered, covered_types_by_doc
-from semisynth.quality.budget import sample_to_budget, split_half, truncate_to_budget
-from semisynth.quality.comparison import compare, split_half_yardstick
+from semisynth.quality.comparison import compare_corpora, split_half_yardstick
 from semisynth.quality.ngram_metrics import (
     NGRAM_METRICS,
     frequent_ref_types,
@@ -44,6 +43,7 @@ from semisynth.quality.ngrams import (
     whole_files,
 )
 from semisynth.quality.ppl_metrics import log_bins, ppl_histogram, ppl_low_frac, ppl_metrics
+from semisynth.quality.sample import InMemory, Stream
 
 
 def docs(*lists):
@@ -55,61 +55,6 @@ def key(*tokens):
     for t in tokens:
         k = (k << 21) | t
     return k
-
-
-# --- budgets ----------------------------------------------------------------
-
-def test_sample_to_budget_takes_shuffled_docs_until_budget():
-    corpus = docs([1, 2, 3], [4, 5, 6, 7, 8], [9, 10], [11])
-    order = np.random.default_rng(7).permutation(4).tolist()
-    lengths = [3, 5, 2, 1]
-    budget = 6
-    # by hand: walk the seeded order until the running total reaches the budget
-    expected, total = [], 0
-    for i in order:
-        expected.append(i)
-        total += lengths[i]
-        if total >= budget:
-            break
-    assert sample_to_budget(corpus, budget, seed=7) == expected
-    assert sample_to_budget(corpus, budget, seed=7) == sample_to_budget(corpus, budget, 7)
-
-
-def test_truncate_to_budget_cuts_last_doc():
-    corpus = docs([1, 2, 3], [4, 5, 6, 7])
-    out = truncate_to_budget(corpus, [1, 0], 5)
-    assert [d.tolist() for d in out] == [[4, 5, 6, 7], [1]]
-    out = truncate_to_budget(corpus, [0, 1], 3)  # budget met exactly by the first doc
-    assert [d.tolist() for d in out] == [[1, 2, 3]]
-
-
-@pytest.mark.parametrize("budget", [1, 7, 50, 123, 499, 500])
-def test_budgets_are_exact(budget):
-    rng = np.random.default_rng(0)
-    corpus = [rng.integers(0, 100, rng.integers(0, 20)) for _ in range(60)]
-    total = sum(map(len, corpus))
-    assert total >= 500
-    idx = sample_to_budget(corpus, budget, seed=3)
-    out = truncate_to_budget(corpus, idx, budget)
-    assert sum(map(len, out)) == budget
-    assert len(out) == len(idx)  # the PPLs of idx line up with the truncated streams
-    assert sum(len(corpus[i]) for i in idx[:-1]) < budget  # no document taken beyond need
-
-
-def test_budget_larger_than_corpus_raises_with_both_numbers():
-    corpus = docs([1, 2, 3], [4, 5])
-    with pytest.raises(ValueError, match=r"5.*6"):
-        sample_to_budget(corpus, 6, seed=0)
-    with pytest.raises(ValueError, match=r"5.*6"):
-        truncate_to_budget(corpus, [0, 1], 6)
-
-
-def test_split_half_is_a_reproducible_partition():
-    a, b = split_half(11, seed=4)
-    assert (len(a), len(b)) == (5, 6)
-    assert sorted(np.concatenate([a, b]).tolist()) == list(range(11))
-    a2, b2 = split_half(11, seed=4)
-    assert a.tolist() == a2.tolist() and b.tolist() == b2.tolist()
 
 
 # --- n-grams ------------------------------------------------------------------
@@ -429,9 +374,11 @@ def test_sample_parts_count_the_truncated_sample(tmp_path):
     assert where.files.tolist() == [0] * 7 + [2] * 11 + [3] * 5
     assert where.rows.tolist() == list(range(7)) + list(range(11)) + list(range(5))
     for budget, seed in ((1, 0), (60, 1), (200, 2), (sum(map(len, corpus)), 3)):
-        idx = sample_to_budget(corpus, budget, seed)
-        sample = truncate_to_budget(corpus, idx, budget)
-        parts = where.sample_parts(idx, len(sample[-1]))
+        drawn = InMemory(corpus, np.ones(len(corpus))).scan({"s": Stream(seed)}, None).samples["s"]
+        chosen, last = drawn.to_budget(budget)
+        idx = chosen.index
+        sample = [corpus[i] for i in idx[:-1]] + [corpus[idx[-1]][:last]]
+        parts = where.sample_parts(idx, last)
         assert sum(p.last_tokens is not None for p in parts) == 1
         per_file = np.unique(where.files[idx], return_counts=True)[1]
         assert sorted(len(p.rows) for p in parts) == sorted(per_file.tolist())  # a part per file
@@ -458,16 +405,18 @@ def test_compare_counts_from_files_as_in_memory(tmp_path):
     ref_paths = [write_score_file(tmp_path / f"r{i}.parquet", ref_docs[i * 35 : (i + 1) * 35]) for i in range(2)]
     cand_files = DocumentFiles.of_files(cand_paths, [20] * 3)
     ref_files = DocumentFiles.of_files(ref_paths, [35] * 2)
+    cand, ref = InMemory(cand_docs, cand_ppl), InMemory(ref_docs, ref_ppl)
+    cand_f = InMemory(cand_docs, cand_ppl, files=cand_files)
+    ref_f = InMemory(ref_docs, ref_ppl, files=ref_files)
     for budget in (40, 1500):
-        memory = compare(cand_docs, cand_ppl, ref_docs, ref_ppl, budget, seed=4, bootstrap=20)
-        assert compare(cand_docs, cand_ppl, ref_docs, ref_ppl, budget, seed=4, bootstrap=20,
-                       cand_files=cand_files, ref_files=ref_files) == memory
-    half = split_half_yardstick(ref_docs, ref_ppl, 1000, seed=2, bootstrap=20)
-    assert split_half_yardstick(ref_docs, ref_ppl, 1000, seed=2, bootstrap=20, files=ref_files) == half
+        memory = compare_corpora(cand, ref, budget, seed=4, bootstrap=20)
+        assert compare_corpora(cand_f, ref_f, budget, seed=4, bootstrap=20) == memory
+    half = split_half_yardstick(ref, 1000, seed=2, bootstrap=20)
+    assert split_half_yardstick(ref_f, 1000, seed=2, bootstrap=20) == half
     with pytest.raises(ValueError, match="score files"):
-        compare(cand_docs, cand_ppl, ref_docs, ref_ppl, 100, seed=0, client=object())
+        compare_corpora(cand, ref, 100, seed=0, client=object())
     with pytest.raises(ValueError, match="in its files"):
-        compare(cand_docs, cand_ppl, ref_docs, ref_ppl, 100, seed=0, cand_files=ref_files)
+        InMemory(cand_docs, cand_ppl, files=ref_files)
 
 
 def test_count_tables_reject_bad_input():
@@ -597,7 +546,8 @@ EXPECTED_NAMES = (
 def test_compare_returns_every_metric_with_the_budget():
     cand_docs, cand_ppl = corpus(0)
     ref_docs, ref_ppl = corpus(1)
-    rows = compare(cand_docs, cand_ppl, ref_docs, ref_ppl, budget=1000, seed=0, bootstrap=50)
+    cand, ref = InMemory(cand_docs, cand_ppl), InMemory(ref_docs, ref_ppl)
+    rows = compare_corpora(cand, ref, budget=1000, seed=0, bootstrap=50)
     assert sorted(r["metric"] for r in rows) == sorted(EXPECTED_NAMES)
     by_name = {r["metric"]: r for r in rows}
     for r in rows:
@@ -609,10 +559,10 @@ def test_compare_returns_every_metric_with_the_budget():
         else:
             assert r["ci_low"] is None and r["ci_high"] is None
     # reproducible with the seed
-    again = compare(cand_docs, cand_ppl, ref_docs, ref_ppl, budget=1000, seed=0, bootstrap=50)
+    again = compare_corpora(cand, ref, budget=1000, seed=0, bootstrap=50)
     assert again == rows
     assert 0.0 <= by_name["js_2"]["value"] <= 1.0
-    plain = compare(cand_docs, cand_ppl, ref_docs, ref_ppl, 1000, 0, orders=(1,), bootstrap=0)
+    plain = compare_corpora(cand, ref, 1000, 0, orders=(1,), bootstrap=0)
     assert all(r["ci_low"] is None for r in plain)
     assert not any(r["metric"].endswith("_2") for r in plain)
 
@@ -620,22 +570,23 @@ def test_compare_returns_every_metric_with_the_budget():
 def test_compare_of_a_corpus_with_itself_is_close():
     docs_, ppl = corpus(3, n_docs=200)
     by_name = {r["metric"]: r["value"]
-               for r in compare(docs_, ppl, docs_, ppl, budget=3000, seed=1, bootstrap=0)}
+               for r in compare_corpora(InMemory(docs_, ppl), InMemory(docs_, ppl), budget=3000,
+                                         seed=1, bootstrap=0)}
     assert 0.1 < by_name["ppl_low_frac"] < 0.4  # independent samples of the same corpus
     assert by_name["js_1"] < 0.2
 
 
-def test_compare_rejects_mismatched_ppl():
+def test_a_corpus_with_mismatched_ppl_is_refused():
     docs_, ppl = corpus(0)
     with pytest.raises(ValueError, match="perplexities"):
-        compare(docs_, ppl[:-1], docs_, ppl, budget=100, seed=0)
+        InMemory(docs_, ppl[:-1])
 
 
 def test_split_half_yardstick():
     ref_docs, ref_ppl = corpus(4, n_docs=100)
-    rows = split_half_yardstick(ref_docs, ref_ppl, budget=1000, seed=0, bootstrap=20)
+    rows = split_half_yardstick(InMemory(ref_docs, ref_ppl), budget=1000, seed=0, bootstrap=20)
     assert sorted(r["metric"] for r in rows) == sorted(EXPECTED_NAMES)
     assert all(r["budget"] == 1000 for r in rows)
     half_tokens = sum(map(len, ref_docs)) // 2
     with pytest.raises(ValueError, match="half"):
-        split_half_yardstick(ref_docs, ref_ppl, budget=half_tokens + 100, seed=0)
+        split_half_yardstick(InMemory(ref_docs, ref_ppl), budget=half_tokens + 100, seed=0)

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from semisynth.quality.measure import InputError
+from semisynth.errors import InputError
 from semisynth.quality.share import (
     ReferenceFit,
     ScoredDocs,

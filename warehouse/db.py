@@ -97,6 +97,33 @@ def insert(path: Path, table: str, rows: pd.DataFrame | list[dict]) -> int:
     return insert_tables(path, {table: rows})[table]
 
 
+@contextlib.contextmanager
+def transaction(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection whose statements in the block are one transaction: committed when the
+    block ends, rolled back on an error (a kill leaves none of them either)."""
+    with connect(path) as con:
+        con.begin()
+        try:
+            yield con
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+
+
+def append_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> int:
+    """Append a frame's rows to ``table`` by column name (columns it lacks stay NULL)."""
+    if frame.empty:
+        return 0
+    cols = ", ".join(f'"{c}"' for c in frame.columns)
+    con.register("incoming", frame)
+    try:
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming")
+    finally:
+        con.unregister("incoming")
+    return len(frame)
+
+
 def insert_tables(path: Path, tables: Mapping[str, pd.DataFrame | list[dict]]) -> dict[str, int]:
     """Append rows to several tables in one transaction: all of them become visible
     together, or (on an error, or a kill) none. Returns the rows added per table."""
@@ -107,21 +134,8 @@ def insert_tables(path: Path, tables: Mapping[str, pd.DataFrame | list[dict]]) -
               for t, rows in tables.items()}
     if all(f.empty for f in frames.values()):
         return {t: 0 for t in frames}
-    with connect(path) as con:
-        con.begin()
-        try:
-            for table, frame in frames.items():
-                if frame.empty:
-                    continue
-                cols = ", ".join(f'"{c}"' for c in frame.columns)
-                con.register("incoming", frame)
-                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming")
-                con.unregister("incoming")
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
-    return {t: len(f) for t, f in frames.items()}
+    with transaction(path) as con:
+        return {table: append_frame(con, table, frame) for table, frame in frames.items()}
 
 
 def execute(path: Path, sql: str, params: list | None = None) -> None:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from semisynth.warehouse import db
 
@@ -119,10 +118,6 @@ def record_ingest(wh: Path, run_id: str, result) -> set[str]:
     return seen
 
 
-_SCORE_COLUMNS = ["id", "doc_hash", "scored_tokens", "nll_sum", "ppl", "revised_tokens",
-                  "edited_tokens", "dropped_tokens"]
-
-
 @dataclass
 class CorpusRecord:
     """What the warehouse keeps of one corpus in one run."""
@@ -138,32 +133,52 @@ class CorpusRecord:
     edit: Mapping | None = None  # strategy, threshold, top_k, beta, seed of those edits
 
 
+# Each score file's rows, with the hash of the shard it scores (``score_files``, joined on
+# the file name): DuckDB reads the Parquet files itself, a row group at a time, so the
+# rows never pass through this process.
+_SCORED = ("FROM read_parquet($paths, filename = true) AS s "
+           "JOIN score_files AS f ON s.filename = f.path")
+_DOC_SCORES = (f"INSERT INTO doc_scores (run_id, corpus, shard_hash, doc_id, doc_hash, tokens, "
+               f"nll_sum, ppl) SELECT $run_id, $corpus, f.shard_hash, s.id, s.doc_hash, "
+               f"s.scored_tokens, s.nll_sum, s.ppl {_SCORED}")
+_EDITS = (f"INSERT INTO edits (run_id, corpus, source_corpus, shard_hash, doc_id, tokens, "
+          f"revised_tokens, edited_tokens, dropped_tokens, strategy, threshold, top_k, beta, "
+          f"seed) SELECT $run_id, $corpus, $source, f.shard_hash, s.id, s.scored_tokens, "
+          f"s.revised_tokens, s.edited_tokens, s.dropped_tokens, $strategy, $threshold, $top_k, "
+          f"$beta, $seed {_SCORED}")
+_TOTALS = "SELECT count(*), coalesce(sum(scored_tokens), 0) FROM read_parquet($paths)"
+
+
 def record_corpora(wh: Path, run_id: str, corpora: Sequence[CorpusRecord]) -> None:
-    """``corpora`` (one row each; tokens = scored tokens, as ``doc_scores.tokens``),
-    ``doc_scores`` (one row per document) and ``edits`` (per document of each corpus that is
-    edited into another) from the corpora's score files, in one transaction."""
-    rows, doc_frames, edit_frames = [], [], []
-    for c in corpora:
-        docs = tokens = 0
-        for shard, score in zip(c.shards, c.scores, strict=True):
-            t = pq.read_table(score, columns=_SCORE_COLUMNS).to_pandas().rename(
-                columns={"id": "doc_id", "scored_tokens": "tokens"})
-            docs += len(t)
-            tokens += int(t["tokens"].sum())
-            shard_hash = Path(shard).stem
-            doc_frames.append(t[["doc_id", "doc_hash", "tokens", "nll_sum", "ppl"]].assign(
-                run_id=run_id, corpus=c.name, shard_hash=shard_hash))
-            for target in c.edited_into:
-                edit_frames.append(t[["doc_id", "tokens", "revised_tokens", "edited_tokens",
-                                      "dropped_tokens"]].assign(
-                    run_id=run_id, corpus=target, source_corpus=c.name, shard_hash=shard_hash,
-                    **dict(c.edit or {})))
-        rows.append({"run_id": run_id, "corpus": c.name, "role": c.role,
-                     "reference": c.reference, "origin": c.origin, "documents": docs,
-                     "tokens": tokens, "shards": len(c.shards), **dict(c.ingest or {})})
-    db.insert_tables(wh, {"corpora": rows, **{
-        table: pd.concat(frames, ignore_index=True)
-        for table, frames in (("doc_scores", doc_frames), ("edits", edit_frames)) if frames}})
+    """``corpora`` (one row each; tokens = scored tokens, as ``doc_scores.tokens``; totals
+    aggregated over the score files), ``doc_scores`` (one row per document) and ``edits``
+    (per document of each corpus that is edited into another) from the corpora's score
+    files, in one transaction."""
+    with db.transaction(wh) as con:
+        rows = []
+        for c in corpora:
+            docs = tokens = 0
+            if c.scores:
+                paths = [str(Path(p).resolve()) for p in c.scores]
+                con.register("score_files", pd.DataFrame(
+                    {"path": paths, "shard_hash": [Path(s).stem for s in c.shards]}))
+                try:
+                    docs, tokens = con.execute(_TOTALS, {"paths": paths}).fetchone()
+                    con.execute(_DOC_SCORES, {"paths": paths, "run_id": run_id, "corpus": c.name})
+                    for target in c.edited_into:
+                        con.execute(_EDITS, {"paths": paths, "run_id": run_id, "corpus": target,
+                                             "source": c.name, **_edit_params(c.edit)})
+                finally:
+                    con.unregister("score_files")
+            rows.append({"run_id": run_id, "corpus": c.name, "role": c.role,
+                         "reference": c.reference, "origin": c.origin, "documents": int(docs),
+                         "tokens": int(tokens), "shards": len(c.shards), **dict(c.ingest or {})})
+        db.append_frame(con, "corpora", pd.DataFrame(rows))
+
+
+def _edit_params(edit: Mapping | None) -> dict:
+    edit = dict(edit or {})
+    return {k: edit.get(k) for k in ("strategy", "threshold", "top_k", "beta", "seed")}
 
 
 def record_validations(wh: Path, rows: Sequence[dict]) -> int:
