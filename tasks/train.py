@@ -18,7 +18,8 @@ In the spirit of nanoGPT, with the model from a transformers config:
   natively; SDPA attention; on CUDA a fused AdamW and (``LMConfig.compile``) torch.compile.
 
 A run is deterministic for a seed on a CPU with one torch thread count. On CUDA it is not
-bit for bit: the embedding's backward adds with atomics. Its result is a small JSON file
+guaranteed bit for bit (some backward kernels may add in a varying order unless torch's
+process-wide deterministic mode is on, which this module leaves alone). Its result is a small JSON file
 under ``experiments/results/``, named by a hash of everything it depends on (the stream,
 the vocabulary, the held-out streams, the model config, the schedule, the seed, the
 arithmetic): a re-run of an unchanged (arm, seed) reads it and trains nothing.
