@@ -371,9 +371,13 @@ class Scorer:
         for lo in range(0, n, self.logits_chunk):
             at = slice(lo, lo + self.logits_chunk)
             if self.choices.dense:
-                fused = compiled_head() if self.choices.compile else head_log_probs
-                token_logp, top_logits, top_idx = fused(
-                    head, hidden[at], targets[at], self.edit.top_k if self.edit else 0)
+                top_k = self.edit.top_k if self.edit else 0
+                if self.choices.compile:
+                    token_logp, top_logits, top_idx = compiled_head(top_k)(
+                        head, hidden[at], targets[at])
+                else:
+                    token_logp, top_logits, top_idx = head_log_probs(
+                        head, hidden[at], targets[at], top_k)
                 chosen, revise, dropping = decisions_from_top(
                     token_logp, top_logits, top_idx, targets[at], doc_keys[at], positions[at],
                     self.edit)
@@ -460,9 +464,14 @@ def head_log_probs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.T
 
 
 @functools.cache
-def compiled_head():
-    # dynamic: a batch's last chunk has any number of rows; one compile serves them all
-    return torch.compile(head_log_probs, dynamic=True)
+def compiled_head(top_k: int) -> Callable:
+    """``head_log_probs`` compiled for one top_k (a constant of the graph, not an input).
+    dynamic: a batch's last chunk has any number of rows; one compile serves them all."""
+
+    def head_top(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor):
+        return head_log_probs(head, hidden, targets, top_k)
+
+    return torch.compile(head_top, dynamic=True)
 
 
 def _thresholds(token_logp: torch.Tensor, cfg: EditConfig) -> tuple[torch.Tensor, torch.Tensor]:

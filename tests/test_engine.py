@@ -145,9 +145,9 @@ def test_dense_and_sparse_decisions_are_identical(strategy, with_norm):
 # model (compiled body and head): run on the CPU, compared with the CPU's path.
 
 TEXTS = [("The Fulton County Grand Jury said Friday an investigation of Atlanta's recent "
-          "primary election produced no evidence that any irregularities took place. ") * (i % 5 + 1)
-         + f"Item {i}." for i in range(24)]
-IDS = [f"doc-{i}" for i in range(24)]
+          "primary election produced no evidence that any irregularities took place. ") * (i % 3 + 1)
+         + f"Item {i}." for i in range(13)]
+IDS = [f"doc-{i}" for i in range(13)]
 
 
 def same_results(a, b, rel=0.0):
@@ -163,9 +163,9 @@ def test_the_gpu_path_gives_the_cpu_paths_results(prior_f32):
     from semisynth.tasks.toedit import Scorer
 
     edit = EditConfig(strategy="low_drop_up_revise", beta=8.0)
-    cpu = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=512)
+    cpu = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128)
     assert cpu.choices == EngineChoices(compile=False, dense=False, depth=0)
-    gpu_like = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=512,
+    gpu_like = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128,
                       choices=EngineChoices(compile=False, dense=True, depth=1))
     windows = []
     a, b = cpu.score(IDS, TEXTS), gpu_like.score(IDS, TEXTS, progress=windows.append)
