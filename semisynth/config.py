@@ -62,7 +62,8 @@ class PriorConfig(_Strict):
         "(unset: no bound)."))
     compile: Compile = Field("auto", description=(
         "torch.compile the prior's body (static shapes: full batches of a few widths) and "
-        "its head; 'auto': on CUDA only (on a CPU the compile costs more than it saves)."))
+        "its head; 'auto': on CUDA only (on a CPU its 47-90 s per process outweigh what it "
+        "saves on a demo-sized run)."))
 
 
 class EditConfig(_Strict):

@@ -48,8 +48,10 @@ class EngineChoices:
 def engine_choices(device_type: str, compile_setting: bool | str = "auto") -> EngineChoices:
     """The engine's choices on a device of this type: on CUDA the device must never wait for
     the host (dense decisions, one batch in flight ahead), and compile pays back its first
-    minute on a corpus; on a CPU every call is synchronous anyway and the compile (about 47 s
-    for the default prior) bought 1.13-1.41x on the body alone (benchmarks/README.md)."""
+    minute on a corpus. On a CPU every call is synchronous anyway, and the compile (47-90 s
+    per process for the default prior) bought 1.13-1.41x on the body alone (RECIPES.md,
+    benchmarks/README.md): less than it costs on a demo-sized run; ``compile=True`` asks for
+    it on a long one."""
     cuda = device_type == "cuda"
     compile_ = cuda if compile_setting == "auto" else bool(compile_setting)
     return EngineChoices(compile=compile_, dense=cuda, depth=1 if cuda else 0)
@@ -106,7 +108,8 @@ def plan_batches(device_type: str, free_bytes: int, shape: ModelShape | None, dt
     device with ``free_bytes`` free after the model's weights are loaded. 'auto' on a CPU is
     4096 tokens; on CUDA, what half the usable memory holds of the body's activations,
     capped at ``cap`` and rounded down to a multiple of 1024. The head's chunk is what the
-    other half holds of logits rows, at most the batch. A number given is kept as it is."""
+    other half holds of logits rows, at most the batch. Neither goes below MIN_BATCH_TOKENS
+    and MIN_LOGITS_CHUNK (a device that full cannot score at all). A number given is kept."""
     if device_type != "cuda":
         tokens = CPU_BATCH_TOKENS if batch_tokens == "auto" else int(batch_tokens)
         return BatchPlan(tokens, CPU_LOGITS_CHUNK)

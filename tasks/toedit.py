@@ -153,9 +153,10 @@ class Scorer:
     first ``max_tokens`` tokens (the official ToEdit code's truncation) and in any case to
     ``max_doc_tokens`` (a bound against huge documents: a warning names each one cut).
 
-    The device's part of a batch never waits for the host: the batch's inputs travel in one
-    copy, the results (NLL, new tokens, revised and dropped) come back in one, and on CUDA
-    the next batch is queued before the host reads the last one back (``EngineChoices``).
+    A batch's inputs travel to the device in one copy and its results (NLL, new tokens,
+    revised and dropped) come back in one; on CUDA nothing in between waits for the host
+    (dense decisions) and the next batch is queued before the host reads the last one back
+    (``EngineChoices``).
     ``batch_tokens='auto'`` and ``compile='auto'`` are resolved here, on the worker that
     holds the device (``tasks.device``)."""
 
@@ -428,10 +429,6 @@ class Planned:
     token_ids: list[np.ndarray]
     truncated: list[bool]
     batches: list[HostBatch]
-
-    @property
-    def scored_tokens(self) -> int:
-        return sum(b.targets for b in self.batches)
 
 
 @dataclass
