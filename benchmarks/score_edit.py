@@ -6,7 +6,9 @@ On the same documents (512-token documents of the demo human corpus) and the sam
   (a) the official code's shape: per document a forward pass, top-8 log-probs, then a
       per-token Python loop that redraws tokens with p > 0.99 from softmax(logp / 1.5);
       in float32 and in bf16;
-  (b) semisynth's engine (token-budget batches, ToEdit on the tensors).
+  (b) semisynth's engine (token-budget batches, ToEdit on the tensors);
+  (c) the stage itself, ``score_shard`` over a Parquet shard of the same documents (reading,
+      tokenizing and writing overlapped with the prior), and its rate over (b)'s.
 Prints tokens/s, ratios, the machine's bound (measured bf16 matmul GFLOP/s divided by
 the prior's FLOPs per token) and the share of it (b) reaches, edit rates, and the peak
 resident memory of the stage (score_shard over a shard) at 1x and 4x the documents.
@@ -26,6 +28,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from semisynth import documents
@@ -97,6 +100,21 @@ def flops_per_token(model, context: int) -> float:
     return 2 * linear + attention
 
 
+def stage_rate(args, root: Path, ids: list[str], texts: list[str], tmp: Path) -> dict:
+    """(c): score_shard over a shard of the documents, the prior already loaded."""
+    from semisynth.tasks.score import score_shard
+
+    shard = tmp / "shard.parquet"
+    documents.write_documents([{"id": i, "text": t, "doc_hash": i} for i, t in zip(ids, texts, strict=True)],
+                              shard)
+    cfg = PriorConfig(precision=args.precision, max_tokens=args.tokens, batch_tokens=args.batch_tokens)
+    stats = score_shard(shard, tmp / "scores.parquet", root, cfg, EditConfig(), seed=1)
+    table = pq.read_table(tmp / "scores.parquet", columns=["scored_tokens", "edited_tokens"])
+    edited = sum(table.column("edited_tokens").to_pylist())
+    return {"tokens_per_s": stats.scored_tokens / stats.seconds,
+            "edit_rate": edited / stats.scored_tokens, "seconds": stats.seconds}
+
+
 def peak_rss_child(args) -> None:
     """Child mode: score one shard of N documents through the real stage; print peak RSS."""
     from semisynth.tasks.score import score_shard
@@ -155,6 +173,8 @@ def main() -> None:
         "tokens_per_s": scored / secs, "edit_rate": sum(r.edited_tokens for r in results) / scored,
         "seconds": secs,
     }
+    with tempfile.TemporaryDirectory() as tmp:
+        rows["stage_score_shard"] = stage_rate(args, root, ids, texts, Path(tmp))
     gflops = matmul_gflops(torch.bfloat16)
     per_token = flops_per_token(fast.model, args.tokens)
     bound = gflops * 1e9 / per_token
@@ -166,6 +186,7 @@ def main() -> None:
         "precision": args.precision, "batch_tokens": args.batch_tokens, "results": rows,
         "speedup_vs_official_float32": engine / rows["official_float32"]["tokens_per_s"],
         f"speedup_vs_official_{args.precision}": engine / rows[f"official_{args.precision}"]["tokens_per_s"],
+        "stage_vs_engine": rows["stage_score_shard"]["tokens_per_s"] / engine,
         "bf16_matmul_gflops": gflops, "gflop_per_token": per_token / 1e9,
         "bound_tokens_per_s": bound, "share_of_bound": engine / bound,
         "peak_rss_mb_1x": rss_1x, "peak_rss_mb_4x": rss_4x, "rss_growth_4x": rss_4x / rss_1x - 1,
@@ -175,6 +196,7 @@ def main() -> None:
         print(f"{name:<28}{r['tokens_per_s']:>10.0f}{r['edit_rate']:>11.4%}{r['seconds']:>9.1f}")
     print(f"speed-up vs official float32: {summary['speedup_vs_official_float32']:.2f}x; "
           f"vs official {args.precision}: {summary[f'speedup_vs_official_{args.precision}']:.2f}x")
+    print(f"stage (score_shard) / engine: {summary['stage_vs_engine']:.2f}")
     print(f"bound: {gflops:.0f} GFLOP/s bf16 matmul / {per_token / 1e9:.3f} GFLOP per token = "
           f"{bound:.0f} tokens/s; the engine reaches {engine / bound:.0%}")
     print(f"peak RSS of the stage: {rss_1x:.0f} MB at {args.docs} docs, {rss_4x:.0f} MB at "

@@ -75,6 +75,9 @@ def score_task(cfg: Config, shard: Path, out: Path) -> dict:
                         window_progress=window_progress)
     if not stats.model_work:
         logger.info("shard %s: cached scores reused, no model work", shard.stem)
+    elif stats.compile_seconds:
+        logger.info("shard %s: %.1f s of its %.1f s compiled the prior (new batch shapes)",
+                    shard.stem, stats.compile_seconds, stats.seconds)
     return asdict(stats)
 
 

@@ -320,7 +320,7 @@ def cmd_edit(
     seed: Annotated[int, described(CONFIG_FIELDS["seed"])] = CONFIG_FIELDS["seed"].default,
     max_tokens: Annotated[int | None, described(PRIOR_FIELDS["max_tokens"], metavar="N")] = (
         PRIOR_FIELDS["max_tokens"].default),
-    batch_tokens: Annotated[int, described(PRIOR_FIELDS["batch_tokens"])] = (
+    batch_tokens: Annotated[str, described(PRIOR_FIELDS["batch_tokens"], metavar="N|auto")] = (
         PRIOR_FIELDS["batch_tokens"].default),
 ) -> int:
     """Score and edit one file with the prior: one output document per input, in order."""

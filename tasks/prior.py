@@ -11,7 +11,7 @@ import functools
 import importlib.util
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -72,10 +72,18 @@ class Prior:
     model_id: str
     context: int
     device: torch.device
+    # (rows, width) batch shapes the compiled body has run: a new one is a compile, timed
+    compiled_shapes: set[tuple[int, int]] = field(default_factory=set, repr=False)
 
     @property
     def vocab_size(self) -> int:
         return int(self.model.config.vocab_size)
+
+    @functools.cached_property
+    def compiled_body(self) -> torch.nn.Module:
+        """The body (the model without its head), compiled once per process for static
+        shapes: the Scorer gives it full batches of a few widths only."""
+        return torch.compile(self.model.base_model, dynamic=False)
 
 
 def _package_folder() -> Path:

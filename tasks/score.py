@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 
 from semisynth.config import EditConfig, PriorConfig
 from semisynth.documents import atomic_path
+from semisynth.overlap import Ahead, Behind
 from semisynth.tasks.prior import load_prior, resolve_precision
-from semisynth.tasks.toedit import Scorer
+from semisynth.tasks.toedit import DocResult, Planned, Scorer
 
 SCORE_SCHEMA = pa.schema(
     [
@@ -72,6 +73,66 @@ class ScoreStats:
     model_work: bool  # False when the cached scores were reused
     seconds: float
     truncated_docs: int = 0  # documents cut to prior.max_doc_tokens
+    compile_seconds: float = 0.0  # of ``seconds``: first batches of new compiled shapes
+
+
+READ_DOCS = 64  # documents read from the shard (and tokenized) at a time
+# Forward batches' worth of tokens handed to the Scorer at once: whole documents, so the
+# last batch of each call may be part-filled; with four full ones before it, that costs
+# little. (Today's 16 documents a call capped a GPU batch at about 8k tokens.)
+GROUP_BATCHES = 4
+
+
+@dataclass
+class _Group:
+    """Documents of the shard, in order, planned for the device (``Scorer.plan``)."""
+
+    planned: Planned
+    doc_hashes: list[str]
+
+
+def _groups(shard: pq.ParquetFile, scorer: Scorer) -> Iterator[_Group]:
+    """The shard's documents in order, tokenized and planned, in groups of whole documents
+    holding at least GROUP_BATCHES batches' worth of tokens (the last: the rest)."""
+    ids: list[str] = []
+    hashes: list[str] = []
+    tokens: list[np.ndarray] = []
+    cut: list[bool] = []
+    size = 0
+    for batch in shard.iter_batches(batch_size=READ_DOCS, columns=["id", "text", "doc_hash"]):
+        token_ids, truncated = scorer.tokenize(batch.column("text").to_pylist())
+        read = zip(batch.column("id").to_pylist(), batch.column("doc_hash").to_pylist(),
+                   token_ids, truncated, strict=True)
+        for doc_id, doc_hash, doc_tokens, doc_cut in read:
+            ids.append(doc_id)
+            hashes.append(doc_hash)
+            tokens.append(doc_tokens)
+            cut.append(doc_cut)
+            size += len(doc_tokens)
+            if size >= GROUP_BATCHES * scorer.batch_tokens:
+                yield _Group(scorer.plan(ids, tokens, cut), hashes)
+                ids, hashes, tokens, cut, size = [], [], [], [], 0
+    if ids:
+        yield _Group(scorer.plan(ids, tokens, cut), hashes)
+
+
+def _score_table(decode: Callable, group: _Group, results: list[DocResult]) -> pa.Table:
+    return pa.table(
+        {
+            "id": group.planned.doc_ids,
+            "doc_hash": group.doc_hashes,
+            "scored_tokens": [r.scored_tokens for r in results],
+            "nll_sum": [r.nll_sum for r in results],
+            "ppl": [r.ppl for r in results],
+            "revised_tokens": [r.revised_tokens for r in results],
+            "edited_tokens": [r.edited_tokens for r in results],
+            "dropped_tokens": [r.dropped_tokens for r in results],
+            "token_ids": [r.token_ids.astype(np.int32) for r in results],
+            "edited_text": [decode(r.edited_ids.tolist()) for r in results],
+            "truncated": [r.truncated for r in results],
+        },
+        schema=SCORE_SCHEMA,
+    )
 
 
 def score_shard(
@@ -81,14 +142,17 @@ def score_shard(
     prior_cfg: PriorConfig,
     edit_cfg: EditConfig,
     seed: int,
-    batch_docs: int = 16,
     progress: Callable[[int, int], None] | None = None,
     window_progress: Callable[[int], None] | None = None,
 ) -> ScoreStats:
-    """Score and edit one shard unless its scores exist; stream batches of documents
-    through the prior and append them to the output, renamed into place at the end.
-    ``window_progress(tokens)`` after each forward batch (``Scorer.score``'s progress), so
-    that one long document shows its progress too."""
+    """Score and edit one shard unless its scores exist, appending the documents' rows (in
+    the shard's order) to the output, renamed into place at the end. Three things run at
+    once: a thread reads and tokenizes the next documents and assembles their batches, this
+    thread drives the device (the prior) through the current ones, and a thread decodes and
+    writes the last ones; each at most two groups apart (``semisynth.overlap``), so a worker
+    holds one shard's groups at a time. ``progress(documents, tokens)`` after each group is
+    scored; ``window_progress(tokens)`` after each forward batch (``Scorer.run``'s progress),
+    so that one long document shows its progress too. Both are called on this thread."""
     shard_path, out_path = Path(shard_path), Path(out_path)
     shard_hash = shard_path.stem
     if out_path.exists():
@@ -102,37 +166,24 @@ def score_shard(
     # first; its file stays, the scores are the same (deterministic), readers keep theirs
     with atomic_path(out_path, keep_existing=True) as tmp:
         with pq.ParquetWriter(tmp, SCORE_SCHEMA) as writer:
-            for batch in shard.iter_batches(batch_size=batch_docs, columns=["id", "text", "doc_hash"]):
-                ids = batch.column("id").to_pylist()
-                texts = batch.column("text").to_pylist()
-                results = scorer.score(ids, texts, progress=window_progress)
-                decode = prior.tokenizer.decode
-                writer.write_table(
-                    pa.table(
-                        {
-                            "id": ids,
-                            "doc_hash": batch.column("doc_hash"),
-                            "scored_tokens": [r.scored_tokens for r in results],
-                            "nll_sum": [r.nll_sum for r in results],
-                            "ppl": [r.ppl for r in results],
-                            "revised_tokens": [r.revised_tokens for r in results],
-                            "edited_tokens": [r.edited_tokens for r in results],
-                            "dropped_tokens": [r.dropped_tokens for r in results],
-                            "token_ids": [r.token_ids.astype(np.int32) for r in results],
-                            "edited_text": [decode(r.edited_ids.tolist()) for r in results],
-                            "truncated": [r.truncated for r in results],
-                        },
-                        schema=SCORE_SCHEMA,
-                    )
-                )
-                documents += len(ids)
-                batch_tokens = sum(r.scored_tokens for r in results)
-                scored += batch_tokens
-                truncated += sum(r.truncated for r in results)
-                if progress:
-                    progress(documents, batch_tokens)
+
+            def write(item: tuple[_Group, list[DocResult]]) -> None:
+                writer.write_table(_score_table(prior.tokenizer.decode, *item))
+
+            with (Ahead(_groups(shard, scorer), size=2, name=f"plan-{shard_hash}") as groups,
+                  Behind(write, size=2, name=f"write-{shard_hash}") as written):
+                for group in groups:
+                    results = scorer.run(group.planned, progress=window_progress)
+                    written.put((group, results))
+                    documents += len(results)
+                    group_tokens = sum(r.scored_tokens for r in results)
+                    scored += group_tokens
+                    truncated += sum(r.truncated for r in results)
+                    if progress:
+                        progress(documents, group_tokens)
+                written.finish()
     return ScoreStats(shard_hash, str(out_path), documents, scored, True,
-                      time.perf_counter() - started, truncated)
+                      time.perf_counter() - started, truncated, scorer.compile_seconds)
 
 
 def _cached(shard_hash: str, out_path: Path) -> ScoreStats:

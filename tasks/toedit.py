@@ -12,10 +12,13 @@ an edit does not depend on batching, padding or the device, and a re-run reprodu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import re
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +27,14 @@ import torch
 
 from semisynth.config import MAX_DOC_TOKENS, EditConfig, PriorConfig
 from semisynth.settings import read_settings
+from semisynth.tasks.device import (
+    EngineChoices,
+    ModelShape,
+    cuda_free_bytes,
+    engine_choices,
+    plan_batches,
+    width_bucket,
+)
 from semisynth.tasks.prior import Prior
 
 log = logging.getLogger(__name__)
@@ -105,12 +116,17 @@ def plan_segments(lengths: Sequence[int], window: int, overlap: int) -> list[Seg
     return segments
 
 
-def batches_by_budget(segments: list[Segment], batch_tokens: int) -> list[list[Segment]]:
-    """Length-bucketed batches: sorted by length, so padding stays small."""
+def batches_by_budget(segments: list[Segment], batch_tokens: int,
+                      bucket: Callable[[int], int] | None = None) -> list[list[Segment]]:
+    """Length-bucketed batches: sorted by length, so padding stays small. With ``bucket``
+    (width -> padded width) a batch's width is its longest segment's bucket, so that a full
+    batch of a width always has the same shape: batch_tokens // width rows."""
     ordered = sorted(segments, key=lambda s: s.stop - s.start, reverse=True)
     batches, current = [], []
     for seg in ordered:
         width = (current[0].stop - current[0].start) if current else seg.stop - seg.start
+        if bucket is not None:
+            width = bucket(width)
         if current and width * (len(current) + 1) > batch_tokens:
             batches.append(current)
             current = []
@@ -135,7 +151,14 @@ def text_prefix(text: str, chars: int) -> str:
 class Scorer:
     """Scores and edits lists of documents with one prior. Each document is cut to its
     first ``max_tokens`` tokens (the official ToEdit code's truncation) and in any case to
-    ``max_doc_tokens`` (a bound against huge documents: a warning names each one cut)."""
+    ``max_doc_tokens`` (a bound against huge documents: a warning names each one cut).
+
+    A batch's inputs travel to the device in one copy and its results (NLL, new tokens,
+    revised and dropped) come back in one; on CUDA nothing in between waits for the host
+    (dense decisions) and the next batch is queued before the host reads the last one back
+    (``EngineChoices``).
+    ``batch_tokens='auto'`` and ``compile='auto'`` are resolved here, on the worker that
+    holds the device (``tasks.device``)."""
 
     def __init__(
         self,
@@ -143,20 +166,34 @@ class Scorer:
         edit: EditConfig | None,
         seed: int = 0,
         max_tokens: int | None = None,
-        batch_tokens: int = 4096,
+        batch_tokens: int | str = "auto",
         window: int | None = None,
-        logits_chunk: int = 1024,
+        logits_chunk: int | None = None,
         max_doc_tokens: int | None = MAX_DOC_TOKENS,
+        compile: bool | str = "auto",
+        choices: EngineChoices | None = None,
     ):
         if edit is not None and edit.top_k > prior.vocab_size:
             raise ValueError(f"top_k {edit.top_k} is larger than the prior's vocabulary "
                              f"({prior.vocab_size} tokens)")
         self.prior, self.edit, self.seed = prior, edit, seed
-        self.max_tokens, self.batch_tokens = max_tokens, batch_tokens
-        self.max_doc_tokens = max_doc_tokens
+        self.max_tokens, self.max_doc_tokens = max_tokens, max_doc_tokens
         self.window = min(window or prior.context, prior.context)
-        self.logits_chunk = logits_chunk
-        if prior.device.type == "cpu":
+        kind = prior.device.type
+        self.choices = choices or engine_choices(kind, compile)
+        cuda = kind == "cuda"
+        plan = plan_batches(
+            kind, cuda_free_bytes(prior.device) if cuda else 0,
+            ModelShape.of(prior.model.config) if cuda else None,
+            next(prior.model.parameters()).element_size(), batch_tokens)
+        self.batch_tokens = plan.batch_tokens
+        self.logits_chunk = logits_chunk or plan.logits_chunk
+        self.compile_seconds = 0.0  # first batches of new compiled shapes (the compiles)
+        if cuda:
+            log.info("score+edit on %s: batches of %d tokens, head in chunks of %d rows, "
+                     "compile %s", prior.device, self.batch_tokens, self.logits_chunk,
+                     self.choices.compile)
+        else:
             # every core, unless several worker processes share this host and must split
             # them (the LocalCluster sets SEMISYNTH_TORCH_THREADS per worker, so this
             # process's own settings hold it): oversubscribed torch threads slow every worker
@@ -169,7 +206,7 @@ class Scorer:
         """The Scorer a validated PriorConfig describes."""
         return cls(prior, edit, seed=seed, max_tokens=cfg.max_tokens,
                    batch_tokens=cfg.batch_tokens, window=cfg.window,
-                   max_doc_tokens=cfg.max_doc_tokens)
+                   max_doc_tokens=cfg.max_doc_tokens, compile=cfg.compile)
 
     def _encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         enc = self.prior.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -210,35 +247,61 @@ class Scorer:
         """Score (and edit, with an EditConfig) documents; ``progress(tokens)`` after each
         forward batch, with the positions it scored, so that a long document, many windows
         of the prior's context, shows its progress too."""
-        token_ids, truncated = self.tokenize(texts)
+        return self.run(self.plan(doc_ids, *self.tokenize(texts)), progress)
+
+    def plan(self, doc_ids: Sequence[str], token_ids: list[np.ndarray],
+             truncated: list[bool]) -> Planned:
+        """The host's part before the device's: tokenized documents cut into windows and
+        forward batches, each batch's inputs assembled (``tokenize`` gives the arguments).
+        Runs on any thread: ``score_shard`` plans the next documents while these run."""
         for doc_id, cut in zip(doc_ids, truncated, strict=True):
             if cut:
                 log.warning("document %r has more than %d tokens: only its first %d are "
                             "scored and edited (prior.max_doc_tokens)", str(doc_id),
                             self.max_doc_tokens, self.max_doc_tokens)
         keys = [doc_key(self.seed, d) for d in doc_ids]
+        segments = plan_segments([len(t) for t in token_ids], self.window, max(1, self.window // 4))
+        bucket = functools.partial(width_bucket, window=self.window) if self.choices.compile else None
+        batches = [self._assemble(b, token_ids, keys)
+                   for b in batches_by_budget(segments, self.batch_tokens, bucket)]
+        return Planned([str(d) for d in doc_ids], token_ids, truncated, batches)
+
+    def run(self, planned: Planned, progress: Callable[[int], None] | None = None) -> list[DocResult]:
+        """The device's part: every batch of ``planned`` through the prior, ``depth`` of them
+        in flight; ``progress(tokens)`` after each batch is read back."""
+        token_ids = planned.token_ids
         nll = [np.zeros(max(len(t), 1), dtype=np.float64) for t in token_ids]
         new_ids = [t.copy() for t in token_ids]
         revised = [np.zeros(len(t), dtype=bool) for t in token_ids]
         dropped = [np.zeros(len(t), dtype=bool) for t in token_ids]
-        segments = plan_segments([len(t) for t in token_ids], self.window, max(1, self.window // 4))
-        for batch in batches_by_budget(segments, self.batch_tokens):
-            out = self._forward(batch, token_ids, keys)
-            for seg, (seg_nll, seg_new, seg_rev, seg_drop) in zip(batch, out, strict=True):
-                span = slice(seg.first, seg.stop)
-                nll[seg.doc][span] = seg_nll
-                new_ids[seg.doc][span] = seg_new
-                revised[seg.doc][span] = seg_rev
-                dropped[seg.doc][span] = seg_drop
+
+        def store(flight: _InFlight) -> None:
+            out, offset = flight.read(), 0
+            for seg in flight.batch.segments:
+                n = seg.stop - seg.first
+                span, at = slice(seg.first, seg.stop), slice(offset, offset + n)
+                nll[seg.doc][span] = out[0, at]
+                new_ids[seg.doc][span] = out[1, at]
+                revised[seg.doc][span] = out[2, at] != 0
+                dropped[seg.doc][span] = out[3, at] != 0
+                offset += n
             if progress:
-                progress(sum(s.stop - s.first for s in batch))
+                progress(flight.batch.targets)
+
+        flying: deque[_InFlight] = deque()
+        for batch in planned.batches:
+            flying.append(self._launch(batch))
+            if len(flying) > self.choices.depth:
+                store(flying.popleft())
+        while flying:
+            store(flying.popleft())
         results = []
-        for i, doc_id in enumerate(doc_ids):
+        for i, doc_id in enumerate(planned.doc_ids):
             ids = token_ids[i]
             kept = new_ids[i][~dropped[i]]
             results.append(
                 DocResult(
-                    doc_id=str(doc_id),
+                    doc_id=doc_id,
                     token_ids=ids,
                     edited_ids=kept,
                     scored_tokens=max(len(ids) - 1, 0),
@@ -247,69 +310,204 @@ class Scorer:
                     edited_tokens=int((new_ids[i] != ids)[~dropped[i]].sum()),
                     dropped_tokens=int(dropped[i].sum()),
                     revised_mask=revised[i],
-                    truncated=truncated[i],
+                    truncated=planned.truncated[i],
                 )
             )
         return results
 
-    @torch.inference_mode()
-    def _forward(self, batch: list[Segment], token_ids: list[np.ndarray], keys: list[int]):
-        width = max(s.stop - s.start for s in batch)
-        device = self.prior.device
-        inputs = torch.zeros((len(batch), width), dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        # target_mask marks the input positions whose logits predict a target token
-        target_mask = torch.zeros((len(batch), width), dtype=torch.bool)
+    def _assemble(self, batch: list[Segment], token_ids: list[np.ndarray],
+                  keys: list[int]) -> HostBatch:
+        """A batch's int64 inputs in one tensor (pinned on CUDA, for an asynchronous copy):
+        the token rows, right-padded; for every scored position the flat index of the row
+        position whose logits predict it, the target token, the document key and the
+        position in the document (these two seed the redraw)."""
+        longest = max(s.stop - s.start for s in batch)
+        width = width_bucket(longest, self.window) if self.choices.compile else longest
+        compiled = self.choices.compile and len(batch) == self.batch_tokens // width
+        width = width if compiled else longest  # an incomplete batch runs eagerly, unpadded
+        rows, n = len(batch), sum(s.stop - s.first for s in batch)
+        packed = np.zeros(rows * width + 4 * n, dtype=np.int64)
+        inputs = packed[: rows * width].reshape(rows, width)
+        index, targets, doc_keys, positions = packed[rows * width:].reshape(4, n)
+        at = 0
         for row, seg in enumerate(batch):
-            n = seg.stop - seg.start
-            inputs[row, :n] = torch.from_numpy(token_ids[seg.doc][seg.start : seg.stop])
-            mask[row, :n] = 1
-            target_mask[row, seg.first - 1 - seg.start : n - 1] = True
-        targets = torch.zeros_like(inputs)
-        targets[:, :-1] = inputs[:, 1:]
-        row_key = torch.tensor([_signed64(keys[s.doc]) for s in batch], dtype=torch.long)
-        target_pos = torch.arange(width, dtype=torch.long).unsqueeze(0) + 1 + torch.tensor(
-            [s.start for s in batch]
-        ).unsqueeze(1)
+            ids, m = token_ids[seg.doc], seg.stop - seg.first
+            inputs[row, : seg.stop - seg.start] = ids[seg.start : seg.stop]
+            span = slice(at, at + m)
+            # the logits at row position j predict the token at j + 1
+            index[span] = row * width + np.arange(seg.first - 1 - seg.start, seg.stop - 1 - seg.start)
+            targets[span] = ids[seg.first : seg.stop]
+            doc_keys[span] = _signed64(keys[seg.doc])
+            positions[span] = np.arange(seg.first, seg.stop)
+            at += m
+        tensor = torch.from_numpy(packed)
+        if self.prior.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return HostBatch(batch, rows, width, n, compiled, tensor)
 
+    @torch.inference_mode()
+    def _launch(self, batch: HostBatch) -> _InFlight:
+        """Queue a batch's work on the device: one copy in, the body, the head in chunks,
+        ToEdit, one copy out. Nothing here waits for the device, except the first batch of
+        a new compiled shape, whose compile is timed."""
+        device, cuda = self.prior.device, self.prior.device.type == "cuda"
+        shape = (batch.rows, batch.width)
+        first_compile = batch.compiled and shape not in self.prior.compiled_shapes
+        if first_compile:
+            if cuda:
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+        packed = batch.packed.to(device, non_blocking=cuda)
+        cells, n = batch.rows * batch.width, batch.targets
+        inputs = packed[:cells].view(batch.rows, batch.width)
+        index, targets, doc_keys, positions = packed[cells:].view(4, n)
         model = self.prior.model
-        pin = device.type == "cuda"
-        if pin:  # pinned host memory lets the copy overlap with queued GPU work
-            inputs, mask = inputs.pin_memory(), mask.pin_memory()
-        # without padding, no mask: attention takes its plain causal fast path
-        attention_mask = None if bool(mask.all()) else mask.to(device, non_blocking=pin)
-        hidden = model.base_model(
-            input_ids=inputs.to(device, non_blocking=pin), attention_mask=attention_mask
-        ).last_hidden_state
-        flat_mask = target_mask.to(device)
-        hidden = hidden[flat_mask]
-        tgt = targets[target_mask].to(device)
-        pos_keys = row_key.unsqueeze(1).expand_as(inputs)[target_mask].to(device)
-        pos = target_pos[target_mask].to(device)
-        nll, new_tok, rev, drop = [], [], [], []
+        body = self.prior.compiled_body if batch.compiled else model.base_model
+        # no attention mask: rows are right-padded and attention is causal, so no real
+        # position sees a pad, and the attention kernels keep their causal fast path
+        hidden = body(input_ids=inputs, use_cache=False).last_hidden_state
+        hidden = hidden.flatten(0, 1).index_select(0, index)
+        out = torch.empty((4, n), dtype=torch.float64, device=device)
         head = model.get_output_embeddings()
-        for lo in range(0, hidden.shape[0], self.logits_chunk):
-            hi = lo + self.logits_chunk
-            logits = head(hidden[lo:hi]).float()
-            # log p = logit - logsumexp: no second vocabulary-sized tensor per chunk
-            log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-            tok_logp = logits.gather(1, tgt[lo:hi, None]).squeeze(1) - log_norm.squeeze(1)
-            chosen, revise, dropping = toedit_decisions(
-                logits, tgt[lo:hi], pos_keys[lo:hi], pos[lo:hi], self.edit, log_norm
-            )
-            nll.append(-tok_logp.double().cpu())
-            new_tok.append(chosen.cpu())
-            rev.append(revise.cpu())
-            drop.append(dropping.cpu())
-        nll_all, new_all = torch.cat(nll).numpy(), torch.cat(new_tok).numpy()
-        rev_all, drop_all = torch.cat(rev).numpy(), torch.cat(drop).numpy()
-        out, offset = [], 0
-        for seg in batch:
-            n = seg.stop - seg.first
-            span = slice(offset, offset + n)
-            out.append((nll_all[span], new_all[span], rev_all[span], drop_all[span]))
-            offset += n
-        return out
+        for lo in range(0, n, self.logits_chunk):
+            at = slice(lo, lo + self.logits_chunk)
+            if self.choices.dense:
+                top_k = self.edit.top_k if self.edit else 0
+                if self.choices.compile:
+                    token_logp, top_logits, top_idx = compiled_head(top_k)(
+                        head, hidden[at], targets[at])
+                else:
+                    token_logp, top_logits, top_idx = head_log_probs(
+                        head, hidden[at], targets[at], top_k)
+                chosen, revise, dropping = decisions_from_top(
+                    token_logp, top_logits, top_idx, targets[at], doc_keys[at], positions[at],
+                    self.edit)
+            else:
+                logits = head(hidden[at]).float()
+                # log p = logit - logsumexp: no second vocabulary-sized tensor per chunk
+                log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+                token_logp = logits.gather(1, targets[at, None]).squeeze(1) - log_norm.squeeze(1)
+                chosen, revise, dropping = toedit_decisions(
+                    logits, targets[at], doc_keys[at], positions[at], self.edit, log_norm)
+            out[0, at] = -token_logp.double()
+            out[1, at] = chosen
+            out[2, at] = revise
+            out[3, at] = dropping
+        if first_compile:
+            if cuda:
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - started
+            self.prior.compiled_shapes.add(shape)
+            self.compile_seconds += seconds
+            log.info("compiled the prior for batches of %d x %d tokens: %.1f s", *shape, seconds)
+        if not cuda:
+            return _InFlight(batch, out, None)
+        host = torch.empty((4, n), dtype=torch.float64, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _InFlight(batch, host, done)
+
+
+@dataclass
+class HostBatch:
+    """One forward batch assembled on the host (``Scorer._assemble``)."""
+
+    segments: list[Segment]
+    rows: int
+    width: int  # padded to a compiled width, or the longest segment's
+    targets: int  # scored positions: the sum of the segments' stop - first
+    compiled: bool  # a full batch of a bucketed width: through the compiled body
+    packed: torch.Tensor  # int64: rows x width tokens, then index, targets, keys, positions
+
+
+@dataclass
+class Planned:
+    """Documents ready for the device (``Scorer.plan``)."""
+
+    doc_ids: list[str]
+    token_ids: list[np.ndarray]
+    truncated: list[bool]
+    batches: list[HostBatch]
+
+
+@dataclass
+class _InFlight:
+    """A launched batch: its results land in ``out`` (4 x N float64: NLL, new token,
+    revised, dropped) once ``done`` (a CUDA event; None on the CPU) has fired."""
+
+    batch: HostBatch
+    out: torch.Tensor
+    done: torch.cuda.Event | None
+
+    def read(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()  # the batch's one wait for the device
+        return self.out.numpy()
+
+
+def head_log_probs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                   top_k: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The head with its log-normaliser for a chunk of positions: each target's log-prob
+    and (top_k > 0) the top-k logits and their token ids. Compiled on CUDA, where the
+    float32 logits then never leave the kernels that reduce them."""
+    logits = head(hidden).float()
+    log_norm = torch.logsumexp(logits, dim=-1)
+    token_logp = logits.gather(1, targets[:, None]).squeeze(1) - log_norm
+    if not top_k:
+        return token_logp, None, None
+    top_logits, top_idx = logits.topk(top_k, dim=-1)
+    return token_logp, top_logits, top_idx
+
+
+@functools.cache
+def compiled_head(top_k: int) -> Callable:
+    """``head_log_probs`` compiled for one top_k (a constant of the graph, not an input).
+    dynamic: a batch's last chunk has any number of rows; one compile serves them all."""
+
+    def head_top(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor):
+        return head_log_probs(head, hidden, targets, top_k)
+
+    return torch.compile(head_top, dynamic=True)
+
+
+def _thresholds(token_logp: torch.Tensor, cfg: EditConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    no = torch.zeros_like(token_logp, dtype=torch.bool)
+    prob = token_logp.exp()
+    revise = prob > cfg.threshold if cfg.strategy != "filtering" else no
+    dropping = prob < cfg.low_threshold if cfg.strategy != "up_revise" else no
+    return revise, dropping
+
+
+def redraw(top_logp: torch.Tensor, top_idx: torch.Tensor, doc_keys: torch.Tensor,
+           positions: torch.Tensor, cfg: EditConfig) -> torch.Tensor:
+    """One draw per row from its top-k, with probabilities softmax(top_logp / beta)
+    (shift-invariant: logits serve as well as log-probs), by inverse CDF at the uniform
+    number hashed from (document key, position)."""
+    weights = torch.softmax(top_logp.double() / cfg.effective_beta, dim=-1)
+    u = position_uniforms(doc_keys, positions)
+    # the first top-k slot whose cumulative weight exceeds u
+    slot = (weights.cumsum(-1) <= u.unsqueeze(1)).sum(-1).clamp(max=cfg.top_k - 1)
+    return top_idx.gather(1, slot.unsqueeze(1)).squeeze(1)
+
+
+def decisions_from_top(
+    token_logp: torch.Tensor,
+    top_logp: torch.Tensor | None,
+    top_idx: torch.Tensor | None,
+    targets: torch.Tensor,
+    doc_keys: torch.Tensor,
+    positions: torch.Tensor,
+    cfg: EditConfig | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ToEdit from each position's target log-prob and top-k, without a data-dependent
+    host sync: a draw for every row, kept where the row is revised (``torch.where``)."""
+    if cfg is None:
+        no = torch.zeros_like(targets, dtype=torch.bool)
+        return targets, no, no
+    revise, dropping = _thresholds(token_logp, cfg)
+    drawn = redraw(top_logp, top_idx, doc_keys, positions, cfg)
+    return torch.where(revise, drawn, targets), revise, dropping
 
 
 def toedit_decisions(
@@ -319,26 +517,26 @@ def toedit_decisions(
     positions: torch.Tensor,
     cfg: EditConfig | None,
     log_norm: torch.Tensor | None = None,
+    dense: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ToEdit for a block of positions. logp: [N, V] log-probabilities, or logits with
     their log-normalizer log_norm [N, 1]; targets: [N] the actual tokens; doc_keys,
-    positions: [N] what seeds each draw. Returns (new token ids, revised, dropped)."""
+    positions: [N] what seeds each draw. Returns (new token ids, revised, dropped).
+    ``dense``: the top-k of every row and ``decisions_from_top`` (no host sync, for a GPU);
+    else the top-k of the revised rows only (cheaper where a sync is free: the CPU). Both
+    give the same decisions."""
     no = torch.zeros_like(targets, dtype=torch.bool)
     if cfg is None:
         return targets, no, no
     token_logp = logp.gather(1, targets[:, None]).squeeze(1)
     if log_norm is not None:
         token_logp = token_logp - log_norm.squeeze(1)
-    prob = token_logp.exp()
-    revise = prob > cfg.threshold if cfg.strategy != "filtering" else no
-    dropping = prob < cfg.low_threshold if cfg.strategy != "up_revise" else no
+    if dense:
+        top_logp, top_idx = logp.topk(cfg.top_k, dim=-1)
+        return decisions_from_top(token_logp, top_logp, top_idx, targets, doc_keys, positions, cfg)
+    revise, dropping = _thresholds(token_logp, cfg)
     chosen = targets.clone()
     if revise.any():
-        # softmax over the top-k is shift-invariant: logits serve as well as log-probs
         top_logp, top_idx = logp[revise].topk(cfg.top_k, dim=-1)
-        weights = torch.softmax(top_logp.double() / cfg.effective_beta, dim=-1)
-        u = position_uniforms(doc_keys[revise], positions[revise])
-        # inverse-CDF draw: the first top-k slot whose cumulative weight exceeds u
-        slot = (weights.cumsum(-1) <= u.unsqueeze(1)).sum(-1).clamp(max=cfg.top_k - 1)
-        chosen[revise] = top_idx.gather(1, slot.unsqueeze(1)).squeeze(1)
+        chosen[revise] = redraw(top_logp, top_idx, doc_keys[revise], positions[revise], cfg)
     return chosen, revise, dropping

@@ -12,22 +12,29 @@ In the spirit of nanoGPT, with the model from a transformers config:
   on matrices only), linear warmup then cosine (or linear) decay to ``min_lr_ratio * lr``,
   gradient clipping; each epoch visits the sequences in a seeded order. Every arm's stream
   has ``train_tokens`` tokens, so every arm gets the same schedule;
-- evaluation: a held-out stream cut the same way, perplexity = exp(NLL / predicted tokens).
+- evaluation: a held-out stream cut the same way, perplexity = exp(NLL / predicted tokens);
+- arithmetic (``Arithmetic``): float32, or bf16 autocast (float32 weights and optimizer
+  state) where ``LMConfig.precision`` asks for it or, by 'auto', on a GPU that computes bf16
+  natively; SDPA attention; on CUDA a fused AdamW and (``LMConfig.compile``) torch.compile.
 
-A run is deterministic for a seed on one device with one torch thread count. Its result is
-a small JSON file under ``experiments/results/``, named by a hash of everything it depends
-on (the stream, the vocabulary, the held-out streams, the model config, the schedule, the
-seed): a re-run of an unchanged (arm, seed) reads it and trains nothing.
+A run is deterministic for a seed on a CPU with one torch thread count. On CUDA it is not
+guaranteed bit for bit (some backward kernels may add in a varying order unless torch's
+process-wide deterministic mode is on, which this module leaves alone). Its result is a small JSON file
+under ``experiments/results/``, named by a hash of everything it depends on (the stream,
+the vocabulary, the held-out streams, the model config, the schedule, the seed, the
+arithmetic): a re-run of an unchanged (arm, seed) reads it and trains nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +51,51 @@ IGNORE = -100  # targets that are not predicted (cross_entropy's ignore_index)
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """How a run computes: what its result key names, so that results of different
+    arithmetic never share a cache entry."""
+
+    device: str  # "cpu" or "cuda"
+    dtype: str  # "float32", or "bfloat16": autocast over float32 weights
+    compile: bool
+    fused_adamw: bool
+
+
+# What every run computed before these choices existed; its results keep their keys.
+LEGACY = Arithmetic("cpu", "float32", False, False)
+
+
+def arithmetic(m: LMConfig, device_type: str, native_bf16: bool) -> Arithmetic:
+    """The arithmetic of ``m`` on a device of this type. 'auto' precision: bf16 autocast on
+    a GPU that computes bf16 natively (an H200: 131k against 47k tokens/s for a 125M Llama);
+    float32 on a CPU, also with AVX512-BF16: for the demo's 2-layer model autocast gained
+    3-12% there, less than the host's run-to-run noise, and would have re-trained every
+    cached result (benchmarks/README.md). 'auto' compile: on CUDA only. AdamW is fused on
+    CUDA, where it saves a kernel launch per parameter and step."""
+    cuda = device_type == "cuda"
+    if m.precision == "auto":
+        dtype = "bfloat16" if cuda and native_bf16 else "float32"
+    else:
+        dtype = m.precision
+    compile_ = cuda if m.compile == "auto" else bool(m.compile)
+    return Arithmetic(device_type, dtype, compile_, fused_adamw=cuda)
+
+
+def device_arithmetic(m: LMConfig) -> Arithmetic:
+    """``arithmetic`` for this process's device."""
+    from semisynth.tasks.prior import resolve_precision
+
+    dev = device().type
+    return arithmetic(m, dev, resolve_precision("auto", dev) == "bfloat16")
+
+
+def autocast(arith: Arithmetic):
+    if arith.dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(arith.device, dtype=getattr(torch, arith.dtype))
 
 
 def use_worker_threads() -> None:
@@ -64,13 +116,13 @@ def build_model(vocab_size: int, m: LMConfig, seed: int) -> torch.nn.Module:
         config = GPT2Config(vocab_size=vocab_size, n_positions=m.context, n_embd=m.hidden,
                             n_layer=m.layers, n_head=m.heads, n_inner=inner, resid_pdrop=0.0,
                             embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
-                            bos_token_id=None, eos_token_id=None)
+                            bos_token_id=None, eos_token_id=None, attn_implementation="sdpa")
         return GPT2LMHeadModel(config)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=m.hidden, intermediate_size=inner,
                          num_hidden_layers=m.layers, num_attention_heads=m.heads,
                          num_key_value_heads=m.heads, max_position_embeddings=m.context,
                          tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
-                         pad_token_id=None)
+                         pad_token_id=None, attn_implementation="sdpa")
     return LlamaForCausalLM(config)
 
 
@@ -101,11 +153,11 @@ def learning_rate(step: int, steps: int, m: LMConfig) -> float:
     return m.lr * (m.min_lr_ratio + (1 - m.min_lr_ratio) * shape)
 
 
-def optimizer(model: torch.nn.Module, m: LMConfig) -> torch.optim.AdamW:
+def optimizer(model: torch.nn.Module, m: LMConfig, fused: bool = False) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": m.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=m.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=m.lr, betas=(0.9, 0.95), fused=fused or None)
 
 
 def next_token_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -116,53 +168,67 @@ def next_token_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def train(stream: np.ndarray, vocab_size: int, m: LMConfig, seed: int,
-          progress: Callable[[int, int, float], None] | None = None
-          ) -> tuple[torch.nn.Module, list[float]]:
-    """Train a fresh model on a remapped stream; returns it and the loss of every step.
-    ``progress(step, steps, loss)`` after each step."""
-    dev = device()
+          progress: Callable[[int, int, float], None] | None = None,
+          arith: Arithmetic | None = None) -> tuple[torch.nn.Module, list[float], float]:
+    """Train a fresh model on a remapped stream; returns it, the loss of every step and the
+    seconds of the first step when the model is compiled (the compile: ``train_seconds``
+    includes them). ``progress(step, steps, loss)`` after each step."""
+    arith = arith or device_arithmetic(m)
+    dev = torch.device(arith.device)
     model = build_model(vocab_size, m, seed).to(dev)
     model.train()
-    opt = optimizer(model, m)
+    opt = optimizer(model, m, fused=arith.fused_adamw)
+    step_model = torch.compile(model) if arith.compile else model
     x, y = sequences(stream, m.context)
     order = np.random.default_rng(seed)
-    steps, losses = steps_for(len(stream), m), []
+    steps, losses, compile_seconds = steps_for(len(stream), m), [], 0.0
     for _ in range(m.epochs):
         perm = torch.from_numpy(order.permutation(len(x)))
         for lo in range(0, len(x), m.batch):
+            started = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = learning_rate(len(losses), steps, m)
             batch = perm[lo: lo + m.batch]
-            loss = next_token_loss(model, x[batch].to(dev), y[batch].to(dev))
+            with autocast(arith):
+                loss = next_token_loss(step_model, x[batch].to(dev), y[batch].to(dev))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), m.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
+            if arith.compile and len(losses) == 1:
+                compile_seconds = time.perf_counter() - started
             if progress:
                 progress(len(losses), steps, losses[-1])
-    return model, losses
+    return model, losses, compile_seconds
 
 
 @torch.inference_mode()
-def perplexity(model: torch.nn.Module, stream: np.ndarray, m: LMConfig) -> tuple[float, int]:
-    """(per-token perplexity, predicted tokens) of the model on a remapped stream."""
+def perplexity(model: torch.nn.Module, stream: np.ndarray, m: LMConfig,
+               arith: Arithmetic = LEGACY) -> tuple[float, int]:
+    """(per-token perplexity, predicted tokens) of the model on a remapped stream, in the
+    arithmetic it was trained in (not compiled: evaluation is a few batches)."""
     model.eval()
     dev = next(model.parameters()).device
     x, y = sequences(stream, m.context)
     nll, tokens = 0.0, int((y != IGNORE).sum())
     for lo in range(0, len(x), m.eval_batch):
-        nll += float(next_token_loss(model, x[lo: lo + m.eval_batch].to(dev),
-                                     y[lo: lo + m.eval_batch].to(dev), reduction="sum"))
+        with autocast(arith):
+            nll += float(next_token_loss(model, x[lo: lo + m.eval_batch].to(dev),
+                                         y[lo: lo + m.eval_batch].to(dev), reduction="sum"))
     return math.exp(nll / tokens), tokens
 
 
-def result_key(stream: Path, vocab: Path, evals: Mapping[str, Path], m: LMConfig, seed: int) -> str:
+def result_key(stream: Path, vocab: Path, evals: Mapping[str, Path], m: LMConfig, seed: int,
+               arith: Arithmetic = LEGACY) -> str:
     """Everything a run's result depends on, hashed; the files are content-keyed
-    (``tasks.experiment.save_array``), so their names stand for their content."""
+    (``tasks.experiment.save_array``), so their names stand for their content. The
+    arithmetic is named unless it is LEGACY's, whose results were cached before it was."""
     params = {"version": TRAIN_VERSION, "stream": Path(stream).stem, "vocab": Path(vocab).stem,
               "evals": {name: Path(p).stem for name, p in sorted(evals.items())},
-              "model": m.model_dump(), "seed": seed}
+              "model": m.model_dump(exclude={"precision", "compile"}), "seed": seed}
+    if arith != LEGACY:
+        params["arithmetic"] = asdict(arith)
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -174,24 +240,27 @@ def train_and_evaluate(stream_path: Path, vocab_path: Path, evals: Mapping[str, 
     says which)."""
     from semisynth.tasks.experiment import remap
 
-    key = result_key(stream_path, vocab_path, evals, m, seed)
+    arith = device_arithmetic(m)
+    key = result_key(stream_path, vocab_path, evals, m, seed, arith)
     path = Path(results_dir) / f"{key}.json"
     if path.exists():
         return {**json.loads(path.read_text()), "cached": True}
-    if device().type == "cpu":
+    if arith.device == "cpu":
         use_worker_threads()
     started = time.perf_counter()
     vocab = np.load(vocab_path)
-    model, losses = train(remap(np.load(stream_path), vocab), len(vocab), m, seed, progress)
+    model, losses, compile_seconds = train(remap(np.load(stream_path), vocab), len(vocab), m,
+                                           seed, progress, arith)
     seconds = time.perf_counter() - started
     scores = {}
     for name, eval_path in evals.items():
-        ppl, tokens = perplexity(model, remap(np.load(eval_path), vocab), m)
+        ppl, tokens = perplexity(model, remap(np.load(eval_path), vocab), m, arith)
         scores[name] = {"ppl": ppl, "tokens": tokens}
     result = {"key": key, "seed": seed, "steps": len(losses), "losses": losses,
               "parameters": sum(p.numel() for p in model.parameters()),
-              "vocab_size": len(vocab), "train_seconds": seconds, "device": str(device()),
-              "threads": torch.get_num_threads(), "evals": scores}
+              "vocab_size": len(vocab), "train_seconds": seconds,
+              "compile_seconds": compile_seconds, "device": arith.device,
+              "arithmetic": asdict(arith), "threads": torch.get_num_threads(), "evals": scores}
     with atomic_path(path, keep_existing=True) as tmp:
         tmp.write_text(json.dumps(result))
     return {**result, "cached": False}

@@ -266,3 +266,69 @@ def test_ctrl_c_stops_a_long_document_between_windows(prior_f32, assets_root, lo
                     window_progress=interrupt_at_the_second_window)
     assert len(windows) == 2  # no further window was scored
     assert list(out.parent.iterdir()) == []  # neither a score file nor its temporary
+
+
+def test_score_shard_writes_what_the_scorer_gives_in_the_shards_order(prior_f32, assets_root,
+                                                                     tmp_path):
+    """The stage's threads and groups change neither rows, nor their order, nor values:
+    against one call of the Scorer on every document (batched otherwise)."""
+    import pyarrow.parquet as pq
+
+    from semisynth.config import PriorConfig
+    from semisynth.documents import write_documents
+    from semisynth.tasks import score as score_mod
+    from semisynth.tasks.ingest import ingest
+    from semisynth.tasks.score import score_shard
+    from semisynth.tasks.toedit import Scorer
+
+    words = SENTENCE.split()
+    # short documents (few tokens to score on 2 cores), every 16th long: several windows
+    docs = [{"id": f"d{i}", "text": SENTENCE * 2 if i % 16 == 0 else " ".join(words[i % 7:][:8])}
+            for i in range(40)]
+    source = tmp_path / "docs.jsonl"
+    write_documents(docs, source)
+    [shard] = ingest([str(source)], tmp_path / "shards", "c").shards
+    cfg = PriorConfig(precision="float32", window=32, batch_tokens=64)
+    edit = EditConfig(beta=8.0)
+    reported = []
+    out = tmp_path / "scores" / "s.parquet"
+    stats = score_shard(shard.path, out, assets_root, cfg, edit, seed=4,
+                        progress=lambda docs, tokens: reported.append((docs, tokens)))
+    rows = pq.read_table(out).to_pylist()
+    texts = pq.read_table(shard.path, columns=["id", "text", "doc_hash"]).to_pylist()
+    assert [r["id"] for r in rows] == [t["id"] for t in texts] == [d["id"] for d in docs]
+    assert [r["doc_hash"] for r in rows] == [t["doc_hash"] for t in texts]
+    # several groups of whole documents went through, each reported once
+    assert len(reported) >= 3 and reported[-1][0] == 40
+    assert sum(t for _, t in reported) == stats.scored_tokens == sum(r["scored_tokens"] for r in rows)
+    at_once = Scorer.from_config(prior_f32, cfg.model_copy(update={"batch_tokens": 512}),
+                                 edit, seed=4).score([t["id"] for t in texts],
+                                                     [t["text"] for t in texts])
+    for row, alone in zip(rows, at_once, strict=True):
+        assert row["token_ids"] == alone.token_ids.tolist()
+        assert row["edited_text"] == prior_f32.tokenizer.decode(alone.edited_ids.tolist())
+        assert (row["revised_tokens"], row["edited_tokens"], row["dropped_tokens"]) == (
+            alone.revised_tokens, alone.edited_tokens, alone.dropped_tokens)
+        assert row["nll_sum"] == pytest.approx(alone.nll_sum, rel=1e-5)
+    assert sum(r["edited_tokens"] for r in rows) > 0
+    assert score_mod.GROUP_BATCHES * cfg.batch_tokens < stats.scored_tokens
+
+
+def test_an_error_while_reading_a_shard_is_raised_and_leaves_no_file(assets_root, prior_folder,
+                                                                     tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from semisynth.config import PriorConfig
+    from semisynth.tasks.score import READ_DOCS, score_shard
+
+    # the first rows are fine; a text of the second read is not text: the tokenizer fails
+    texts = [SENTENCE] * READ_DOCS + [None] + [SENTENCE] * 3
+    shard = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts,
+                             "doc_hash": [str(i) for i in range(len(texts))]}), shard)
+    out = tmp_path / "scores" / "s.parquet"
+    with pytest.raises((TypeError, ValueError)):
+        score_shard(shard, out, assets_root, PriorConfig(precision="float32", batch_tokens=64),
+                    EditConfig(), seed=1)
+    assert list(out.parent.iterdir()) == []

