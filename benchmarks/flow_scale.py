@@ -12,10 +12,10 @@ What runs, for each size s (1x, 4x, 16x of --base-tokens, default 625,000 tokens
   corpora together hold s x --base-tokens tokens of the prior's tokenizer. Tokens are counted
   as the prior tokenizes them (no special tokens), so 16x at the default is 10M tokens.
 - The config (written to the size's data root; every stage runs):
-  ``human`` (role reference, files) and ``fresh`` (a candidate, files), half the tokens
-  each; ``human_toedit`` (edited_from human, release: true); ``mixed`` (mix of fresh and
-  human_toedit, 50/50 by documents, release: true, synthetic_reference: human_toedit, so the
-  share estimate runs). ``metrics.budget_tokens`` is left at its default.
+  ``human`` (role reference, files) and ``fresh`` (a candidate, files, synthetic_reference:
+  human_toedit, so the share estimate runs), half the tokens each; ``human_toedit``
+  (edited_from human, release: true); ``mixed`` (mix of fresh and human_toedit, 50/50 by
+  documents, release: true). ``metrics.budget_tokens`` is left at its default.
 - The prior: built once per benchmark run, before the first size, from nothing on disk: a
   byte-level BPE tokenizer (--vocab, default 4,096) trained with ``tokenizers`` on the Brown
   Corpus and a 2-layer Llama (hidden --hidden, default 64, context 1,024) with seeded random
@@ -310,10 +310,14 @@ def flow_config(root: Path, prior: Path, threshold: float, shard_docs: int, seed
         "edit": {"strategy": "up_revise", "threshold": threshold, "top_k": 8, "beta": 1.5},
         "corpora": {
             "human": {"role": "reference", "paths": ["corpus/human/*.jsonl.gz"]},
-            "fresh": {"paths": ["corpus/fresh/*.jsonl.gz"], "reference": "human"},
+            # the share estimate leaves a reference's documents that the candidate holds out
+            # of that reference's fit: fresh shares none with human or human_toedit (the
+            # mixture would hold every document of human_toedit, leaving it none)
+            "fresh": {"paths": ["corpus/fresh/*.jsonl.gz"], "reference": "human",
+                      "synthetic_reference": "human_toedit"},
             "human_toedit": {"edited_from": "human", "reference": "human", "release": True},
             "mixed": {"mix": {"fresh": 0.5, "human_toedit": 0.5}, "reference": "human",
-                      "synthetic_reference": "human_toedit", "release": True},
+                      "release": True},
         },
         # metrics: every default (budget_tokens too: the metrics stage's own choice)
         # gate: the random prior gives every document about the same perplexity, so the
@@ -401,8 +405,9 @@ def stage_times(api_url: str, flow_run_id: str) -> tuple[dict[str, float], dict]
 
 
 def warehouse_facts(root: Path, run_id: str | None) -> dict:
-    """Per corpus, documents and scored tokens (table ``corpora``), and the metrics' token
-    budget (table ``metrics``), of the run ``run_id`` (else the latest)."""
+    """Per corpus, documents and scored tokens (table ``corpora``), the metrics' token
+    budget and the corpora with a synthetic share estimate (table ``metrics``), of the run
+    ``run_id`` (else the latest)."""
     import duckdb
 
     path = root / "warehouse.duckdb"
@@ -417,7 +422,11 @@ def warehouse_facts(root: Path, run_id: str | None) -> dict:
                                "ORDER BY corpus", [run_id]).fetchall()}
         budget = con.execute("SELECT max(budget) FROM metrics WHERE run_id = ? AND n IS NOT NULL",
                              [run_id]).fetchone()[0]
-    return {"run_id": run_id, "corpora": corpora, "metrics_budget_tokens": budget}
+        shares = {corpus: value for corpus, value in con.execute(
+            "SELECT corpus, value FROM metrics WHERE run_id = ? AND metric = 'synthetic_share'",
+            [run_id]).fetchall()}
+    return {"run_id": run_id, "corpora": corpora, "metrics_budget_tokens": budget,
+            "synthetic_share": shares}
 
 
 # -----------------------------------------------------------------------------
@@ -545,7 +554,9 @@ def run_size(scale: int, args, prior: Path, threshold: float, brown, tokenizer, 
         "task_runs": flow.get("task_runs"),
         "score_tokens_per_s": round(model_tokens / stages["score"]) if stages.get("score") else None,
         "metrics_budget_tokens": facts.get("metrics_budget_tokens"),
+        "synthetic_share": facts.get("synthetic_share"),  # corpus -> estimate: it ran
         "corpora": scored,
+        "released": result.get("released"),
         "blocked": result.get("blocked"),
         "prepare_seconds": round(prepare_seconds, 2),
         "date": since.isoformat(timespec="seconds"),
@@ -572,7 +583,9 @@ def print_entry(e: dict) -> None:
           f"  peak RSS (MiB): flow {e['flow_peak_rss_mb']}, workers {workers}"
           f"{' (' + str(e['worker_restarts']) + ' restarted)' if e['worker_restarts'] else ''}\n"
           f"  scoring {e['score_tokens_per_s']} tokens/s over the score stage, metrics budget "
-          f"{e['metrics_budget_tokens']} tokens, load {e['load_avg_before']} -> {e['load_avg_after']}",
+          f"{e['metrics_budget_tokens']} tokens, share estimated for {sorted(e['synthetic_share'] or [])}, "
+          f"released {e['released']}, blocked {e['blocked']}; "
+          f"load {e['load_avg_before']} -> {e['load_avg_after']}",
           flush=True)
 
 
@@ -638,7 +651,8 @@ def child_flow(config: str, out: str) -> None:
 
         result = run(config)
         outcome = {"state": result.get("state"), "flow_run_id": result.get("flow_run_id"),
-                   "run_id": result.get("run_id"), "blocked": result.get("blocked")}
+                   "run_id": result.get("run_id"), "blocked": result.get("blocked"),
+                   "released": sorted(result.get("releases") or {})}
     except BaseException as exc:
         outcome = {"error": repr(exc)}
         raise
