@@ -2,9 +2,12 @@
 
 Every document of a corpus has an order key: a 64-bit hash of a seed and the document's
 index (its place in the corpus: the score files' rows, in order). A *stream* is the
-corpus's documents (all of them, or one half of a random split) in increasing key order;
-a sample of a stream at a token budget is its first documents until their tokens reach
-the budget, the last one cut so that the sample holds the budget exactly.
+corpus's documents in increasing key order; a sample of a stream at a token budget is its
+first documents until their tokens reach the budget, the last one cut so that the sample
+holds the budget exactly. A random split into halves deals that order out alternately
+(ranks 0, 2, 4, ... to half A, 1, 3, 5, ... to half B), so the halves differ by at most
+one document, as a split by a shuffled index does; an independent coin per document would
+leave the smaller half of 48 documents with about 21 of them, and a smaller budget.
 
 Why keys and not a permutation: a permutation of n documents needs all n in memory; a key
 is known document by document. ``Selection`` reads a corpus once, in batches, and keeps
@@ -33,7 +36,11 @@ from semisynth.quality.ngrams import DocumentFiles, doc_lengths
 SCAN_BATCH_ROWS = 1024  # score-file rows read at a time (a batch's token ids, then dropped)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_HALF_PURPOSE = 0x5EED  # salts the split-half keys apart from the order keys of the same seed
+# A half's selection holds this many times the cap, both halves' documents together:
+# dealt out alternately, each half gets about half of it, and random document lengths
+# leave each above the cap (below it only when one half's documents are far longer than
+# the other's; the budget is then that half's tokens, never more).
+HALVES_HOLD = 2.2
 
 
 def _salt(*entropy: int) -> np.uint64:
@@ -55,44 +62,45 @@ def order_keys(seed: int, index) -> np.ndarray:
     return _splitmix(index * _GOLDEN + _salt(seed))
 
 
-def in_half_a(seed: int, index) -> np.ndarray:
-    """Whether each document at ``index`` is in half A of the random split ``seed`` (each
-    document independently, with probability 1/2; the rest is half B)."""
-    index = np.asarray(index, np.uint64)
-    return (_splitmix(index * _GOLDEN + _salt(seed, _HALF_PURPOSE)) >> np.uint64(63)) == 0
-
-
 @dataclass(frozen=True)
 class Stream:
     """A corpus's documents in the order of ``seed``'s keys; with ``half`` ("A" or "B"),
-    only that half of the random split ``split_seed``."""
+    only that half of the random split the same order deals out."""
 
     seed: int
     half: str | None = None
-    split_seed: int = 0
 
-    def eligible(self, index: np.ndarray) -> np.ndarray:
+    def __post_init__(self):
+        if self.half not in (None, "A", "B"):
+            raise ValueError(f"half must be 'A', 'B' or None, got {self.half!r}")
+
+    def selection(self, cap: int | None) -> Selection:
         if self.half is None:
-            return np.ones(len(index), bool)
-        a = in_half_a(self.split_seed, index)
-        return a if self.half == "A" else ~a
+            return Selection(cap)
+        return Selection(None if cap is None else int(np.ceil(HALVES_HOLD * cap)),
+                         parity=0 if self.half == "A" else 1)
 
 
 def side_seeds(seed: int) -> tuple[int, int]:
     """The order seeds of a comparison's candidate and reference sides: independent
     streams, so that a candidate edited from its reference (document i <-> document i) is
     not sampled in step with it."""
-    cand, ref = np.random.SeedSequence(seed).generate_state(2)
-    return int(cand), int(ref)
+    cand, ref, _ = _comparison_seeds(seed)
+    return cand, ref
+
+
+def _comparison_seeds(seed: int) -> tuple[int, int, int]:
+    cand, ref, split = np.random.SeedSequence(seed).generate_state(3)
+    return int(cand), int(ref), int(split)
 
 
 def comparison_streams(seed: int) -> dict[str, Stream]:
     """The streams of a comparison: ``candidate`` and ``reference`` (every document), and
     the reference's split halves ``half_a`` / ``half_b`` for its yardstick, which compares
     them as a candidate and a reference."""
-    cand, ref = side_seeds(seed)
+    cand, ref, split = _comparison_seeds(seed)
     return {"candidate": Stream(cand), "reference": Stream(ref),
-            "half_a": Stream(cand, "A", seed), "half_b": Stream(ref, "B", seed)}
+            "half_a": Stream(split, "A"), "half_b": Stream(split, "B")}
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,10 +182,15 @@ def read_token_arrays(where: DocumentFiles, column: str = "token_ids") -> list[n
 class Selection:
     """The documents of one stream with the smallest keys that hold ``cap`` tokens (every
     document when ``cap`` is None), fed batch by batch. Held: at most about twice the cap
-    in documents, whatever the corpus."""
+    in documents, whatever the corpus. With ``parity`` (0 or 1) the result is the kept
+    documents of even (odd) rank in key order: one half of a split dealt out alternately.
 
-    def __init__(self, cap: int | None):
+    ``stream_tokens``: the tokens of every document fed; of a half, the tokens of its
+    documents among those kept (its whole half when nothing was cut)."""
+
+    def __init__(self, cap: int | None, parity: int | None = None):
         self.cap = cap
+        self.parity = parity
         self.stream_tokens = 0
         self._parts: list[dict[str, np.ndarray]] = []
         self._held = 0
@@ -208,8 +221,12 @@ class Selection:
         return merged
 
     def result(self) -> dict[str, np.ndarray]:
-        """The kept documents' columns, in key order."""
-        return self._prune()
+        """The kept documents' columns, in key order (of a half: its documents of them)."""
+        kept = self._prune()
+        if self.parity is not None and kept:
+            kept = {k: v[self.parity::2] for k, v in kept.items()}
+            self.stream_tokens = int(kept["length"].sum())
+        return kept
 
 
 @dataclass
@@ -226,9 +243,7 @@ class CorpusScan:
 def _feed(selections: Mapping[str, Selection], streams: Mapping[str, Stream],
           index: np.ndarray, lengths: np.ndarray, **columns: np.ndarray) -> None:
     for name, stream in streams.items():
-        keep = stream.eligible(index)
-        selections[name].add(order_keys(stream.seed, index[keep]), lengths[keep], index=index[keep],
-                             **{k: v[keep] for k, v in columns.items()})
+        selections[name].add(order_keys(stream.seed, index), lengths, index=index, **columns)
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,7 +263,7 @@ class ScoreFiles:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        selections = {name: Selection(cap) for name in streams}
+        selections = {name: stream.selection(cap) for name, stream in streams.items()}
         scan = CorpusScan()
         columns = ["scored_tokens", "edited_tokens"] + (
             ["token_ids", "ppl", "doc_hash"] if streams else [])
@@ -305,7 +320,7 @@ class InMemory:
         return int(doc_lengths(self.docs).sum())
 
     def scan(self, streams: Mapping[str, Stream], cap: int | None) -> CorpusScan:
-        selections = {name: Selection(cap) for name in streams}
+        selections = {name: stream.selection(cap) for name, stream in streams.items()}
         lengths = doc_lengths(self.docs)
         index = np.arange(len(self.docs))
         _feed(selections, streams, index, lengths, ppl=self.ppl, hash=self.hashes)

@@ -239,6 +239,7 @@ def test_release_without_its_row_after_a_kill_is_recorded_by_the_next_run(tmp_pa
 def test_temporary_server_marks_a_killed_runs_flow_run_crashed(tmp_path, monkeypatch):
     from prefect import flow
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Running
 
     from semisynth.flows import lifecycle
@@ -249,9 +250,13 @@ def test_temporary_server_marks_a_killed_runs_flow_run_crashed(tmp_path, monkeyp
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # the server's own database
-    with lifecycle.temporary_server(tmp_path / "logs") as api_url:
+    before = {p.pid for p in psutil.Process().children()}  # the session's shared server, say
+    # no API configured, as in a first run (the session's server sets one in its context)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), \
+            lifecycle.temporary_server(tmp_path / "logs") as api_url:
         assert os.environ["PREFECT_API_URL"] == api_url
-        server = [p for p in psutil.Process().children() if "server" in p.cmdline()]
+        server = [p for p in psutil.Process().children()
+                  if p.pid not in before and "server" in p.cmdline()]
         assert len(server) == 1
         with get_client(sync_client=True) as client:
             run = client.create_flow_run(killed_run, state=Running())

@@ -7,12 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from semisynth.quality.sample import (
+    HALVES_HOLD,
     InMemory,
     ScoreFiles,
     Selection,
     Stream,
     comparison_streams,
-    in_half_a,
     order_keys,
 )
 from semisynth.tasks.score import SCORE_SCHEMA
@@ -114,16 +114,38 @@ def test_score_files_give_the_samples_and_totals_of_the_documents_in_memory(tmp_
             assert [t.tolist() for t in a.token_arrays()] == [t.tolist() for t in b.token_arrays()]
 
 
-def test_split_halves_partition_the_corpus_and_are_reproducible():
-    index = np.arange(10_000)
-    a = in_half_a(4, index)
-    assert 0.48 < a.mean() < 0.52  # each document independently, with probability 1/2
-    assert in_half_a(4, index).tolist() == a.tolist()
-    assert 0.48 < (a == in_half_a(5, index)).mean() < 0.52  # another seed, another split
-    corpus, ppl = random_corpus(3)
+def test_split_halves_partition_the_corpus_evenly_and_are_reproducible():
+    corpus, ppl = random_corpus(3, n_docs=301)
     halves = InMemory(corpus, ppl).scan(comparison_streams(4), None).samples
     got_a, got_b = set(halves["half_a"].index), set(halves["half_b"].index)
     assert not got_a & got_b and got_a | got_b == set(range(len(corpus)))
+    # dealt out alternately: 301 documents split 151 / 150, whatever the seed
+    assert (len(got_a), len(got_b)) == (151, 150)
+    again = InMemory(corpus, ppl).scan(comparison_streams(4), None).samples
+    assert again["half_a"].index.tolist() == halves["half_a"].index.tolist()
+    other = InMemory(corpus, ppl).scan(comparison_streams(5), None).samples
+    assert 0.35 < len(got_a & set(other["half_a"].index)) / len(got_a) < 0.65  # another split
+
+
+def test_a_capped_half_is_the_same_documents_as_the_whole_halfs_first_ones():
+    """A half read under a cap holds the first documents of the half the whole corpus deals
+    out, at least ``cap`` tokens of them, in memory bounded by the cap."""
+    corpus, ppl = random_corpus(5, n_docs=3000)
+    streams = comparison_streams(6)
+    whole = InMemory(corpus, ppl).scan(streams, None).samples
+    cap = 2000
+    for half in ("half_a", "half_b"):
+        selection = streams[half].selection(cap)
+        lengths = np.array([len(d) for d in corpus])
+        index = np.arange(len(corpus))
+        for lo in range(0, len(corpus), 97):  # fed in batches, as a scan does
+            selection.add(order_keys(streams[half].seed, index[lo:lo + 97]), lengths[lo:lo + 97],
+                          index=index[lo:lo + 97])
+            assert selection.held_tokens <= 2 * HALVES_HOLD * cap + 97 * lengths.max()
+        kept = selection.result()
+        assert lengths[kept["index"]].sum() >= cap
+        n = len(kept["index"])
+        assert kept["index"].tolist() == whole[half].index[:n].tolist()
 
 
 def test_the_two_sides_of_a_comparison_are_not_sampled_in_step():

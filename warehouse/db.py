@@ -117,10 +117,10 @@ def append_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame
         return 0
     cols = ", ".join(f'"{c}"' for c in frame.columns)
     con.register("incoming", frame)
-    try:
-        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming")
-    finally:
-        con.unregister("incoming")
+    # no unregister on an error: the failed statement aborts the transaction, an unregister
+    # would then raise in its place and hide why; the connection's end drops the view
+    con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming")
+    con.unregister("incoming")
     return len(frame)
 
 
