@@ -44,6 +44,8 @@ def ingest_task(cfg: Config, corpus: str, run_id: str) -> tuple[list[Path], dict
         "ingest %s: %d rows in, %d ok, %d quarantined, %d shards (%d new)", corpus,
         result.rows_in, result.rows_ok, result.rows_quarantined, len(result.shards),
         sum(s.shard_hash not in seen for s in result.shards))
+    if result.json_fields:
+        get_run_logger().warning("ingest %s: %s", corpus, ingest_mod.json_fields_message(result))
     return [Path(s.path) for s in result.shards], ingest_mod.ingest_counts(result)
 
 

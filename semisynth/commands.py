@@ -157,6 +157,8 @@ def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[s
             with progress(f"ingest {name}", total=None, unit="rows") as bar:
                 result = ingest.ingest_corpus(cfg, name, progress=bar.advance)
             records.record_ingest(wh, run_id, result)
+            if result.json_fields:
+                say(f"{name}: {ingest.json_fields_message(result)}")
             if result.rows_ok == 0:
                 raise InputError(f"{name}: no usable documents ({result.rows_quarantined} rows "
                                  "quarantined; see the quarantine table)")

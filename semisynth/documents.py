@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from semisynth import fields
+
 FORMATS = (".jsonl.gz", ".jsonl", ".parquet")  # longest first: ".jsonl.gz" ends in neither other
 EXCERPT_CHARS = 200
 PARQUET_BATCH_ROWS = 1024
@@ -233,6 +235,22 @@ def unreadable_record(fmt: str, last_line: int, error: BaseException) -> Record:
     return Record(WHOLE_FILE, reason=reason, excerpt="")
 
 
+def declared_types(path: str, text_field: str = "text", id_field: str = "id"
+                   ) -> dict[str, pa.DataType] | None:
+    """The types a document file gives its fields (every column but the text and id): a
+    Parquet file's column types, None for JSON lines (whose types are the values') and for
+    a file whose schema cannot be read (``read_records`` quarantines it)."""
+    path = str(path)
+    if file_format(path) != ".parquet":
+        return None
+    try:
+        with fsspec.open(path, "rb") as f:
+            schema = pq.read_schema(f)
+    except UNREADABLE:
+        return None
+    return {f.name: f.type for f in schema if f.name not in (text_field, id_field)}
+
+
 def read_records(
     path: str, text_field: str = "text", id_field: str = "id", name: str | None = None
 ) -> Iterator[Record]:
@@ -280,31 +298,57 @@ def _write_jsonl(docs: Iterator[dict], f, gzipped: bool) -> int:
     return n
 
 
-def _write_parquet(docs: Iterator[dict], f, batch_rows: int) -> int:
+def _parquet_batch(batch: list[dict], schema: pa.Schema | None, first: int) -> pa.Table:
+    """Documents as a table of ``schema`` (JSON-text fields encoded); without one, of the
+    types Arrow infers. A key the schema lacks is an error: dropping it would lose it."""
+    if schema is None:
+        return pa.Table.from_pylist(batch)
+    names = set(schema.names)
+    for n, doc in enumerate(batch, start=first):
+        if extra := [k for k in doc if k not in names]:
+            raise ValueError(f"document {n} has key(s) {extra} that the file's columns "
+                             f"({', '.join(schema.names)}) lack")
+    columns = [fields.json_text(doc.get(f.name) for doc in batch) if fields.is_json(f)
+               else pa.array([doc.get(f.name) for doc in batch], type=f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _write_parquet(docs: Iterator[dict], f, batch_rows: int, schema: pa.Schema | None) -> int:
     writer, n = None, 0
-    while batch := list(islice(docs, batch_rows)):
-        # the first batch fixes the schema; later batches must keep the column types
-        table = pa.Table.from_pylist(batch, schema=writer.schema if writer else None)
-        writer = writer or pq.ParquetWriter(f, table.schema)
-        writer.write_table(table)
-        n += len(batch)
+    try:
+        while batch := list(islice(docs, batch_rows)):
+            # without a schema the first batch fixes it; later batches must fit it
+            table = _parquet_batch(batch, schema or (writer.schema if writer else None), n)
+            writer = writer or pq.ParquetWriter(f, table.schema)
+            writer.write_table(table)
+            n += len(batch)
+    except BaseException:
+        if writer is not None:  # closed now, not by the collector after f is gone
+            with contextlib.suppress(Exception):
+                writer.close()
+        raise
     if writer is None:  # no documents: still a valid Parquet file
-        writer = pq.ParquetWriter(f, pa.schema([("id", pa.string()), ("text", pa.string())]))
+        writer = pq.ParquetWriter(
+            f, schema or pa.schema([("id", pa.string()), ("text", pa.string())]))
     writer.close()
     return n
 
 
-def write_documents(docs: Iterable[dict], path, batch_rows: int = 1000) -> int:
+def write_documents(docs: Iterable[dict], path, batch_rows: int = 1000,
+                    schema: pa.Schema | None = None) -> int:
     """Write documents (dicts with at least `id` and `text`; other keys are kept) in the
     format the extension names; atomic: readers see the old file or the whole new one.
-    Returns the number of documents written."""
+    Parquet's columns are ``schema``'s (a field marked as JSON text holds its values
+    encoded), else the types Arrow infers from the first ``batch_rows`` documents; a
+    document with a key the columns lack raises ValueError. Returns the number of
+    documents written."""
     path = str(path)
     fmt = file_format(path)
     fs, target = fsspec.core.url_to_fs(path)
 
     def write(f) -> int:
         if fmt == ".parquet":
-            return _write_parquet(_checked(docs), f, batch_rows)
+            return _write_parquet(_checked(docs), f, batch_rows, schema)
         return _write_jsonl(_checked(docs), f, gzipped=fmt == ".jsonl.gz")
 
     if not isinstance(fs, LocalFileSystem):  # object stores publish a file whole, on close

@@ -1,4 +1,8 @@
-"""Derived corpora: ToEdit-edited shards from a scored corpus, and seeded mixtures."""
+"""Derived corpora: ToEdit-edited shards from a scored corpus, and seeded mixtures.
+
+Their documents keep the fields of the documents they come from (``semisynth.fields``):
+an edited document is its source document with the edited text; a mixture's document is
+its component's, with the component named in the shard's ``component`` column."""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from semisynth import fields
 from semisynth.documents import atomic_path
-from semisynth.tasks.ingest import ShardInfo, doc_hash, write_shard
+from semisynth.tasks.ingest import SHARD_SCHEMA, ShardInfo, doc_hash, write_shard
 from semisynth.warehouse.records import CorpusRecord
 
 
@@ -23,17 +28,21 @@ def write_table_atomic(table: pa.Table, path: Path) -> Path:
 
 
 def edited_shard(score_path: Path, source_shard: Path, out_dir: Path) -> Path:
-    """The edited documents of one scored shard, as a shard of the edited corpus."""
+    """The edited documents of one scored shard, as a shard of the edited corpus: the
+    source shard's documents, fields and component, with the edited text."""
     scores = pq.read_table(score_path, columns=["id", "edited_text"])
+    docs = pq.read_table(source_shard)
+    if docs.column("id") != scores.column("id"):
+        raise ValueError(f"{score_path} does not hold the scores of {source_shard} row for "
+                         "row: its ids differ")
+    texts = scores.column("edited_text").to_pylist()
     source = f"toedit:{Path(source_shard).name}"
-    rows = [
-        {"id": doc_id, "text": text, "doc_hash": doc_hash(text), "source": source, "line": line}
-        for line, (doc_id, text) in enumerate(
-            zip(scores.column("id").to_pylist(), scores.column("edited_text").to_pylist(), strict=True),
-            start=1,
-        )
-    ]
-    return Path(write_shard(rows, Path(out_dir), source).path)
+    edited = {"text": texts, "doc_hash": [doc_hash(t) for t in texts],
+              "source": [source] * len(texts), "line": range(1, len(texts) + 1)}
+    for name, values in edited.items():
+        docs = docs.set_column(docs.schema.get_field_index(name), SHARD_SCHEMA.field(name),
+                               pa.array(values, SHARD_SCHEMA.field(name).type))
+    return Path(write_shard(docs, Path(out_dir), source).path)
 
 
 def mix_selection(doc_counts: dict[str, int], shares: dict[str, float], seed: int) -> dict[str, np.ndarray]:
@@ -77,13 +86,42 @@ def _picked_rows(components: dict[str, tuple[list[Path], list[Path]]],
             if not here.size:
                 continue
             taken = pa.array(here)
-            docs = pq.read_table(shard_path, columns=["id", "text", "doc_hash"]).take(taken)
+            docs = pq.read_table(shard_path).take(taken)
             scores = pq.read_table(score_path).take(taken)
             if docs.column("id") != scores.column("id"):
                 raise ValueError(f"{score_path} does not hold the scores of {shard_path} row "
                                  "for row: its ids differ")
-            source = pa.array([f"{origin}:{name}"] * len(here))
-            yield docs.append_column("source", source), scores
+            yield _as_component(docs, name, origin), scores
+
+
+def _as_component(docs: pa.Table, name: str, origin: str) -> pa.Table:
+    """A component's documents as rows of a mixture (``<origin>:<name>`` their source):
+    their fields, and ``name`` as their component; a component that is itself a mixture
+    gives ``name/<its component>``, so that no document forgets where it came from."""
+    n = docs.num_rows
+    inner = (docs.column(fields.COMPONENT).to_pylist() if fields.COMPONENT in docs.column_names
+             else [None] * n)
+    columns = {"id": docs.column("id"), "text": docs.column("text"),
+               "doc_hash": docs.column("doc_hash"),
+               "source": pa.array([f"{origin}:{name}"] * n, pa.string()),
+               fields.COMPONENT: pa.array([name if c is None else f"{name}/{c}" for c in inner],
+                                          pa.string())}
+    if (doc_fields := fields.shard_fields(docs)) is not None:
+        columns[fields.FIELDS] = doc_fields
+    return pa.table(columns)
+
+
+def _mixture_table(pieces: list[pa.Table], where: str) -> pa.Table:
+    """Pieces of components as one table: their fields as one struct type."""
+    target = fields.unify([p.schema.field(fields.FIELDS).type if fields.FIELDS in p.column_names
+                           else None for p in pieces], where)
+    if target is None:
+        return pa.concat_tables(pieces)
+    return pa.concat_tables([
+        p.drop_columns([c for c in [fields.FIELDS] if c in p.column_names]).append_column(
+            pa.field(fields.FIELDS, target),
+            fields.conform(fields.shard_fields(p), p.num_rows, target))
+        for p in pieces])
 
 
 def picked_shards(
@@ -96,9 +134,10 @@ def picked_shards(
 ) -> tuple[list[Path], list[Path]]:
     """Shards of at most ``shard_docs`` of the documents ``picks`` names (component -> row
     numbers in its shards, concatenated in order), each with its score file, the scores
-    carried over from the components (name -> (shard paths, score paths)); each row's
-    ``source`` is ``<origin>:<component>``, its ``line`` its place in the whole. Reads one
-    component shard at a time and holds at most one output shard."""
+    carried over from the components (name -> (shard paths, score paths)); each row keeps
+    its fields, its ``component`` names its component, its ``source`` is
+    ``<origin>:<component>``, its ``line`` its place in the whole. Reads one component
+    shard at a time and holds at most one output shard."""
     shards, score_files = [], []
     docs_buffer: list[pa.Table] = []
     score_buffer: list[pa.Table] = []
@@ -106,12 +145,14 @@ def picked_shards(
 
     def flush(rows: int) -> None:
         nonlocal docs_buffer, score_buffer, written
-        docs, scores = pa.concat_tables(docs_buffer), pa.concat_tables(score_buffer)
+        docs = _mixture_table(docs_buffer, f"mixture shard in {shard_dir}")
+        scores = pa.concat_tables(score_buffer)
         out_docs, out_scores = docs.slice(0, rows), scores.slice(0, rows)
         docs_buffer, score_buffer = [docs.slice(rows)], [scores.slice(rows)]
-        lines = pa.array(range(written + 1, written + rows + 1))
-        shard = write_shard(out_docs.append_column("line", lines).to_pylist(), Path(shard_dir),
-                            origin)
+        lines = pa.array(range(written + 1, written + rows + 1), pa.int64())
+        out_docs = out_docs.add_column(out_docs.schema.get_field_index("source") + 1, "line",
+                                       lines)
+        shard = write_shard(out_docs, Path(shard_dir), origin)
         shards.append(Path(shard.path))
         score_files.append(write_table_atomic(out_scores,
                                               Path(score_dir) / f"{shard.shard_hash}.parquet"))

@@ -1,8 +1,9 @@
 """The ingest step: document files in, normalized content-addressed Parquet shards out.
 
 One job, in the style of a DataTrove block: read every row, keep the good documents as
-`{id, text, doc_hash, source, line}` rows in shards named by the hash of their content,
-and put every bad row in the quarantine list with file, line and reason; no row is ever
+`{id, text, doc_hash, source, line, fields}` rows in shards named by the hash of their
+content (`fields`: every other key or column of the input document, see
+`semisynth.fields`; left out when no document has one), and put every bad row in the quarantine list with file, line and reason; no row is ever
 dropped silently, so `rows_in == rows_ok + rows_quarantined` always holds. A file that
 breaks off (truncated gzip, corrupt Parquet) keeps the rows read before the damage and adds
 one quarantine row for the rest, line 0, which counts as one row in. Default ids (rows
@@ -12,6 +13,7 @@ share, so that same-named files of different folders do not collide."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,15 +21,18 @@ from pathlib import Path
 
 import fsspec
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from semisynth import fields
 from semisynth.documents import (
     EXCERPT_CHARS,
+    atomic_path,
+    declared_types,
     excerpt_of,
     expand_paths,
     read_records,
     source_names,
-    write_documents,
 )
 
 log = logging.getLogger(__name__)
@@ -50,32 +55,74 @@ class IngestResult:
     rows_ok: int = 0
     rows_quarantined: int = 0
     per_file: dict[str, dict[str, int]] = field(default_factory=dict)
+    # field -> shards that hold it as JSON text (its values had no one Arrow type there)
+    json_fields: dict[str, int] = field(default_factory=dict)
 
 
 def doc_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def shard_hash(rows: list[dict]) -> str:
-    """Hash of the shard's (id, text) rows in order; each string is length-prefixed so no
-    two different shards can serialize to the same bytes."""
+# The bookkeeping columns every shard has; then `component` (a mixture's documents) and
+# `fields` (the input's other fields) where there are any.
+SHARD_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("doc_hash", pa.string()),
+                          ("source", pa.string()), ("line", pa.int64())])
+# What a shard holds beside id and text that its hash covers: source and line say where
+# the rows were read, and doc_hash follows from the text.
+CONTENT_COLUMNS = (fields.COMPONENT, fields.FIELDS)
+
+
+def shard_table(rows: list[dict], doc_fields: pa.Array | None = None) -> pa.Table:
+    """A shard of ``rows`` (the bookkeeping columns, SHARD_SCHEMA) and their fields."""
+    table = pa.table({f.name: pa.array([r[f.name] for r in rows], f.type)
+                      for f in SHARD_SCHEMA}, schema=SHARD_SCHEMA)
+    return table if doc_fields is None else table.append_column(fields.FIELDS, doc_fields)
+
+
+def _canonical(value) -> str:
+    # sorted keys: the struct type (hashed apart) fixes the order; default=str renders the
+    # datetimes, decimals and bytes of typed columns the same way every time
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str,
+                      separators=(",", ":"))
+
+
+def shard_hash(table: pa.Table) -> str:
+    """Hash of the shard's content, row by row in order: id and text, and where the shard
+    has them, its component and fields, with their types (a changed type or value is a
+    new shard). Each string is length-prefixed so no two different shards serialize to
+    the same bytes; a shard of ids and texts alone hashes as it did before fields were
+    kept."""
     h = hashlib.sha256()
-    for row in rows:
-        for value in (row["id"], row["text"]):
-            data = value.encode("utf-8")
-            h.update(len(data).to_bytes(8, "little"))
-            h.update(data)
+
+    def put(value: str) -> None:
+        data = value.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
+    extra = [c for c in CONTENT_COLUMNS if c in table.column_names]
+    if extra:
+        types = {c: str(table.schema.field(c).type) for c in extra}
+        put("semisynth shard columns " + _canonical(
+            {"types": types, "json": fields.json_keys(table.schema.field(fields.FIELDS).type
+                                                      if fields.FIELDS in extra else None)}))
+    columns = [table.column(c).to_pylist() for c in ("id", "text", *extra)]
+    for doc_id, text, *rest in zip(*columns, strict=True):
+        put(doc_id)
+        put(text)
+        if extra:
+            put(_canonical(rest))
     return h.hexdigest()[:16]
 
 
-def write_shard(rows: list[dict], out_dir: Path, source: str) -> ShardInfo:
+def write_shard(table: pa.Table, out_dir: Path, source: str) -> ShardInfo:
     """Write one shard unless a file with its content hash exists (then it is the same
     content, and rewriting it would only disturb readers and caches keyed on it)."""
-    digest = shard_hash(rows)
-    path = out_dir / f"{digest}.parquet"
+    digest = shard_hash(table)
+    path = Path(out_dir) / f"{digest}.parquet"
     if not path.exists():
-        write_documents(rows, path)
-    return ShardInfo(digest, str(path), len(rows), source)
+        with atomic_path(path, keep_existing=True) as tmp:
+            pq.write_table(table, tmp)
+    return ShardInfo(digest, str(path), table.num_rows, source)
 
 
 def ingest(
@@ -101,13 +148,27 @@ def ingest(
     def limit_reached() -> bool:
         return limit_docs is not None and result.rows_ok >= limit_docs
 
+    def flush(rows: list[dict], metas: list[dict], source: str,
+              declared: dict[str, pa.DataType] | None) -> None:
+        doc_fields = fields.from_rows(metas, declared)
+        shard = write_shard(shard_table(rows, doc_fields), out_dir, source)
+        result.shards.append(shard)
+        for key in fields.json_keys(doc_fields.type if doc_fields is not None else None):
+            result.json_fields[key] = result.json_fields.get(key, 0) + 1
+            log.warning("ingest %s: field %r of %s (lines %d-%d) has values of different "
+                        "types: shard %s holds it as JSON text", corpus, key, source,
+                        rows[0]["line"], rows[-1]["line"], shard.shard_hash)
+
     sources = expand_paths(paths)
     names = source_names(paths, sources)  # what default ids call each file
     for source in sources:
         if limit_reached():
             break
         stats = result.per_file[source] = {"rows_in": 0, "rows_ok": 0, "rows_quarantined": 0}
-        rows: list[dict] = []  # the shard being filled; shards never mix source files
+        declared = declared_types(source, text_field, id_field)  # Parquet: its column types
+        # the shard being filled: bookkeeping and fields; shards never mix source files
+        rows: list[dict] = []
+        metas: list[dict] = []
         for rec in read_records(source, text_field, id_field, names[source]):
             stats["rows_in"] += 1
             if progress:
@@ -141,13 +202,14 @@ def ingest(
                     "line": rec.line,
                 }
             )
+            metas.append(rec.meta)
             if len(rows) == shard_docs:
-                result.shards.append(write_shard(rows, out_dir, source))
-                rows = []
+                flush(rows, metas, source, declared)
+                rows, metas = [], []
             if limit_reached():
                 break  # rows after this one are not read, so not counted
         if rows:
-            result.shards.append(write_shard(rows, out_dir, source))
+            flush(rows, metas, source, declared)
         result.rows_in += stats["rows_in"]
 
     assert result.rows_in == result.rows_ok + result.rows_quarantined, (
@@ -185,6 +247,13 @@ def ingest_corpus(cfg, name: str, progress: Callable[[int], None] | None = None)
     return ingest([cfg.resolve(p) for p in c.paths], cfg.shard_dir(name), name,
                   text_field=c.text_field, id_field=c.id_field, shard_docs=cfg.shard_docs,
                   limit_docs=c.limit_docs, progress=progress)
+
+
+def json_fields_message(result: IngestResult) -> str:
+    """What ingest kept as JSON text, for the run's log."""
+    held = ", ".join(f"{key!r} in {n} shard{'s' if n > 1 else ''}"
+                     for key, n in result.json_fields.items())
+    return f"fields whose values have different types, kept as JSON text: {held}"
 
 
 def ingest_counts(result: IngestResult) -> dict[str, int]:

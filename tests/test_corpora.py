@@ -9,20 +9,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from semisynth.tasks.corpora import mix_selection, mixed_shards
-from semisynth.tasks.ingest import doc_hash, write_shard
+from semisynth import fields
+from semisynth.tasks.corpora import edited_shard, mix_selection, mixed_shards
+from semisynth.tasks.ingest import doc_hash, shard_table, write_shard
 from semisynth.tasks.score import SCORE_SCHEMA
 from semisynth.warehouse import db, records
 
 
-def scored_component(folder, name, sizes):
-    """Shards of a component (documents ``<name>-<i>``) and their score files, aligned."""
+def scored_component(folder, name, sizes, doc_fields=None):
+    """Shards of a component (documents ``<name>-<i>``) and their score files, aligned;
+    ``doc_fields(i)``: the fields of document i (typed as ``fields.from_rows`` infers),
+    or none."""
     shards, scores, i = [], [], 0
     for size in sizes:
         rows = [{"id": f"{name}-{i + k}", "text": f"text of {name} {i + k}",
                  "doc_hash": doc_hash(f"text of {name} {i + k}"), "source": name, "line": k + 1}
                 for k in range(size)]
-        shard = write_shard(rows, folder / "shards" / name, name)
+        struct = fields.from_rows([doc_fields(i + k) for k in range(size)]) if doc_fields else None
+        shard = write_shard(shard_table(rows, struct), folder / "shards" / name, name)
         n = len(rows)
         table = pa.table({
             "id": [r["id"] for r in rows], "doc_hash": [r["doc_hash"] for r in rows],
@@ -61,6 +65,61 @@ def test_a_mixture_is_written_in_shards_with_its_scores_row_for_row(tmp_path):
     assert got_scores.column("ppl").to_pylist() == [by_id[i] for i in expected]
     # the same inputs give the same shards (content-keyed)
     assert mixed_shards(components, shares, 3, tmp_path / "mix", tmp_path / "mixs", 16)[0] == shards
+
+
+def without_nulls(value):
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def test_a_mixtures_documents_keep_their_fields_and_name_their_component(tmp_path):
+    components = {
+        "human": scored_component(tmp_path, "human", [6, 6], lambda i: {
+            "year": 1961, "meta": {"genre": "news"}, "tags": ["a"] if i % 2 else None}),
+        # a component whose own fields differ: one more nested key, and `year` as text
+        "web": scored_component(tmp_path, "web", [5], lambda i: {
+            "year": f"'{i}", "meta": {"genre": "web", "url": f"u{i}"}})}
+    shards, _ = mixed_shards(components, {"human": 0.5, "web": 0.5}, 1, tmp_path / "mix",
+                             tmp_path / "mixs", 4)
+    # the shards' field types differ: each shard's rows decoded by its own
+    docs = [(d, fields.json_keys(pq.read_schema(s).field("fields").type)) for s in shards
+            for d in pq.read_table(s).to_pylist()]
+    assert len(docs) == 10
+    for doc, json_keys in docs:
+        name, i = doc["id"].split("-")
+        assert doc["component"] == name
+        # a key a document lacks is null where other documents of its shard have it
+        got = without_nulls(fields.decoded(doc["fields"], json_keys))
+        if name == "human":
+            assert got == {"year": 1961, "meta": {"genre": "news"}} | (
+                {"tags": ["a"]} if int(i) % 2 else {})
+        else:
+            assert got == {"year": f"'{i}", "meta": {"genre": "web", "url": f"u{i}"}}
+    # `year` meets as a number and as text in some shard: JSON text there, typed elsewhere
+    types = [pq.read_schema(s).field("fields").type for s in shards]
+    assert any(fields.json_keys(t) == ["year"] for t in types)
+    assert {str(t.field("meta").type) for t in types} <= {
+        "struct<genre: string, url: string>", "struct<genre: string>"}
+
+    # a mixture of that mixture: its documents say both components
+    shards2, _ = mixed_shards({"mix": (shards, _)}, {"mix": 1.0}, 2, tmp_path / "mix2",
+                              tmp_path / "mixs2", 4)
+    again = [d for s in shards2 for d in pq.read_table(s).to_pylist()]
+    assert sorted(d["component"] for d in again) == sorted(f"mix/{d['component']}"
+                                                           for d, _ in docs)
+
+
+def test_an_edited_shard_keeps_its_documents_fields(tmp_path):
+    [shard], [score] = scored_component(tmp_path, "human", [3], lambda i: {
+        "n": i, "meta": {"url": f"u{i}"}})
+    out = edited_shard(score, Path(shard), tmp_path / "edited")
+    source, edited = pq.read_table(shard), pq.read_table(out)
+    assert edited.column("text").to_pylist() == ["e"] * 3  # the score files' edited text
+    assert edited.column("doc_hash").to_pylist() == [doc_hash("e")] * 3
+    assert edited.column("id").equals(source.column("id"))
+    assert edited.column("fields").equals(source.column("fields"))
+    assert edited.schema.field("fields").type == source.schema.field("fields").type
 
 
 def test_a_score_file_that_is_not_its_shards_is_refused(tmp_path):

@@ -8,8 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from semisynth import fields
 from semisynth.documents import expand_paths, read_records, source_names, write_documents
-from semisynth.tasks.ingest import ingest, iter_shard_batches, read_shard
+from semisynth.tasks.ingest import (
+    doc_hash,
+    ingest,
+    iter_shard_batches,
+    read_shard,
+    shard_hash,
+    shard_table,
+)
 
 # (raw line, expected reason prefix or None for a good row); line numbers count from 1
 # and the blank line is skipped but still counted.
@@ -319,3 +327,148 @@ def test_unknown_extension_raises(tmp_path):
     with pytest.raises(ValueError, match=r"\.jsonl\.gz, \.jsonl, \.parquet"):
         write_documents([{"id": "a", "text": "t"}], tmp_path / "docs.csv")
     assert os.listdir(tmp_path) == []
+
+
+# Dolma's layout: its own `source`, and a nested `metadata` whose keys differ by row
+DOLMA = [
+    {"id": "w1", "text": "first page", "source": "common-crawl", "added": "2024-01-02",
+     "created": "2019-05-06", "metadata": {"url": "https://a.example", "language": "en",
+                                           "scores": [0.5, 0.25]}},
+    {"id": "w2", "text": "second page", "source": "wiki", "added": "2024-01-03",
+     "metadata": {"url": "https://b.example", "license": {"name": "CC-BY", "version": 4}}},
+    {"id": "w3", "text": "third page", "source": "wiki", "extra": True},
+]
+
+
+def without_nulls(value):
+    """A document as it went in: fields keep a key for every key of their shard, null
+    where a document lacked it."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def test_every_field_of_a_dolma_document_is_kept_in_its_shard(tmp_path):
+    write_documents(DOLMA, tmp_path / "dolma.jsonl.gz")
+    res = ingest([str(tmp_path / "dolma.jsonl.gz")], tmp_path / "shards", "web")
+    assert res.rows_quarantined == 0 and res.json_fields == {}
+    [shard] = res.shards
+    table = pq.read_table(shard.path)
+    # the shard's bookkeeping (source file, line) beside the input's own `source` field
+    assert table.column("source").to_pylist() == [str(tmp_path / "dolma.jsonl.gz")] * 3
+    assert [without_nulls(f) for f in table.column("fields").to_pylist()] == [
+        {k: v for k, v in d.items() if k not in ("id", "text")} for d in DOLMA]
+    meta = table.schema.field("fields").type.field("metadata").type
+    assert meta.field("license").type == pa.struct([("name", pa.string()),
+                                                    ("version", pa.int64())])
+
+
+def test_parquet_columns_keep_their_arrow_types(tmp_path):
+    types = {"n": pa.int16(), "when": pa.timestamp("us", tz="UTC"), "tags": pa.list_(pa.string()),
+             "info": pa.struct([("lang", pa.string()), ("score", pa.float32())])}
+    import datetime as dt
+
+    when = dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC)
+    pq.write_table(pa.table({
+        "id": ["p1", "p2"], "text": ["one", "two"], "n": pa.array([1, -3], types["n"]),
+        "when": pa.array([when, None], types["when"]),
+        "tags": pa.array([["a", "b"], []], types["tags"]),
+        "info": pa.array([{"lang": "en", "score": 0.5}, None], types["info"])}),
+        tmp_path / "typed.parquet")
+    res = ingest([str(tmp_path / "typed.parquet")], tmp_path / "shards", "typed")
+    table = pq.read_table(res.shards[0].path)
+    stored = table.schema.field("fields").type
+    assert {f.name: f.type for f in stored} == {
+        f.name: f.type for f in pq.read_schema(tmp_path / "typed.parquet")
+        if f.name not in ("id", "text")}
+    assert table.column("fields").to_pylist() == [
+        {"n": 1, "when": when, "tags": ["a", "b"], "info": {"lang": "en", "score": 0.5}},
+        {"n": -3, "when": None, "tags": [], "info": None}]
+
+
+def test_a_field_of_conflicting_types_is_kept_as_json_text_not_quarantined(tmp_path, caplog):
+    docs = [{"id": "a", "text": "x", "year": 1961, "meta": {}},
+            {"id": "b", "text": "y", "year": "nineteen", "meta": {}},
+            {"id": "c", "text": "z", "year": [1, 2], "big": 2 ** 70}]
+    write_documents(docs, tmp_path / "mixed.jsonl")
+    res = ingest([str(tmp_path / "mixed.jsonl")], tmp_path / "shards", "c1")
+    assert res.rows_ok == 3 and res.rows_quarantined == 0
+    # `meta` is only ever {}: a struct without keys, which Parquet cannot hold
+    assert res.json_fields == {"year": 1, "meta": 1, "big": 1}
+    assert "field 'year'" in caplog.text and "JSON text" in caplog.text
+    stored = pq.read_table(res.shards[0].path).column("fields")
+    assert fields.json_keys(stored.type) == ["year", "meta", "big"]
+    assert [fields.decoded(r, ["year", "meta", "big"]) for r in stored.to_pylist()] == [
+        {"year": 1961, "meta": {}, "big": None}, {"year": "nineteen", "meta": {}, "big": None},
+        {"year": [1, 2], "meta": None, "big": 2 ** 70}]
+
+
+def shard_of(docs):
+    rows = [{"id": d["id"], "text": d["text"], "doc_hash": doc_hash(d["text"]),
+             "source": "f", "line": n} for n, d in enumerate(docs, start=1)]
+    meta = [{k: v for k, v in d.items() if k not in ("id", "text")} for d in docs]
+    return shard_table(rows, fields.from_rows(meta))
+
+
+def test_the_shard_hash_covers_every_field_value_and_type():
+    base = shard_hash(shard_of(DOLMA))
+    assert shard_hash(shard_of(DOLMA)) == base
+    changed = [dict(d) for d in DOLMA]
+    changed[1] = {**changed[1], "metadata": {**changed[1]["metadata"], "url": "https://c.example"}}
+    assert shard_hash(shard_of(changed)) != base
+    changed = [dict(d) for d in DOLMA]
+    del changed[2]["extra"]
+    assert shard_hash(shard_of(changed)) != base
+    # the same values in another type
+    as_int16 = shard_table(shard_of(DOLMA[:1]).drop_columns(["fields"]).to_pylist(),
+                           fields.from_rows([{"n": 1}], {"n": pa.int16()}))
+    as_int64 = shard_table(shard_of(DOLMA[:1]).drop_columns(["fields"]).to_pylist(),
+                           fields.from_rows([{"n": 1}]))
+    assert shard_hash(as_int16) != shard_hash(as_int64)
+    # moved bookkeeping (another file or line) is the same content
+    moved = shard_of(DOLMA).set_column(3, "source", pa.array(["g"] * 3))
+    assert shard_hash(moved) == base
+
+
+def test_a_shard_without_fields_hashes_as_before_fields_were_kept():
+    """Ids and texts only: the hash of earlier releases, so their cached scores still hit."""
+    import hashlib
+
+    docs = [{"id": "a", "text": "one"}, {"id": "b", "text": "twö"}]
+    h = hashlib.sha256()
+    for d in docs:
+        for value in (d["id"], d["text"]):
+            data = value.encode("utf-8")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+    table = shard_of(docs)
+    assert "fields" not in table.column_names
+    assert shard_hash(table) == h.hexdigest()[:16]
+
+
+def test_reingest_of_changed_metadata_is_a_new_shard(tmp_path):
+    path = tmp_path / "dolma.jsonl"
+    write_documents(DOLMA, path)
+    first = ingest([str(path)], tmp_path / "shards", "web")
+    changed = [dict(d) for d in DOLMA]
+    changed[0] = {**changed[0], "added": "2024-02-01"}
+    write_documents(changed, path)
+    second = ingest([str(path)], tmp_path / "shards", "web")
+    assert first.shards[0].shard_hash != second.shards[0].shard_hash
+    assert pq.read_table(second.shards[0].path).column("fields")[0]["added"].as_py() == "2024-02-01"
+
+
+def test_write_documents_to_parquet_never_drops_a_key(tmp_path):
+    docs = [{"id": "a", "text": "x"}, {"id": "b", "text": "y", "late": 1}]
+    with pytest.raises(ValueError, match=r"document 1 has key\(s\) \['late'\]"):
+        write_documents(docs, tmp_path / "inferred.parquet", batch_rows=1)
+    # with the columns given: their types, JSON text where a field is marked so
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("late", pa.int16()),
+                        fields.json_field("any")])
+    docs[0]["any"], docs[1]["any"] = [1], "one"
+    assert write_documents(docs, tmp_path / "typed.parquet", batch_rows=1, schema=schema) == 2
+    table = pq.read_table(tmp_path / "typed.parquet")
+    assert table.schema.field("late").type == pa.int16()
+    assert table.to_pylist() == [{"id": "a", "text": "x", "late": None, "any": "[1]"},
+                                 {"id": "b", "text": "y", "late": 1, "any": '"one"'}]
+    assert not (tmp_path / "inferred.parquet").exists()
