@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow.parquet as pq
 
 from semisynth.documents import atomic_path
+from semisynth.fields import DocumentLayout
 from semisynth.warehouse import records
 
 FORMATS = ("parquet", "jsonl.gz")
@@ -47,15 +48,16 @@ RELEASE_BATCH_ROWS = 1000  # rows read from a shard and written at a time
 
 
 def _jsonl_line(row: dict) -> bytes:
-    """Dolma layout: one JSON object a line, id and text first."""
-    ordered = {"id": row.get("id"), "text": row.get("text"),
-               **{k: v for k, v in row.items() if k not in ("id", "text")}}
-    return (json.dumps(ordered, ensure_ascii=False, default=str) + "\n").encode()
+    """Dolma layout: one JSON object a line, id and text first (as ``DocumentLayout``
+    orders the columns)."""
+    return (json.dumps(row, ensure_ascii=False, default=str) + "\n").encode()
 
 
-def _write_part(shard: Path, data: Path, part: int, formats: tuple[str, ...]) -> int:
-    """One shard as the release's part ``part`` in each format, a batch of rows at a time;
-    returns its documents."""
+def _write_part(shard: Path, data: Path, part: int, formats: tuple[str, ...],
+                layout: DocumentLayout) -> int:
+    """One shard as the release's part ``part`` in each format, a batch of rows at a time,
+    its documents laid out as ``layout`` (the release's one schema); returns its
+    documents."""
     source = pq.ParquetFile(shard)
     missing = {"id", "text"} - set(source.schema_arrow.names)
     if missing:
@@ -63,7 +65,7 @@ def _write_part(shard: Path, data: Path, part: int, formats: tuple[str, ...]) ->
     documents = 0
     with contextlib.ExitStack() as stack:
         parquet = (stack.enter_context(pq.ParquetWriter(data / f"part-{part:05d}.parquet",
-                                                        source.schema_arrow))
+                                                        layout.schema))
                    if "parquet" in formats else None)
         jsonl = None
         if "jsonl.gz" in formats:
@@ -72,10 +74,11 @@ def _write_part(shard: Path, data: Path, part: int, formats: tuple[str, ...]) ->
             jsonl = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb", mtime=0))
         for batch in source.iter_batches(batch_size=RELEASE_BATCH_ROWS):
             documents += batch.num_rows
+            table = layout.table(batch)
             if parquet is not None:
-                parquet.write_batch(batch)
+                parquet.write_table(table)
             if jsonl is not None:
-                jsonl.writelines(_jsonl_line(row) for row in batch.to_pylist())
+                jsonl.writelines(_jsonl_line(row) for row in layout.rows(table))
     return documents
 
 
@@ -112,7 +115,8 @@ def _write_release_folder(tmp: Path, name: str, version: str, shard_paths: list[
                           manifest: dict, formats: tuple[str, ...]) -> None:
     data = tmp / "data"
     data.mkdir(parents=True)
-    documents = sum(_write_part(Path(shard), data, i, formats)
+    layout = DocumentLayout.of([Path(s) for s in shard_paths], f"release {name} {version}")
+    documents = sum(_write_part(Path(shard), data, i, formats, layout)
                     for i, shard in enumerate(shard_paths))
     files = {p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
              for p in sorted(data.iterdir())}

@@ -9,21 +9,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from semisynth import fields
 from semisynth.tasks import release
+from semisynth.tasks.ingest import doc_hash, shard_table, write_shard
 from semisynth.warehouse import db, records
+
+
+def make_shard(folder, docs: list[dict], component: str | None = None,
+               declared: dict | None = None):
+    """A shard as ingest writes one: ``docs`` are input documents (id, text, fields)."""
+    rows = [{"id": d["id"], "text": d["text"], "doc_hash": doc_hash(d["text"]),
+             "source": "in.jsonl", "line": n} for n, d in enumerate(docs, start=1)]
+    struct = fields.from_rows([{k: v for k, v in d.items() if k not in ("id", "text")}
+                              for d in docs], declared)
+    table = shard_table(rows, struct)
+    if component is not None:
+        table = table.add_column(5, fields.COMPONENT, pa.array([component] * len(docs)))
+    return write_shard(table, folder, "in.jsonl").path
 
 
 @pytest.fixture
 def shards(tmp_path):
-    paths = []
-    for i in range(2):
-        path = tmp_path / "shards" / f"shard{i}.parquet"
-        path.parent.mkdir(exist_ok=True)
-        ids = [f"d{i}-{j}" for j in range(3)]
-        pq.write_table(pa.table({"text": [f"doc {d} – ünïcode" for d in ids], "id": ids,
-                                 "source": ["brown"] * 3}), path)
-        paths.append(path)
-    return paths
+    return [make_shard(tmp_path / "shards", [
+        {"id": f"d{i}-{j}", "text": f"doc d{i}-{j} – ünïcode", "source": "brown"}
+        for j in range(3)]) for i in range(2)]
 
 
 def test_write_verify_list(tmp_path, shards):
@@ -46,12 +55,60 @@ def test_write_verify_list(tmp_path, shards):
     with gzip.open(path / "data" / "part-00001.jsonl.gz", "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f]
     assert [list(d)[:2] for d in docs] == [["id", "text"]] * 3  # Dolma: id, text, then the rest
+    # the input's own `source` field, not the shard's bookkeeping (file, line, doc_hash)
     assert docs[0] == {"id": "d1-0", "text": "doc d1-0 – ünïcode", "source": "brown"}
-    assert pq.read_table(path / "data" / "part-00000.parquet").equals(pq.read_table(shards[0]))
+    assert pq.read_table(path / "data" / "part-00000.parquet").to_pylist() == [
+        {"id": f"d0-{j}", "text": f"doc d0-{j} – ünïcode", "source": "brown"} for j in range(3)]
 
     assert release.list_releases(root) == [{
         "name": "demo", "version": "v0001", "path": str(path), "documents": 6,
         "created_at": manifest["created_at"]}]
+
+
+def released(path):
+    """(Parquet tables, JSON lines documents) of each part of the release at ``path``."""
+    parts = sorted((path / "data").glob("*.parquet"))
+    jsonl = []
+    for part in parts:
+        with gzip.open(part.with_name(part.name.replace(".parquet", ".jsonl.gz")), "rt") as f:
+            jsonl.append([json.loads(line) for line in f])
+    return [pq.read_table(p) for p in parts], jsonl
+
+
+def test_a_release_has_one_schema_with_every_field_at_top_level(tmp_path):
+    folder = tmp_path / "shards"
+    shards = [
+        # typed as a Parquet file types them: int16 and a timestamp
+        make_shard(folder, [{"id": "a", "text": "A", "n": 1, "when": None, "meta": {"url": "u"},
+                             "mixed": 1}],
+                   declared={"n": pa.int16(), "when": pa.timestamp("ms", tz="UTC")}),
+        # n is int32 here, meta has one more key, mixed is text, `text` is a field (the
+        # input's text was another key): every key keeps its values
+        make_shard(folder, [{"id": "b", "text": "B", "n": 70000, "meta": {"lang": "en"},
+                             "mixed": "one", "semisynth_component": "old"}],
+                   component="web", declared={"n": pa.int32()}),
+        make_shard(folder, [{"id": "c", "text": "C"}]),  # no fields at all
+    ]
+    path = release.write_release(tmp_path / "releases", "demo", "v0001", shards, {})
+    assert release.verify_release(path) == []
+    tables, jsonl = released(path)
+    schema = tables[0].schema
+    assert all(t.schema == schema for t in tables)  # one schema across the parts
+    assert schema.names == ["id", "text", "n", "when", "meta", "mixed",
+                            "input_semisynth_component", "semisynth_component"]
+    assert schema.field("n").type == pa.int32()  # int16 and int32: int32 holds both
+    assert schema.field("when").type == pa.timestamp("ms", tz="UTC")
+    assert fields.is_json(schema.field("mixed")) and schema.field("mixed").type == pa.string()
+    assert [t.to_pylist() for t in tables] == [
+        [{"id": "a", "text": "A", "n": 1, "when": None, "meta": {"url": "u", "lang": None},
+          "mixed": "1", "input_semisynth_component": None, "semisynth_component": None}],
+        [{"id": "b", "text": "B", "n": 70000, "when": None, "meta": {"url": None, "lang": "en"},
+          "mixed": '"one"', "input_semisynth_component": "old", "semisynth_component": "web"}],
+        [{"id": "c", "text": "C", "n": None, "when": None, "meta": None, "mixed": None,
+          "input_semisynth_component": None, "semisynth_component": None}]]
+    # JSON lines: the same keys, a JSON-text field as the values that went in
+    assert [[d["mixed"] for d in part] for part in jsonl] == [[1], ["one"], [None]]
+    assert [[list(d) for d in part] for part in jsonl] == [[schema.names]] * 3
 
 
 def test_verify_reports_tampering(tmp_path, shards):
