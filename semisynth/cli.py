@@ -326,7 +326,7 @@ def cmd_edit(
     """Score and edit one file with the prior: one output document per input, in order."""
     from pydantic import ValidationError
 
-    from semisynth import documents
+    from semisynth import documents, fields
     from semisynth.config import validation_message
     from semisynth.progress import progress
     from semisynth.tasks.prior import load_prior
@@ -338,13 +338,25 @@ def cmd_edit(
                                 batch_tokens=batch_tokens)
     except ValidationError as exc:
         raise ValueError(validation_message(exc, "edit")) from exc
-    # the file is read once more for the ETA's total: cheap next to the model's work
+    # the file is read once more for the ETA's total and Parquet's column types: cheap next
+    # to the model's work
     total, rejected = 0, []
-    for rec in documents.read_records(input):
-        if rec.reason is None:
-            total += 1
-        else:
-            rejected.append(rec)
+
+    def good_fields() -> Iterator[dict]:
+        nonlocal total
+        for rec in documents.read_records(input):
+            if rec.reason is None:
+                total += 1
+                yield rec.meta
+            else:
+                rejected.append(rec)
+
+    doc_fields = None
+    if documents.file_format(output) == ".parquet":
+        doc_fields = fields.rows_type(good_fields(), documents.declared_types(input))
+    else:
+        for _ in good_fields():  # JSON lines hold every value as it is: only the count
+            pass
     if total == 0:  # an empty output would pass for a result
         for rec in rejected:
             print(f"skipped {input}:{rec.line}: {rec.reason}", file=sys.stderr)
@@ -365,20 +377,34 @@ def cmd_edit(
                 stats["edited"] += res.edited_tokens
                 stats["dropped"] += res.dropped_tokens
                 # every field of the input is kept; id and text are the edited document's
-                yield {**rec.meta, "id": rec.id,
-                       "text": prior.tokenizer.decode(res.edited_ids.tolist()),
-                       "ppl": res.ppl, "edited_tokens": res.edited_tokens,
+                yield {"id": rec.id, "text": prior.tokenizer.decode(res.edited_ids.tolist()),
+                       **rec.meta, "ppl": res.ppl, "edited_tokens": res.edited_tokens,
                        "dropped_tokens": res.dropped_tokens}
             bar.advance(len(batch))
 
     with progress("edited", total=total, unit="documents", also="tokens") as bar:
-        documents.write_documents(edited_docs(bar), output)
+        documents.write_documents(edited_docs(bar), output, schema=_edit_schema(doc_fields))
     rate = stats["edited"] / max(stats["tokens"], 1)
     print(f"{stats['documents']} documents, {stats['tokens']} tokens scored, {stats['edited']} edited "
           f"({rate:.4%}), {stats['dropped']} dropped -> {output}")
+    for key in fields.json_keys(doc_fields):
+        print(f"field {key!r}: its values have different types, written to {output} as "
+              "JSON text", file=sys.stderr)
     for rec in bad:
         print(f"skipped {input}:{rec.line}: {rec.reason}", file=sys.stderr)
     return 0
+
+
+def _edit_schema(doc_fields):
+    """The columns of ``edit``'s Parquet output: id, text, the input's fields as they are
+    typed (``doc_fields``, a struct type or None), then the scores."""
+    import pyarrow as pa
+
+    ours = [pa.field("ppl", pa.float64()), pa.field("edited_tokens", pa.int64()),
+            pa.field("dropped_tokens", pa.int64())]
+    taken = {"id", "text", *(f.name for f in ours)}
+    kept = [f for f in doc_fields or [] if f.name not in taken]
+    return pa.schema([pa.field("id", pa.string()), pa.field("text", pa.string()), *kept, *ours])
 
 
 def _good_batches(path: str, bad: list[Record]) -> Iterator[list[Record]]:

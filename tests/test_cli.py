@@ -296,6 +296,52 @@ def test_edit_keeps_every_input_field(tmp_path, prior_folder):
     assert list(got.url) == [f"https://x/{d['id']}" for d in DOCS] and set(got.lang) == {"en"}
 
 
+def test_edit_keeps_nested_fields_and_parquet_types(tmp_path, prior_folder, capsys):
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    opts = ["--model", str(prior_folder), "--precision", "float32", "--max-tokens", "8"]
+    # Dolma rows whose keys differ, and a field whose type differs from row to row
+    dolma = [{**d, "source": "web", "metadata": {"url": f"u/{d['id']}"} if i else
+              {"url": "u/a", "license": {"name": "CC0"}}, "year": [1961, "1962", None][i]}
+             for i, d in enumerate(DOCS)]
+    src = tmp_path / "dolma.jsonl"
+    documents.write_documents(dolma, src)
+    out = tmp_path / "dolma-out.jsonl"
+    assert cli(["edit", str(src), str(out), *opts]) == 0
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [{k: v for k, v in g.items() if k not in ("text", "ppl", "edited_tokens",
+                                                      "dropped_tokens")} for g in got] == [
+        {k: v for k, v in d.items() if k != "text"} for d in dolma]
+    out = tmp_path / "dolma-out.parquet"
+    assert cli(["edit", str(src), str(out), *opts]) == 0
+    assert "field 'year'" in capsys.readouterr().err  # said, not silent
+    table = pq.read_table(out)
+    assert table.schema.names == ["id", "text", "source", "metadata", "year", "ppl",
+                                  "edited_tokens", "dropped_tokens"]
+    assert table.column("metadata").to_pylist() == [
+        {"url": "u/a", "license": {"name": "CC0"}}, {"url": "u/b", "license": None},
+        {"url": "u/c", "license": None}]
+    assert table.column("year").to_pylist() == ["1961", '"1962"', None]  # JSON text
+
+    typed = {"n": pa.int16(), "when": pa.timestamp("ms", tz="UTC"), "tags": pa.list_(pa.string())}
+    when = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    src = tmp_path / "typed.parquet"
+    pq.write_table(pa.table({"id": [d["id"] for d in DOCS], "text": [d["text"] for d in DOCS],
+                             "n": pa.array([1, 2, 3], typed["n"]),
+                             "when": pa.array([when, None, when], typed["when"]),
+                             "tags": pa.array([["x"], [], None], typed["tags"])}), src)
+    out = tmp_path / "typed-out.parquet"
+    assert cli(["edit", str(src), str(out), *opts]) == 0
+    table = pq.read_table(out)
+    source = pq.read_table(src)
+    for name in typed:
+        assert table.schema.field(name).type == source.schema.field(name).type
+        assert table.column(name).equals(source.column(name))
+
+
 @pytest.mark.parametrize("content", ["a,b,c\n1,2,3\n", "", '{"id": "x"}\n'])
 def test_edit_with_nothing_usable_exits_2_and_writes_nothing(tmp_path, capsys, content):
     src = tmp_path / "in.jsonl"  # a CSV renamed .jsonl, an empty file, rows without text
