@@ -9,8 +9,9 @@ integer beyond 64 bits) is kept as JSON text instead, its field marked
 ``semisynth.encoding: json``; writers of JSON lines decode it, so its values come out as
 they went in. Where documents of different shards meet (a mixture's shard, a release) each
 key takes the type that holds all of its types (``pa.unify_schemas``, permissive: int16
-and int32 give int32, structs the union of their keys), or, failing that, JSON text; every
-such fallback is logged.
+and int32 give int32, structs the union of their keys), or, failing that, JSON text. Every
+fallback is said: ``unify`` logs those it makes; ``from_rows`` and ``rows_type`` leave it
+to their callers (ingest logs and counts them, ``semisynth edit`` prints them).
 
 A release lays the fields out as top-level columns beside ``id`` and ``text`` (and a
 mixture's ``semisynth_component``), one schema for all of its parts (``DocumentLayout``).
