@@ -455,11 +455,15 @@ def cmd_release_verify(
 ) -> int:
     """Re-check every checksum of a release, and its manifest against the warehouse's
     record (exit 1: a mismatch)."""
+    from semisynth.names import check_name
     from semisynth.tasks import release
 
+    if version is not None:
+        check_name(version, "--version")
     root = ctx.obj.settings.data_root / "releases"
     target = Path(name)
     if not target.exists():
+        check_name(name, "NAME")  # a name, not a folder: it must not lead out of the root
         versions = sorted((root / name).glob("v*")) if (root / name).exists() else []
         if version:
             versions = [v for v in versions if v.name == version]

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from semisynth.config import Config, CorpusConfig, config_from_tree, find_demo_config, load_config
+from semisynth.config import (
+    FILE_CORPORA,
+    Config,
+    CorpusConfig,
+    config_from_tree,
+    find_demo_config,
+    load_config,
+)
 from semisynth.documents import expand_paths
 from semisynth.errors import InputError
 
@@ -85,12 +92,14 @@ def narrowed_config(cfg: Config, reference: str, others: dict[str, str],
     ``reference`` as its reference, a candidate also ``synthetic_reference``. Checked
     before any model work."""
     corpora: dict[str, CorpusConfig] = {}
+    files: list[str] = []  # corpora named by a file or glob as given: no plain names
     for spec, role in ((reference, "reference"), *others.items()):
         ref = reference if role != "reference" else None
         synthetic = synthetic_reference if role == "candidate" else None
         if spec not in cfg.corpora:
             corpora[spec] = _files_corpus(cfg, spec, role, ref).model_copy(
                 update={"synthetic_reference": synthetic})
+            files.append(spec)
             continue
         for name in _closure(cfg, spec):
             if name in corpora:
@@ -107,7 +116,7 @@ def narrowed_config(cfg: Config, reference: str, others: dict[str, str],
                 "reference": ref if name == spec else reference, "release": False,
                 "synthetic_reference": synthetic if name == spec else None})
     return Config.model_validate({**cfg.model_dump(), "corpora": {
-        n: c.model_dump() for n, c in corpora.items()}})
+        n: c.model_dump() for n, c in corpora.items()}}, context={FILE_CORPORA: files})
 
 
 @dataclass
