@@ -407,9 +407,9 @@ def cmd_edit(
           f"({rate:.4%}), {stats['dropped']} dropped -> {output}")
     for rec in bad:
         print(f"skipped {input}:{rec.line}: {rec.reason}", file=sys.stderr)
-    return partial_exit(len(bad), allow_partial,
-                        f"{len(bad)} row(s) of {input} skipped (line 0: the unreadable rest of "
-                        f"the file), {stats['documents']} documents written")
+    rest = " (line 0: the unreadable rest of the file)" if any(r.line == 0 for r in bad) else ""
+    return partial_exit(len(bad), allow_partial, f"{len(bad)} row(s) of {input} skipped{rest}, "
+                        f"{stats['documents']} documents written")
 
 
 def _good_batches(path: str, bad: list[Record]) -> Iterator[list[Record]]:

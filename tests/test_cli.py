@@ -261,7 +261,7 @@ def test_edit_writes_one_document_per_input_in_order(tmp_path, prior_folder, suf
     assert all(len(r.text.split()) <= 8 for r in got)
     captured = capsys.readouterr()
     assert f"{src}:2" in captured.err and "invalid json" in captured.err
-    assert f"partial input: 1 row(s) of {src} skipped" in captured.err
+    assert f"partial input: 1 row(s) of {src} skipped, 3 documents written; exit 4" in captured.err
     assert "3 documents" in captured.out
     # stderr is no terminal here: the progress is plain lines, the last with the totals
     done = [line for line in captured.err.splitlines() if line.startswith("edited: ")][-1]
@@ -289,7 +289,8 @@ def test_edit_of_a_truncated_file_keeps_the_rows_before_the_damage_and_exits_4(
         err = capsys.readouterr().err
         assert re.search(rf"skipped {re.escape(str(src))}:0: unreadable \.jsonl\.gz file after "
                          rf"line {len(ids)}: EOFError", err)
-        assert "partial input: 1 row(s)" in err
+        assert (f"partial input: 1 row(s) of {src} skipped (line 0: the unreadable rest of the "
+                f"file), {len(ids)} documents written") in err
         assert ("accepted (--allow-partial)" in err) == (code == 0)
 
 
