@@ -1,7 +1,7 @@
 """The `semisynth` command.
 
 Exit codes: 0 pass, 1 a release candidate failed the gate, 2 a usage or input error,
-3 a crash or a lock held by another run, 130 Ctrl-C.
+3 a crash or a lock held by another run, 4 partial input (EXIT_PARTIAL), 130 Ctrl-C.
 Nothing heavy is imported before a command runs (torch, Prefect, GX load inside the
 commands that need them), so `--help` answers at once.
 """
@@ -40,6 +40,18 @@ EXAMPLE_QUERIES = [
     "GROUP BY corpus ORDER BY median_ppl",
 ]
 EDIT_BATCH_DOCS = 64  # documents per Scorer call of `semisynth edit`
+# A command that read its input files (edit, metrics, validate, estimate) but lost rows of
+# them (bad rows, or the unreadable rest of a damaged file) did its work on fewer documents
+# than it was given: not a clean 0, or `edit in out && upload out` ships a shorter corpus
+# (as rsync's 23). A gate failure (1) wins over it: the verdict is what a script acts on,
+# and it says the count; usage errors (2), crashes (3) and Ctrl-C (130) end the command
+# before there is a result. The nightly flow quarantines and goes on (`run` keeps 0/1).
+EXIT_PARTIAL = 4
+EXIT_CODES = ("Exit codes: 0 pass, 1 a release candidate failed the gate, 2 a usage or input "
+              "error, 3 a crash or a lock held by another run, 4 partial input: edit, metrics, "
+              "validate or estimate lost input rows (bad or unreadable; the good ones were "
+              "used) and --allow-partial was not given, 130 Ctrl-C. Where two apply, 2, 3 and "
+              "130 win over 1, and 1 over 4.")
 
 
 @dataclass
@@ -76,9 +88,7 @@ def example(*lines: str) -> str:
 app = typer.Typer(
     name="semisynth",
     help="Semi-synthetic corpora by token-level editing (ToEdit), model-collapse metrics "
-    "against a human reference, and a release gate.\n\n"
-    "Exit codes: 0 pass, 1 a release candidate failed the gate, 2 a usage or input error, "
-    "3 a crash or a lock held by another run, 130 Ctrl-C.",
+    "against a human reference, and a release gate.\n\n" + EXIT_CODES,
     epilog=example("semisynth demo", "semisynth --data-root /data run configs/prod.yaml",
                    "semisynth edit --help"),
     no_args_is_help=True,
@@ -156,6 +166,23 @@ ConfigSets = Annotated[list[str] | None, typer.Option(
     help="override a config value, e.g. --set prior.precision=float32 (repeatable)")]
 ConfigOption = Annotated[str | None, typer.Option(
     "--config", help="the config (default: configs/demo.yaml if found)")]
+AllowPartial = Annotated[bool, typer.Option(
+    "--allow-partial", help=f"exit 0, not {EXIT_PARTIAL}, when input rows were lost (bad rows, "
+                            "or the unreadable rest of a damaged file; the good rows are used "
+                            "either way)")]
+
+
+def partial_exit(lost: int, allow: bool, what: str) -> int:
+    """EXIT_PARTIAL when ``lost`` input rows were lost and --allow-partial was not given,
+    else 0; says which on stderr. ``what`` names the rows lost."""
+    if not lost:
+        return 0
+    if allow:
+        print(f"partial input: {what}; accepted (--allow-partial)", file=sys.stderr)
+        return 0
+    print(f"partial input: {what}; exit {EXIT_PARTIAL} (--allow-partial accepts partial input)",
+          file=sys.stderr)
+    return EXIT_PARTIAL
 
 
 # `semisynth edit` takes its options' defaults and help from the config models
@@ -322,8 +349,10 @@ def cmd_edit(
         PRIOR_FIELDS["max_tokens"].default),
     batch_tokens: Annotated[str, described(PRIOR_FIELDS["batch_tokens"], metavar="N|auto")] = (
         PRIOR_FIELDS["batch_tokens"].default),
+    allow_partial: AllowPartial = False,
 ) -> int:
-    """Score and edit one file with the prior: one output document per input, in order."""
+    """Score and edit one file with the prior: one output document per good input row, in
+    order (exit 4: input rows were bad or unreadable, skipped)."""
     from pydantic import ValidationError
 
     from semisynth import documents, fields
@@ -392,7 +421,9 @@ def cmd_edit(
               "JSON text", file=sys.stderr)
     for rec in bad:
         print(f"skipped {input}:{rec.line}: {rec.reason}", file=sys.stderr)
-    return 0
+    rest = " (line 0: the unreadable rest of the file)" if any(r.line == 0 for r in bad) else ""
+    return partial_exit(len(bad), allow_partial, f"{len(bad)} row(s) of {input} skipped{rest}, "
+                        f"{stats['documents']} documents written")
 
 
 def _edit_schema(doc_fields):
@@ -481,11 +512,15 @@ def cmd_release_verify(
 ) -> int:
     """Re-check every checksum of a release, and its manifest against the warehouse's
     record (exit 1: a mismatch)."""
+    from semisynth.names import check_name
     from semisynth.tasks import release
 
+    if version is not None:
+        check_name(version, "--version")
     root = ctx.obj.settings.data_root / "releases"
     target = Path(name)
     if not target.exists():
+        check_name(name, "NAME")  # a name, not a folder: it must not lead out of the root
         versions = sorted((root / name).glob("v*")) if (root / name).exists() else []
         if version:
             versions = [v for v in versions if v.name == version]
@@ -536,8 +571,10 @@ def _measure_setup(ctx: typer.Context, command_name: str, candidate: str, refere
 @command(app, "metrics", "semisynth metrics synthetic --reference brown",
          'semisynth metrics "new-batch/*.jsonl.gz" --reference brown --budget 20000')
 def cmd_metrics(ctx: typer.Context, candidate: Candidate, reference: Reference,
-                budget: Budget = None, config: ConfigOption = None, set_: ConfigSets = None) -> int:
-    """Every collapse metric of a candidate vs a reference, stored and printed."""
+                budget: Budget = None, config: ConfigOption = None, set_: ConfigSets = None,
+                allow_partial: AllowPartial = False) -> int:
+    """Every collapse metric of a candidate vs a reference, stored and printed (exit 4:
+    input rows were quarantined)."""
     from semisynth import commands
 
     cfg, command_line, say = _measure_setup(ctx, "metrics", candidate, reference, budget, config, set_)
@@ -547,15 +584,18 @@ def cmd_metrics(ctx: typer.Context, candidate: Candidate, reference: Reference,
           f"run_id {result.run_id}); model work: {result.model_work_tokens} tokens scored now")
     for png in result.plots:
         print(f"plot: {png}")
-    return 0
+    print(result.quarantine_line())
+    return partial_exit(result.rows_lost, allow_partial, result.quarantine_line())
 
 
 @command(app, "validate", "semisynth validate synthetic --reference brown",
          'semisynth validate "new-batch/*.jsonl.gz" --reference brown; echo "exit $?"')
 def cmd_validate(ctx: typer.Context, candidate: Candidate, reference: Reference,
                  budget: Budget = None, config: ConfigOption = None, set_: ConfigSets = None,
-                 suite: Annotated[str, typer.Option(help="the GX suite")] = "coverage") -> int:
-    """Metrics, then the GX gate suite; exit 0 pass, 1 fail."""
+                 suite: Annotated[str, typer.Option(help="the GX suite")] = "coverage",
+                 allow_partial: AllowPartial = False) -> int:
+    """Metrics, then the GX gate suite; exit 0 pass, 1 fail, 4 pass on partial input (rows
+    quarantined)."""
     from semisynth import commands
 
     cfg, command_line, say = _measure_setup(ctx, "validate", candidate, reference, budget, config, set_)
@@ -563,7 +603,9 @@ def cmd_validate(ctx: typer.Context, candidate: Candidate, reference: Reference,
                                               command_line, say)
     print(commands.format_verdict(result, verdict))
     print(f"\nrecorded in {result.warehouse} (table validations, run_id {result.run_id})")
-    return 0 if verdict.success else 1
+    if not verdict.success:
+        return 1  # the verdict wins over partial input; it says the rows quarantined
+    return partial_exit(result.rows_lost, allow_partial, result.quarantine_line())
 
 
 @command(app, "estimate", "semisynth estimate mix50 --human brown --synthetic synthetic_ref",
@@ -574,23 +616,28 @@ def cmd_estimate(
     synthetic: Annotated[str, typer.Option(
         help="the synthetic reference: a file, a glob or a corpus name")],
     format_: Annotated[Literal["table", "json"], typer.Option("--format", help="output format")] = "table",
-    config: ConfigOption = None, set_: ConfigSets = None,
+    config: ConfigOption = None, set_: ConfigSets = None, allow_partial: AllowPartial = False,
 ) -> int:
-    """How much of a candidate is synthetic: a mixture estimate with a 95% bootstrap CI."""
+    """How much of a candidate is synthetic: a mixture estimate with a 95% bootstrap CI
+    (exit 4: input rows were quarantined)."""
     from semisynth import commands
 
     cfg, _, say = _measure_setup(ctx, "estimate", candidate, human, None, config, set_)
     command_line = f"semisynth estimate {candidate} --human {human} --synthetic {synthetic}"
     estimate = commands.run_estimate(cfg, candidate, human, synthetic, command_line, say)
+    lost = estimate["quarantined"]
+    partial = (f"input rows quarantined: candidate {lost['candidate']}, human {lost['human']}, "
+               f"synthetic {lost['synthetic']} (table quarantine, run_id {estimate['run_id']})")
     if format_ == "json":
         print(json.dumps(estimate))
-        return 0
+        return partial_exit(estimate["rows_lost"], allow_partial, partial)
     ci = ("no CI (metrics.bootstrap is 0)" if estimate["ci_low"] is None else
           f"95% CI [{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]")
     print(f"{candidate}: synthetic share {estimate['synthetic_share']:.3f}, {ci} over "
           f"{estimate['documents']} documents (human {human}, synthetic {synthetic})")
     print(f"stored in {estimate['warehouse']} (table metrics, run_id {estimate['run_id']})")
-    return 0
+    print(partial)
+    return partial_exit(estimate["rows_lost"], allow_partial, partial)
 
 
 @command(app, "report", "semisynth report 20261201T020000-nightly",

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from semisynth.config import Config, CorpusConfig, config_from_tree, find_demo_config, load_config
+from semisynth.config import (
+    FILE_CORPORA,
+    Config,
+    CorpusConfig,
+    config_from_tree,
+    find_demo_config,
+    load_config,
+)
 from semisynth.documents import expand_paths
 from semisynth.errors import InputError
 
@@ -85,12 +92,14 @@ def narrowed_config(cfg: Config, reference: str, others: dict[str, str],
     ``reference`` as its reference, a candidate also ``synthetic_reference``. Checked
     before any model work."""
     corpora: dict[str, CorpusConfig] = {}
+    files: list[str] = []  # corpora named by a file or glob as given: no plain names
     for spec, role in ((reference, "reference"), *others.items()):
         ref = reference if role != "reference" else None
         synthetic = synthetic_reference if role == "candidate" else None
         if spec not in cfg.corpora:
             corpora[spec] = _files_corpus(cfg, spec, role, ref).model_copy(
                 update={"synthetic_reference": synthetic})
+            files.append(spec)
             continue
         for name in _closure(cfg, spec):
             if name in corpora:
@@ -107,7 +116,7 @@ def narrowed_config(cfg: Config, reference: str, others: dict[str, str],
                 "reference": ref if name == spec else reference, "release": False,
                 "synthetic_reference": synthetic if name == spec else None})
     return Config.model_validate({**cfg.model_dump(), "corpora": {
-        n: c.model_dump() for n, c in corpora.items()}})
+        n: c.model_dump() for n, c in corpora.items()}}, context={FILE_CORPORA: files})
 
 
 @dataclass
@@ -122,6 +131,17 @@ class Measurement:
     model_work_tokens: int
     warehouse: Path
     unestimated: dict[str, str]  # candidate -> why it has no synthetic share
+    # input rows lost to quarantine (bad or unreadable), per measured argument (candidate,
+    # reference, synthetic reference: over the files it is read or made from), and in all
+    quarantined: dict[str, int]
+    rows_lost: int
+
+    def quarantine_line(self) -> str:
+        """How many input rows each side lost, and where they are listed."""
+        sides = ", ".join(f"{name} {n}" for name, n in self.quarantined.items())
+        where = (f" (semisynth query \"SELECT file, line, reason FROM quarantine WHERE "
+                 f"run_id = '{self.run_id}'\")" if self.rows_lost else "")
+        return f"input rows quarantined: {sides}{where}"
 
 
 def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[str], None]):
@@ -217,8 +237,13 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
                 failing = [r["metric"] for r in verdict.failures()]
                 run.finish("COMPLETED" if verdict.success else "FAILED",
                            f"{command}: " + (f"failed {', '.join(failing)}" if failing else "passed"))
+    sides = [candidate, reference, *([sub.corpora[candidate].synthetic_reference]
+                                      if sub.corpora[candidate].synthetic_reference else [])]
+    quarantined = {side: sum(counts[n]["rows_quarantined"] for n in set(_closure(sub, side))
+                             if n in counts) for side in sides}
     result = Measurement(run_id, candidate, reference, measured.budget, measured.rows, edited,
-                         measured.plots, work, wh, measured.unestimated)
+                         measured.plots, work, wh, measured.unestimated, quarantined,
+                         sum(c["rows_quarantined"] for c in counts.values()))
     return result if suite is None else (result, verdict)
 
 
@@ -247,6 +272,10 @@ def run_estimate(cfg: Config, candidate: str, human: str, synthetic: str, comman
             "synthetic_share": row["value"], "ci_low": _finite(row["ci_low"]),
             "ci_high": _finite(row["ci_high"]),
             "confidence": 0.95, "documents": int(documents.iloc[0]) if len(documents) else None,
+            "quarantined": {"candidate": result.quarantined[candidate],
+                            "human": result.quarantined[human],
+                            "synthetic": result.quarantined[synthetic]},
+            "rows_lost": result.rows_lost,
             "run_id": result.run_id, "warehouse": str(result.warehouse)}
 
 
@@ -295,4 +324,5 @@ def format_verdict(result: Measurement, verdict) -> str:
         lines += [f"  - {r['expectation']}: observed {observed(r)}" for r in failing]
     else:
         lines.append(f"PASSED: all {len(verdict.rows)} expectations")
+    lines.append(result.quarantine_line())
     return "\n".join(lines)

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import os
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
-# A corpus or config name used as a folder name: one plain path component.
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+from semisynth.errors import KeyedInputError
+from semisynth.names import check_name, is_plain_name
+
+# Config.model_validate's context key: corpora a command made from files or globs, named by
+# the argument as given (a path, not a name); they share shards/_files and never release.
+FILE_CORPORA = "file_corpora"
 Strategy = Literal["up_revise", "low_drop_up_revise", "filtering"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 Compile = Literal["auto", True, False]
@@ -259,23 +270,37 @@ class Config(_Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
 
     @model_validator(mode="after")
-    def _references_exist(self) -> Config:
-        # these names become folder names (releases/<name>-<corpus>/): one plain component
-        for label, value in [("config name", self.name),
-                             *(("release corpus", n) for n, c in self.corpora.items() if c.release)]:
-            if not SAFE_NAME.fullmatch(value):
-                raise ValueError(f"{label} {value!r} must be a plain name (letters, digits, "
-                                 "'_', '.', '-'; not starting with '.' or '-')")
+    def _names_and_references(self, info: ValidationInfo) -> Config:
+        # every name becomes a folder (shards/<corpus>/, releases/<name>-<corpus>/), a
+        # warehouse key and a push destination: refused here, before any work starts
+        files = set((info.context or {}).get(FILE_CORPORA, ()))
+        check_name(self.name, "name")
         for name, c in self.corpora.items():
-            for other in [c.edited_from, c.reference, c.synthetic_reference, *(c.mix or {})]:
-                if other is not None and other not in self.corpora:
-                    raise ValueError(f"corpus {name!r} names unknown corpus {other!r}")
+            if name not in files:
+                check_name(name, f"corpora.{name}")
+            if c.release:
+                check_name(self.release_name(name), f"corpora.{name}.release")
+        for name, c in self.corpora.items():
+            named = [("edited_from", c.edited_from), ("reference", c.reference),
+                     ("synthetic_reference", c.synthetic_reference),
+                     *((f"mix.{other}", other) for other in c.mix or {})]
+            for key, other in named:
+                if other is None or other in files:
+                    continue
+                check_name(other, f"corpora.{name}.{key}")
+                if other not in self.corpora:
+                    raise KeyedInputError(f"corpora.{name}.{key}", f"unknown corpus {other!r} "
+                                          f"(corpora: {', '.join(self.corpora)})")
             if c.role != "reference" and c.reference is None:
                 raise ValueError(f"corpus {name!r} needs a reference")
             if c.synthetic_reference is not None and c.synthetic_reference in (name, c.reference):
                 raise ValueError(f"corpus {name!r}: its synthetic_reference must be another "
                                  "corpus than itself and its (human) reference")
         return self
+
+    def release_name(self, corpus: str) -> str:
+        """The release of ``corpus``: ``releases/<config name>-<corpus>/``."""
+        return f"{self.name}-{corpus}"
 
     @property
     def root(self) -> Path:
@@ -291,7 +316,7 @@ class Config(_Strict):
         """Where a corpus's shards go: ``shards/<corpus>/``; a corpus whose name is not a
         plain folder name (a file or glob a command was given) shares ``shards/_files/``
         (shards are content-keyed, so corpora can share a folder)."""
-        folder = name if SAFE_NAME.fullmatch(name) else "_files"
+        folder = name if is_plain_name(name) else "_files"
         return self.root / "shards" / folder
 
     def pairs(self) -> dict[str, str]:
@@ -344,10 +369,14 @@ def validation_message(error: ValidationError, source: str) -> str:
     greater than or equal to 1 (got 0)``."""
     lines = []
     for e in error.errors(include_url=False):
-        key = ".".join(str(part) for part in e["loc"]) or "(config)"
+        loc = [str(part) for part in e["loc"]]
+        keyed = (e.get("ctx") or {}).get("error")
+        if isinstance(keyed, KeyedInputError):  # a model's validator named the key itself
+            lines.append(f"{source}: {'.'.join([*loc, keyed.key])}: {keyed.problem}")
+            continue
         # an error of a model's own validator has the model itself as its input
         got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r:.80})"
-        lines.append(f"{source}: {key}: {e['msg']}{got}")
+        lines.append(f"{source}: {'.'.join(loc) or '(config)'}: {e['msg']}{got}")
     return "\n".join(lines)
 
 
@@ -548,14 +577,14 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _names(self) -> ExperimentConfig:
-        for label, value in [("experiment name", self.name), *(("arm", a) for a in self.arms)]:
-            if not SAFE_NAME.fullmatch(value):
-                raise ValueError(f"{label} {value!r} must be a plain name (letters, digits, "
-                                 "'_', '.', '-'; not starting with '.' or '-')")
+        check_name(self.name, "name")
+        for arm in self.arms:
+            check_name(arm, f"arms.{arm}")
         taken = set(EXPERIMENT_SOURCES) | {f"{a}.source" for a in self.arms}
         for arm in self.arms:
             if arm in taken:
-                raise ValueError(f"arm name {arm!r} is taken by one of the experiment's corpora")
+                raise KeyedInputError(f"arms.{arm}", "the name is taken by one of the "
+                                      "experiment's corpora")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds repeat: {self.seeds}")
         return self

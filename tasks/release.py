@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 
 from semisynth.documents import atomic_path
 from semisynth.fields import DocumentLayout
+from semisynth.names import check_name
 from semisynth.warehouse import records
 
 FORMATS = ("parquet", "jsonl.gz")
 MANIFEST = "manifest.json"
-_SAFE_PART = re.compile(r"[\w][\w.-]*")  # a name or version: one path component, not hidden
 
 
 def _sha256(path: Path) -> str:
@@ -88,9 +88,8 @@ def write_release(releases_root: Path, name: str, version: str, shard_paths: lis
 
     Raises FileExistsError if that version exists (releases are immutable). On any error
     nothing is left behind."""
-    for part in (name, version):
-        if not _SAFE_PART.fullmatch(part):
-            raise ValueError(f"release name and version must be plain folder names, got {part!r}")
+    check_name(name, "release name")
+    check_name(version, "release version")
     if not formats or set(formats) - set(FORMATS):
         raise ValueError(f"formats must be some of {FORMATS}, got {formats!r}")
     if not shard_paths:
@@ -309,5 +308,5 @@ def release_corpus(cfg, run_id: str, corpus: str, shards: list[Path], model_id: 
         "validation": {"suite": cfg.gate.suite, "success": validation["success"],
                        "expectations": validation["rows"]},
     }
-    return release(cfg.root / "releases", f"{cfg.name}-{corpus}", shards, model_id, parameters,
+    return release(cfg.root / "releases", cfg.release_name(corpus), shards, model_id, parameters,
                    manifest)

@@ -1,6 +1,7 @@
 """The `semisynth` command: its help, usage errors, global options and settings, and edit,
 prior fetch and query on small inputs with the real prior (those marked slow)."""
 
+import gzip
 import json
 import os
 import re
@@ -65,6 +66,15 @@ def test_help_lists_every_command(capsys):
     listed = re.findall(r"^  (\w+)  ", out.split("Commands:")[1], flags=re.MULTILINE)
     assert listed == COMMANDS
     assert "--data-root DIR" in out and "-v, --verbose" in out
+    codes = _flat(out.split("Exit codes:")[1].split("Options:")[0])
+    for code in ("0 pass", "1 a release candidate failed", "2 a usage", "3 a crash",
+                 "4 partial input", "130 Ctrl-C", "2, 3 and 130 win over 1, and 1 over 4"):
+        assert code in codes, code
+
+
+@pytest.mark.parametrize("command", ["edit", "metrics", "validate", "estimate"])
+def test_every_command_that_reads_input_files_takes_allow_partial(capsys, command):
+    assert "--allow-partial" in _help(capsys, command)
 
 
 @pytest.mark.parametrize("command", LEAVES + ["prior", "release"])
@@ -244,18 +254,44 @@ def test_edit_writes_one_document_per_input_in_order(tmp_path, prior_folder, suf
     out = tmp_path / f"out{suffix}"
     code = cli(["edit", str(src), str(out), "--model", str(prior_folder),
                 "--precision", "float32", "--max-tokens", "8", "--beta", "8", "--seed", "3"])
-    assert code == 0
+    assert code == 4  # partial: a row of the input was lost
     got = [r for r in documents.read_records(str(out))]
     assert [r.id for r in got] == ["a", "b", "c"]
     # --max-tokens 8 keeps each document's first 8 tokens, as the official code does
     assert all(len(r.text.split()) <= 8 for r in got)
     captured = capsys.readouterr()
     assert f"{src}:2" in captured.err and "invalid json" in captured.err
+    assert f"partial input: 1 row(s) of {src} skipped, 3 documents written; exit 4" in captured.err
     assert "3 documents" in captured.out
     # stderr is no terminal here: the progress is plain lines, the last with the totals
     done = [line for line in captured.err.splitlines() if line.startswith("edited: ")][-1]
     assert done.startswith("edited: 3/3 documents, ")
     assert "documents/s; 21 tokens, " in done and "tokens/s, done in " in done
+
+
+@pytest.mark.slow
+def test_edit_of_a_truncated_file_keeps_the_rows_before_the_damage_and_exits_4(
+        tmp_path, prior_folder, capsys):
+    """`edit in out && upload out` must not ship a shorter corpus as if it were whole."""
+    words = "the jury said city election water boils at sea level north river market".split()
+    docs = [{"id": f"d{i}", "text": " ".join(words[(i + k) % len(words)] for k in range(40)) + f" {i}"}
+            for i in range(40)]
+    whole = gzip.compress("".join(json.dumps(d) + "\n" for d in docs).encode())
+    src = tmp_path / "in.jsonl.gz"
+    src.write_bytes(whole[: len(whole) * 2 // 3])  # a copy that broke off
+    args = ["edit", str(src), "OUT", "--model", str(prior_folder), "--precision", "float32",
+            "--max-tokens", "4"]
+    for extra, code in (([], 4), (["--allow-partial"], 0)):
+        out = tmp_path / f"out{code}.jsonl"
+        assert cli([str(out) if a == "OUT" else a for a in args] + extra) == code
+        ids = [r.id for r in documents.read_records(str(out))]
+        assert 0 < len(ids) < len(docs) and ids == [d["id"] for d in docs[: len(ids)]]
+        err = capsys.readouterr().err
+        assert re.search(rf"skipped {re.escape(str(src))}:0: unreadable \.jsonl\.gz file after "
+                         rf"line {len(ids)}: EOFError", err)
+        assert (f"partial input: 1 row(s) of {src} skipped (line 0: the unreadable rest of the "
+                f"file), {len(ids)} documents written") in err
+        assert ("accepted (--allow-partial)" in err) == (code == 0)
 
 
 @pytest.mark.slow

@@ -84,6 +84,7 @@ def test_metrics_command_prints_and_stores_every_metric_with_its_budget(home, ca
         assert ci.ci_low[name] <= ci.value[name] <= ci.ci_high[name]
     run = db.query(wh, "SELECT status, message FROM runs WHERE run_id = ?", [run_id]).iloc[0]
     assert run.status == "COMPLETED" and "--budget 400" in run.message
+    assert f"input rows quarantined: {home / 'copy.jsonl'} 0, brown 0\n" in out
     docs = db.query(wh, "SELECT corpus, count(*) AS n FROM doc_scores WHERE run_id = ? "
                         "GROUP BY corpus", [run_id])
     assert dict(zip(docs.corpus, docs.n, strict=True)) == {"brown": 24, str(home / "copy.jsonl"): 24}
@@ -120,6 +121,23 @@ def test_validate_passes_with_exit_0(home, capsys):
         assert re.search(rf"^PASS {r.metric}\s+{r.observed:.4g}\s+{re.escape(r.threshold)}$", out,
                          re.M), r.metric
     assert "PASSED" in out
+    assert f"input rows quarantined: {home / 'copy.jsonl'} 0, brown 0\n" in out
+
+
+def test_validate_of_a_partial_input_that_passes_exits_4_saying_what_was_lost(home, capsys):
+    partial = home / "copy-partial.jsonl"
+    partial.write_text((home / "copy.jsonl").read_text() + '{"id": "x", "text": 3}\n{broken\n')
+    assert cli(_args(home, "validate", partial)) == 4
+    captured = capsys.readouterr()
+    run_id = _run_id(captured.out, "validate")
+    assert "PASSED" in captured.out  # the good rows are the copy's: the gate passes on them
+    assert (f"input rows quarantined: {partial} 2, brown 0 (semisynth query \"SELECT file, line, "
+            f"reason FROM quarantine WHERE run_id = '{run_id}'\")") in captured.out
+    assert f"partial input: input rows quarantined: {partial} 2" in captured.err
+    bad = db.query(db.warehouse_path(home), "SELECT line FROM quarantine WHERE run_id = ?", [run_id])
+    assert sorted(bad.line) == [25, 26]
+    assert cli(_args(home, "validate", partial, "--allow-partial")) == 0
+    assert "accepted (--allow-partial)" in capsys.readouterr().err
 
 
 def test_validate_fails_with_exit_1_naming_the_failing_expectations(home, capsys):
@@ -133,6 +151,8 @@ def test_validate_fails_with_exit_1_naming_the_failing_expectations(home, capsys
     # makes its bound vacuous, as the gate's calibration says)
     assert {"ppl_w1", "ppl_ks", "distinct_1", "distinct_2"} <= set(failing.metric)
     assert re.search(r"FAILED: \d+ of \d+ expectations failed", out)
+    # its input lost a row too: the verdict (1) wins over partial input (4), and says so
+    assert f"input rows quarantined: {home / 'collapsed.jsonl'} 1, brown 0 (" in out
     for r in failing.itertuples():
         assert f"  - {r.expectation}: observed {r.observed:.4g}" in out
         assert re.search(rf"^FAIL {r.metric}\s", out, re.M)
@@ -237,5 +257,13 @@ def test_estimate_finds_half_of_a_half_synthetic_file(home, brown_shards, capsys
     stored = db.query(db.warehouse_path(home), "SELECT value, ci_low FROM metrics WHERE run_id = ? "
                       "AND metric = 'synthetic_share'", [estimate["run_id"]])
     assert stored.value.tolist() == [estimate["synthetic_share"]]
+    assert estimate["quarantined"] == {"candidate": 0, "human": 0, "synthetic": 0}
+    # the same documents and a bad row: estimated on the good ones, and exit 4 (partial input)
+    (home / "half-partial.jsonl").write_text((home / "half.jsonl").read_text() + "{broken\n")
+    args[3] = str(home / "half-partial.jsonl")
+    assert cli([*args, "--format", "json"]) == 4
+    partial = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert partial["quarantined"] == {"candidate": 1, "human": 0, "synthetic": 0}
+    assert partial["documents"] == 12 and abs(partial["synthetic_share"] - 0.5) < 0.2
     # the human reference as the synthetic one too: a usage error, before any model work
     assert cli([*args[:-4], "--synthetic", "brown", "--config", str(home / "config.yaml")]) == 2

@@ -127,21 +127,6 @@ def test_edit_command_exits_2_on_a_bad_parameter(tmp_path, capsys, option, value
     assert not out.exists()
 
 
-def test_corpus_and_config_names_never_become_paths_outside_the_data_root(tmp_path):
-    from semisynth.config import config_from_tree
-
-    corpora = {"../../x": {"paths": ["a.jsonl"], "role": "reference"},
-               "/tmp/x": {"paths": ["b.jsonl"], "reference": "../../x"}}
-    cfg = config_from_tree({"data_root": str(tmp_path), "corpora": corpora})
-    for name in corpora:  # shards of a name that is no plain folder name share shards/_files
-        assert cfg.shard_dir(name) == tmp_path / "shards" / "_files"
-    assert cfg.shard_dir("brown") == tmp_path / "shards" / "brown"
-    with pytest.raises(ValueError, match="must be a plain name"):
-        config_from_tree({"name": "../evil", "corpora": {}})
-    with pytest.raises(ValueError, match="must be a plain name"):  # releases/<name>-<corpus>/
-        config_from_tree({"corpora": {**corpora, "/tmp/x": {**corpora["/tmp/x"], "release": True}}})
-
-
 @pytest.mark.parametrize("synthetic", ["ref", "cand"])
 def test_a_synthetic_reference_must_be_another_corpus(tmp_path, synthetic):
     from semisynth.config import config_from_tree
