@@ -96,3 +96,20 @@ def test_after_merge_the_release_loads_with_its_metadata_columns(hf_flow):
     loaded = datasets.load_dataset("parquet", data_dir=str(release), split="train",
                                    cache_dir=str(home / "hf-cache"))
     assert loaded["genre"] == [d["id"][:2] for d in docs]
+
+
+def test_a_bad_dataset_spec_fails_the_flow_with_exit_2(prefect_server, prior_folder, tmp_path,
+                                                        capsys):
+    """`semisynth run` on a config whose dataset lacks the split: the flow's ingest refuses
+    it, naming the splits there are."""
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["x"]})}).save_to_disk(
+        tmp_path / "dd")
+    config = {"name": "hfbad", "data_root": str(tmp_path),
+              "prior": {"model": str(prior_folder), "precision": "float32"},
+              "corpora": {"ref": {"role": "reference", "hf": {"path": "dd", "split": "test"}}}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    from semisynth.cli import main as cli
+
+    assert cli(["run", str(path)]) == 2
+    assert "error: hf dataset 'dd' has no split 'test'; its splits: train" in capsys.readouterr().err
