@@ -22,6 +22,7 @@ importing it takes about a second, which every command would otherwise pay.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -58,14 +59,15 @@ def locate(hf: HfSource, resolve: Callable[[str], str] = str) -> tuple[str, str]
     dataset id). ``resolve`` makes a relative path absolute (the config's data root)."""
     if hf.path.startswith("hf://"):
         return "hub", hf.path
-    local = Path(resolve(hf.path)).expanduser()
+    given = os.path.expanduser(hf.path)  # before resolve: "~/x" is not data-root relative
+    local = Path(resolve(given))
     if local.is_dir():
         if (local / SAVED_DATASET).is_file():
             return "saved", str(local)
         if (local / SAVED_DATASET_DICT).is_file():
             return "dict", str(local)
         return "folder", str(local)
-    if Path(hf.path).is_absolute() or hf.path.startswith((".", "~")) or local.exists():
+    if os.path.isabs(given) or given.startswith(".") or local.exists():
         raise InputError(f"hf dataset {hf.path!r}: no such folder ({local})")
     return "hub", hf.path
 

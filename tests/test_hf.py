@@ -185,7 +185,7 @@ def _parquet_folder(tmp_path):
     return folder
 
 
-def test_where_a_dataset_comes_from(saved, tmp_path):
+def test_where_a_dataset_comes_from(saved, tmp_path, monkeypatch):
     resolve = lambda p: str(saved / p)  # noqa: E731 (the data root)
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["x"]})}).save_to_disk(
         saved / "dd")
@@ -196,6 +196,13 @@ def test_where_a_dataset_comes_from(saved, tmp_path):
     # no such folder under the data root: a Hub id (nothing is resolved until it is opened)
     assert locate(HfSource(path="allenai/c4"), resolve) == ("hub", "allenai/c4")
     assert locate(HfSource(path="hf://datasets/allenai/c4"), resolve)[0] == "hub"
+    # "~" is the user's home, not a folder of the data root
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    datasets.Dataset.from_dict({"text": ["x"]}).save_to_disk(tmp_path / "home" / "mine")
+    assert locate(HfSource(path="~/mine"), resolve) == ("saved", str(tmp_path / "home" / "mine"))
+    with pytest.raises(InputError, match="no such folder"):
+        locate(HfSource(path="~/saved"), resolve)
 
 
 def test_one_origin_and_one_text_field(tmp_path):
