@@ -67,7 +67,9 @@ def locate(hf: HfSource, resolve: Callable[[str], str] = str) -> tuple[str, str]
         if (local / SAVED_DATASET_DICT).is_file():
             return "dict", str(local)
         return "folder", str(local)
-    if os.path.isabs(given) or given.startswith(".") or local.exists():
+    if local.exists():
+        raise InputError(f"hf dataset {hf.path!r}: {local} is a file, not a dataset folder")
+    if os.path.isabs(given) or given.startswith("."):
         raise InputError(f"hf dataset {hf.path!r}: no such folder ({local})")
     return "hub", hf.path
 

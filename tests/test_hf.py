@@ -126,6 +126,7 @@ def test_a_folder_of_data_files_with_configs_in_its_readme(tmp_path):
     ({"path": "saved", "name": "en"}, "name applies to Hub datasets only"),
     ({"path": "/nowhere/at/all"}, "no such folder"),
     ({"path": "./missing"}, "no such folder"),
+    ({"path": "saved/state.json"}, "state.json is a file, not a dataset folder"),
     ({"path": "saved", "text_field": "body"}, "has no column 'body' (its columns: id, text, lang)"),
 ])
 def test_a_bad_dataset_spec_is_an_input_error(saved, hf, message):
