@@ -46,7 +46,7 @@ def ingest_task(cfg: Config, corpus: str, run_id: str) -> tuple[list[Path], dict
         sum(s.shard_hash not in seen for s in result.shards))
     if result.json_fields:
         get_run_logger().warning("ingest %s: %s", corpus, ingest_mod.json_fields_message(result))
-    return [Path(s.path) for s in result.shards], ingest_mod.ingest_counts(result)
+    return [Path(s.path) for s in result.shards], ingest_mod.ingest_columns(result)
 
 
 @task(name="score-edit", cache_policy=NO_CACHE, retries=1, tags=[GPU_TAG])
@@ -185,7 +185,7 @@ def nightly_refresh(config_path: str, overrides: list[str] | None = None):
                     scores[n] = [Path(st["path"]) for st in stats]
                     work.extend(st["scored_tokens"] for st in stats if st["model_work"])
 
-            file_backed = [n for n in cfg.order() if cfg.corpora[n].paths]
+            file_backed = [n for n in cfg.order() if cfg.corpora[n].ingested]
             for n in file_backed:
                 shards[n], ingest_counts[n] = ingest_task(cfg, n, run_id)
             score_all(file_backed)

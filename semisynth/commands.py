@@ -110,6 +110,13 @@ def narrowed_config(cfg: Config, reference: str, others: dict[str, str],
                     expand_paths([cfg.resolve(p) for p in c.paths])
                 except (FileNotFoundError, ValueError) as exc:
                     raise InputError(f"corpus {name!r}: {exc}") from exc
+            if c.hf is not None:
+                from semisynth.hf import open_dataset
+
+                try:
+                    open_dataset(c.hf, cfg.resolve)  # it exists and has the split
+                except InputError as exc:
+                    raise InputError(f"corpus {name!r}: {exc}") from exc
             # the corpora it is made from are built, not measured
             corpora[name] = c.model_copy(update={
                 "role": role if name == spec else "monitored",
@@ -173,7 +180,7 @@ def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[s
                 work += stats.scored_tokens if stats.model_work else 0
 
     for name in cfg.order():
-        if cfg.corpora[name].paths:
+        if cfg.corpora[name].ingested:
             with progress(f"ingest {name}", total=None, unit="rows") as bar:
                 result = ingest.ingest_corpus(cfg, name, progress=bar.advance)
             records.record_ingest(wh, run_id, result)
@@ -183,7 +190,7 @@ def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[s
                 raise InputError(f"{name}: no usable documents ({result.rows_quarantined} rows "
                                  "quarantined; see the quarantine table)")
             shards[name] = [Path(s.path) for s in result.shards]
-            counts[name] = ingest.ingest_counts(result)
+            counts[name] = ingest.ingest_columns(result)
             score(name)
         else:
             shards[name], made = corpora.derive(cfg, name, shards, scores, score_dir)

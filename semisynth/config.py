@@ -106,11 +106,44 @@ class EditConfig(_Strict):
         return 1.5 if self.strategy == "up_revise" else 1.0
 
 
+DataFiles = str | list[str] | dict[str, str | list[str]]
+
+
+class HfSource(_Strict):
+    """A Hugging Face dataset a corpus is read from, streamed with ``datasets`` (README,
+    "Hugging Face datasets"; ``semisynth.hf`` reads it)."""
+
+    path: str = Field(min_length=1, description=(
+        "A Hub dataset id ('allenai/c4'; 'hf://datasets/...' for the Hub only) or a local "
+        "folder: one of data files (Parquet, JSON lines, CSV, ... as load_dataset reads a "
+        "folder, configs from its README's YAML header) or one written by save_to_disk "
+        "(it holds state.json, or dataset_dict.json for a DatasetDict). Relative: from the "
+        "data root; a relative path that is no folder there is a Hub id."))
+    name: str | None = Field(None, description=(
+        "The dataset's configuration (load_dataset's `name`, e.g. 'en' of allenai/c4)."))
+    split: str = Field("train", min_length=1, description="The split to read.")
+    revision: str | None = Field(None, description=(
+        "Hub datasets only: a branch, tag or commit; recorded as the commit it resolved to."))
+    data_files: DataFiles | None = Field(None, description=(
+        "load_dataset's `data_files`: which files of the dataset to read (globs, or split -> "
+        "globs); not for a save_to_disk folder."))
+    streaming: bool = Field(True, description=(
+        "true: rows are read as they arrive, nothing is stored; false: datasets downloads and "
+        "prepares the split in its cache ($HF_DATASETS_CACHE) first, for a dataset that does "
+        "not stream. Either way ingest holds one shard of rows at a time."))
+    text_field: str | None = Field(None, description=(
+        "The corpus's text_field, given here instead (one or the other, not two values)."))
+    id_field: str | None = Field(None, description=(
+        "The corpus's id_field, given here instead (one or the other, not two values)."))
+
+
 class CorpusConfig(_Strict):
-    """A corpus is read from files (``paths``), edited from another corpus
-    (``edited_from``) or mixed from others (``mix``: corpus -> share of documents)."""
+    """A corpus is read from files (``paths``) or a Hugging Face dataset (``hf``), edited
+    from another corpus (``edited_from``) or mixed from others (``mix``: corpus -> share of
+    documents)."""
 
     paths: list[str] = Field(default_factory=list)
+    hf: HfSource | None = None
     edited_from: str | None = None
     mix: dict[str, float] | None = None
     role: Literal["reference", "candidate", "monitored"] = "candidate"
@@ -123,16 +156,36 @@ class CorpusConfig(_Strict):
     id_field: str = "id"
     limit_docs: int | None = Field(None, ge=1)  # take the first N documents of the sources (demo)
 
+    @property
+    def ingested(self) -> bool:
+        """Read from files or a dataset (ingested), not made from other corpora (derived)."""
+        return bool(self.paths) or self.hf is not None
+
     @model_validator(mode="after")
     def _one_origin(self) -> CorpusConfig:
-        origins = sum([bool(self.paths), self.edited_from is not None, self.mix is not None])
+        origins = sum([bool(self.paths), self.hf is not None, self.edited_from is not None,
+                       self.mix is not None])
         if origins != 1:
-            raise ValueError("a corpus needs exactly one of: paths, edited_from, mix")
+            raise ValueError("a corpus needs exactly one of: paths, hf, edited_from, mix")
+        if self.hf is not None:
+            self._fields_from_hf()
         if self.mix is not None and any(not 0 <= share <= 1 for share in self.mix.values()):
             raise ValueError(f"mix shares must lie in [0, 1], got {self.mix}")
         if self.mix is not None and abs(sum(self.mix.values()) - 1.0) > 1e-6:
             raise ValueError(f"mix shares must add up to 1, got {sum(self.mix.values())}")
         return self
+
+    def _fields_from_hf(self) -> None:
+        """``hf.text_field``/``hf.id_field`` (where the issue's example puts them) become the
+        corpus's own, which ingest reads for every origin: one value, set in either place."""
+        for key in ("text_field", "id_field"):
+            given = getattr(self.hf, key)
+            if given is None:
+                continue
+            if key in self.model_fields_set and getattr(self, key) != given:
+                raise ValueError(f"{key} is given twice, {getattr(self, key)!r} and hf.{key} "
+                                 f"{given!r}: set one of them")
+            setattr(self, key, given)
 
 
 class MetricsConfig(_Strict):

@@ -187,7 +187,16 @@ def derive(cfg, name: str, shards: dict[str, list[Path]], scores: dict[str, list
 def origin(cfg, name: str) -> str:
     """How a corpus of ``cfg`` is made, as the warehouse records it."""
     c = cfg.corpora[name]
-    return "files" if c.paths else (f"edited_from:{c.edited_from}" if c.edited_from else "mix")
+    if c.ingested:
+        return "hf" if c.hf is not None else "files"
+    return f"edited_from:{c.edited_from}" if c.edited_from else "mix"
+
+
+def lineage(cfg, name: str) -> list[str]:
+    """``name`` and every corpus it is made from, sources first."""
+    c = cfg.corpora[name]
+    made_from = [m for m in [c.edited_from, *(c.mix or {})] if m]
+    return [*dict.fromkeys(n for m in made_from for n in lineage(cfg, m)), name]
 
 
 def shard_infos(shards: list[Path], source: str) -> list[ShardInfo]:

@@ -1,4 +1,5 @@
-"""The ingest step: document files in, normalized content-addressed Parquet shards out.
+"""The ingest step: document files or a Hugging Face dataset in, normalized
+content-addressed Parquet shards out.
 
 One job, in the style of a DataTrove block: read every row, keep the good documents as
 `{id, text, doc_hash, source, line, fields}` rows in shards named by the hash of their
@@ -8,14 +9,18 @@ dropped silently, so `rows_in == rows_ok + rows_quarantined` always holds. A fil
 breaks off (truncated gzip, corrupt Parquet) keeps the rows read before the damage and adds
 one quarantine row for the rest, line 0, which counts as one row in. Default ids (rows
 without one) are `<file>:<line>` with the file's path relative to the folder the patterns
-share, so that same-named files of different folders do not collide."""
+share, so that same-named files of different folders do not collide.
+
+Each source of rows (one file, or one split of a dataset: ``semisynth.hf``) comes as its
+name and its ``Record``s; `ingest_sources` treats them all alike. A dataset's name is its
+spec, ``hf:<path>[/<name>]/<split>[@<revision>]``, and its line the row number."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +29,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from semisynth import fields
+from semisynth import fields, hf
 from semisynth.documents import (
     EXCERPT_CHARS,
+    Record,
     atomic_path,
     declared_types,
     excerpt_of,
@@ -57,6 +63,8 @@ class IngestResult:
     per_file: dict[str, dict[str, int]] = field(default_factory=dict)
     # field -> shards that hold it as JSON text (its values had no one Arrow type there)
     json_fields: dict[str, int] = field(default_factory=dict)
+    # a dataset's dataset_path, dataset_name, dataset_split, dataset_revision (semisynth.hf)
+    dataset: dict | None = None
 
 
 def doc_hash(text: str) -> str:
@@ -125,6 +133,21 @@ def write_shard(table: pa.Table, out_dir: Path, source: str) -> ShardInfo:
     return ShardInfo(digest, str(path), table.num_rows, source)
 
 
+# One source of rows: its name (the quarantine rows' file, the shards' source), its rows, and
+# the types it declares for its fields (a Parquet file's columns; None: inferred from values)
+Source = tuple[str, Iterable[Record], "dict[str, pa.DataType] | None"]
+
+
+def file_sources(paths: list[str], text_field: str = "text", id_field: str = "id"
+                 ) -> Iterator[Source]:
+    """Every file the patterns name (sorted), each read when its turn comes."""
+    files = expand_paths(paths)
+    names = source_names(paths, files)  # what default ids call each file
+    for path in files:
+        yield (path, read_records(path, text_field, id_field, names[path]),
+               declared_types(path, text_field, id_field))
+
+
 def ingest(
     paths: list[str],
     out_dir: Path,
@@ -138,6 +161,22 @@ def ingest(
     """Read every file the patterns name (sorted) into shards of at most `shard_docs`
     documents under `out_dir`; stop after `limit_docs` good documents if given.
     `progress(1)` after each row read (good or quarantined)."""
+    return ingest_sources(file_sources(paths, text_field, id_field), out_dir, corpus,
+                          shard_docs=shard_docs, limit_docs=limit_docs, progress=progress)
+
+
+def ingest_sources(
+    sources: Iterable[Source],
+    out_dir: Path,
+    corpus: str,
+    shard_docs: int = 1000,
+    limit_docs: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> IngestResult:
+    """Read the sources' rows, in order, into shards of at most `shard_docs` documents
+    under `out_dir` (a shard never mixes sources); bad rows and ids met before go to the
+    quarantine list; stop after `limit_docs` good documents if given. `progress(1)` after
+    each row read (good or quarantined)."""
     if shard_docs < 1:
         raise ValueError(f"shard_docs must be at least 1, got {shard_docs}")
     out_dir = Path(out_dir)
@@ -159,17 +198,14 @@ def ingest(
                         "types: shard %s holds it as JSON text", corpus, key, source,
                         rows[0]["line"], rows[-1]["line"], shard.shard_hash)
 
-    sources = expand_paths(paths)
-    names = source_names(paths, sources)  # what default ids call each file
-    for source in sources:
+    for source, records, declared in sources:
         if limit_reached():
             break
         stats = result.per_file[source] = {"rows_in": 0, "rows_ok": 0, "rows_quarantined": 0}
-        declared = declared_types(source, text_field, id_field)  # Parquet: its column types
-        # the shard being filled: bookkeeping and fields; shards never mix source files
+        # the shard being filled: bookkeeping and fields; shards never mix sources
         rows: list[dict] = []
         metas: list[dict] = []
-        for rec in read_records(source, text_field, id_field, names[source]):
+        for rec in records:
             stats["rows_in"] += 1
             if progress:
                 progress(1)
@@ -241,12 +277,21 @@ def iter_shard_batches(
 
 
 def ingest_corpus(cfg, name: str, progress: Callable[[int], None] | None = None) -> IngestResult:
-    """The ingest stage for a file-backed corpus of ``cfg`` (a ``semisynth.config.Config``):
-    its paths (relative ones from the data root) into shards under ``cfg.shard_dir``."""
+    """The ingest stage for a corpus of ``cfg`` (a ``semisynth.config.Config``) read from
+    files (its paths, relative ones from the data root) or from a Hugging Face dataset
+    (``hf``), into shards under ``cfg.shard_dir``."""
     c = cfg.corpora[name]
-    return ingest([cfg.resolve(p) for p in c.paths], cfg.shard_dir(name), name,
-                  text_field=c.text_field, id_field=c.id_field, shard_docs=cfg.shard_docs,
-                  limit_docs=c.limit_docs, progress=progress)
+    dataset = None
+    if c.hf is not None:
+        dataset = hf.open_dataset(c.hf, cfg.resolve)
+        # a dataset's field types are inferred from its rows' values, as for JSON lines
+        sources = [(dataset.spec, hf.read_dataset(dataset, c.text_field, c.id_field), None)]
+    else:
+        sources = file_sources([cfg.resolve(p) for p in c.paths], c.text_field, c.id_field)
+    result = ingest_sources(sources, cfg.shard_dir(name), name, shard_docs=cfg.shard_docs,
+                            limit_docs=c.limit_docs, progress=progress)
+    result.dataset = dataset.columns if dataset is not None else None
+    return result
 
 
 def json_fields_message(result: IngestResult) -> str:
@@ -256,6 +301,8 @@ def json_fields_message(result: IngestResult) -> str:
     return f"fields whose values have different types, kept as JSON text: {held}"
 
 
-def ingest_counts(result: IngestResult) -> dict[str, int]:
+def ingest_columns(result: IngestResult) -> dict:
+    """What ingest adds to the corpus's row in ``corpora``: its row counts, and for a
+    dataset its path, configuration, split and revision."""
     return {"rows_in": result.rows_in, "rows_ok": result.rows_ok,
-            "rows_quarantined": result.rows_quarantined}
+            "rows_quarantined": result.rows_quarantined, **(result.dataset or {})}

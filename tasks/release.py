@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 from semisynth.documents import atomic_path
 from semisynth.fields import DocumentLayout
 from semisynth.names import check_name
-from semisynth.warehouse import records
+from semisynth.tasks.corpora import lineage
+from semisynth.warehouse import db, records
 
 FORMATS = ("parquet", "jsonl.gz")
 MANIFEST = "manifest.json"
@@ -303,7 +304,10 @@ def release_corpus(cfg, run_id: str, corpus: str, shards: list[Path], model_id: 
     manifest = {
         "run_id": run_id, "corpus": corpus, "config": cfg.name,
         "sources": {"shards": [{"shard_hash": Path(s).stem, "path": str(s)} for s in shards],
-                    "reference": c.reference, "edited_from": c.edited_from, "mix": c.mix},
+                    "reference": c.reference, "edited_from": c.edited_from, "mix": c.mix,
+                    # the Hugging Face datasets its documents come from, as this run read them
+                    "datasets": records.recorded_datasets(db.warehouse_path(cfg.root), run_id,
+                                                          lineage(cfg, corpus))},
         "metrics": metric_values,
         "validation": {"suite": cfg.gate.suite, "success": validation["success"],
                        "expectations": validation["rows"]},

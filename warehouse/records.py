@@ -125,10 +125,12 @@ class CorpusRecord:
     name: str
     role: str
     reference: str | None
-    origin: str  # "files", "edited_from:<corpus>", "mix"
+    origin: str  # "files", "hf", "edited_from:<corpus>", "mix"
     shards: list[Path]
     scores: list[Path]
-    ingest: Mapping[str, int] | None = None  # rows_in, rows_ok, rows_quarantined
+    # rows_in, rows_ok, rows_quarantined; for a dataset also dataset_path, dataset_name,
+    # dataset_split, dataset_revision (``tasks.ingest.ingest_columns``)
+    ingest: Mapping[str, int | str | None] | None = None
     edited_into: Sequence[str] = ()  # corpora edited from this one
     edit: Mapping | None = None  # strategy, threshold, top_k, beta, seed of those edits
 
@@ -174,6 +176,17 @@ def record_corpora(wh: Path, run_id: str, corpora: Sequence[CorpusRecord]) -> No
                          "reference": c.reference, "origin": c.origin, "documents": int(docs),
                          "tokens": int(tokens), "shards": len(c.shards), **dict(c.ingest or {})})
         db.append_frame(con, "corpora", pd.DataFrame(rows))
+
+
+def recorded_datasets(wh: Path, run_id: str, corpora: Sequence[str]) -> dict[str, dict]:
+    """The datasets that ``corpora`` were read from in run ``run_id``: corpus -> its path,
+    name (configuration), split and revision, as ``record_corpora`` stored them."""
+    frame = db.query(wh, "SELECT corpus, dataset_path, dataset_name, dataset_split, "
+                         "dataset_revision FROM corpora WHERE run_id = ? AND "
+                         "dataset_path IS NOT NULL ORDER BY corpus", [run_id], read_only=False)
+    return {r.corpus: {"path": r.dataset_path, "name": r.dataset_name, "split": r.dataset_split,
+                       "revision": r.dataset_revision}
+            for r in frame.itertuples() if r.corpus in corpora}
 
 
 def _edit_params(edit: Mapping | None) -> dict:

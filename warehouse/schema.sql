@@ -7,7 +7,10 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS corpora (
   run_id VARCHAR, corpus VARCHAR, role VARCHAR, reference VARCHAR, origin VARCHAR,
   documents BIGINT, tokens BIGINT, shards INTEGER,  -- tokens: scored tokens, as doc_scores.tokens
-  rows_in BIGINT, rows_ok BIGINT, rows_quarantined BIGINT);  -- ingest counts, file-backed corpora
+  rows_in BIGINT, rows_ok BIGINT, rows_quarantined BIGINT,  -- ingest counts, ingested corpora
+  -- a corpus read from a Hugging Face dataset (else NULL): its path, configuration, split and
+  -- revision (the commit the Hub resolved it to; NULL for a local folder)
+  dataset_path VARCHAR, dataset_name VARCHAR, dataset_split VARCHAR, dataset_revision VARCHAR);
 CREATE TABLE IF NOT EXISTS shards (
   shard_hash VARCHAR, corpus VARCHAR, source VARCHAR, path VARCHAR, documents BIGINT,
   first_seen_run VARCHAR);
@@ -43,6 +46,10 @@ ALTER TABLE corpora ADD COLUMN IF NOT EXISTS rows_ok BIGINT;
 ALTER TABLE corpora ADD COLUMN IF NOT EXISTS rows_quarantined BIGINT;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid BIGINT;
+ALTER TABLE corpora ADD COLUMN IF NOT EXISTS dataset_path VARCHAR;
+ALTER TABLE corpora ADD COLUMN IF NOT EXISTS dataset_name VARCHAR;
+ALTER TABLE corpora ADD COLUMN IF NOT EXISTS dataset_split VARCHAR;
+ALTER TABLE corpora ADD COLUMN IF NOT EXISTS dataset_revision VARCHAR;
 
 -- Views show finished runs only (COMPLETED, or FAILED by the gate): the rows of a run that
 -- is still RUNNING, or CRASHED part way, are not a run's results. The tables keep them.
