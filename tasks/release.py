@@ -24,11 +24,14 @@ import gzip
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+import fsspec
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from semisynth.documents import atomic_path
 from semisynth.tasks import card
@@ -192,21 +195,28 @@ def _write_release_folder(tmp: Path, name: str, version: str, shard_paths: list[
         path.chmod(0o444)
 
 
+def _relative(rel: str) -> bool:
+    """Whether manifest entry ``rel`` is a relative path without '..'."""
+    pure = PurePosixPath(rel)
+    return not (pure.is_absolute() or ".." in pure.parts or "\\" in rel or not pure.parts)
+
+
 def _inside(folder: Path, rel: str) -> bool:
     """Whether manifest entry ``rel`` names a file inside ``folder``: a relative path
     without '..', that no symbolic link leads out of."""
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts or "\\" in rel or not pure.parts:
-        return False
-    return (folder / pure).resolve().is_relative_to(folder.resolve())
+    return _relative(rel) and (folder / rel).resolve().is_relative_to(folder.resolve())
 
 
 def _read_manifest(path: Path) -> tuple[dict | None, list[str]]:
     """The release's manifest, or None and why it cannot be used."""
     if not (path / MANIFEST).is_file():
         return None, [f"no {MANIFEST} in {path}"]
+    return _parse_manifest((path / MANIFEST).read_bytes())
+
+
+def _parse_manifest(raw: bytes) -> tuple[dict | None, list[str]]:
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = json.loads(raw)
         files = manifest["files"]
     except (ValueError, KeyError, TypeError) as e:
         return None, [f"{MANIFEST} is unreadable: {e!r}"]
@@ -216,9 +226,12 @@ def _read_manifest(path: Path) -> tuple[dict | None, list[str]]:
     return manifest, []
 
 
-def _check_files(path: Path, files: dict) -> list[str]:
+def _check_files(path: Path, files: dict, progress: Callable[[int], None] | None = None
+                 ) -> list[str]:
     problems = []
     for rel, expected in sorted(files.items()):
+        if progress:
+            progress(expected["bytes"])
         if not _inside(path, rel):
             problems.append(f"{MANIFEST} lists {rel!r}, outside the release folder: not read")
             continue
@@ -254,18 +267,85 @@ def _check_record(path: Path, warehouse: Path) -> list[str]:
     return []
 
 
-def verify_release(path: Path, warehouse: Path | None = None) -> list[str]:
-    """Problems with the release at ``path``: missing, resized, altered or unlisted files,
-    manifest entries outside the folder (refused, never read), and with ``warehouse`` a
-    manifest other than the one recorded there. An empty list means every file matches
-    its manifest entry (and the manifest its record)."""
-    path = Path(path)
-    manifest, problems = _read_manifest(path)
+def location(path: Path | str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of a release folder or of a copy, and its path there: a local folder
+    or any fsspec URL (``s3://...``, ``hf://datasets/...``, ``memory://...``)."""
+    fs, root = fsspec.core.url_to_fs(str(path))
+    return fs, root.rstrip("/")
+
+
+def location_url(path: Path | str) -> str:
+    """The URL that names a release folder or copy, the same however it was written
+    (``file:///abs/path`` for a local folder): the ``pushes`` table's destination."""
+    fs, root = location(path)
+    return fs.unstrip_protocol(root)
+
+
+def _fs_sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+READ_CHUNK = 8 << 20  # bytes read at a time from a copy
+
+
+def _check_copy(fs: fsspec.AbstractFileSystem, root: str, files: dict,
+                progress: Callable[[int], None] | None = None) -> list[str]:
+    """``_check_files`` for a copy on any fsspec filesystem, every file read back through it."""
+    problems = []
+    for rel, expected in sorted(files.items()):
+        if progress:
+            progress(expected["bytes"])
+        if not _relative(rel):
+            problems.append(f"{MANIFEST} lists {rel!r}, outside the release folder: not read")
+            continue
+        file = f"{root}/{rel}"
+        if not fs.isfile(file):
+            problems.append(f"missing file {rel}")
+            continue
+        size = fs.size(file)
+        if size != expected["bytes"]:
+            problems.append(f"{rel}: {size} bytes, manifest says {expected['bytes']}")
+        if _fs_sha256(fs, file) != expected["sha256"]:
+            problems.append(f"{rel}: sha256 differs from the manifest")
+    for file in sorted(fs.find(root)):
+        rel = file[len(root) + 1:]
+        if rel != MANIFEST and rel not in files:
+            problems.append(f"unlisted file {rel}")
+    return problems
+
+
+def verify_release(path: Path | str, warehouse: Path | None = None,
+                   manifest_sha256: str | None = None,
+                   progress: Callable[[int], None] | None = None) -> list[str]:
+    """Problems with the release at ``path`` (a folder, or a copy at any fsspec URL, read
+    back through fsspec): missing, resized, altered or unlisted files, manifest entries
+    outside the folder (refused, never read), with ``warehouse`` a manifest other than the
+    one recorded there for its name and version, and with ``manifest_sha256`` a manifest
+    other than that one (a copy's push record). An empty list means every file matches its
+    manifest entry (and the manifest its record). ``progress(bytes)`` as each file is read."""
+    fs, root = location(path)
+    local = isinstance(fs, LocalFileSystem)
+    if local:
+        manifest, problems = _read_manifest(Path(root))
+    elif not fs.isfile(f"{root}/{MANIFEST}"):
+        return [f"no {MANIFEST} in {fs.unstrip_protocol(root)}"]
+    else:
+        manifest, problems = _parse_manifest(fs.cat_file(f"{root}/{MANIFEST}"))
     if manifest is None:
         return problems
-    problems = _check_files(path, manifest["files"])
+    problems = (_check_files(Path(root), manifest["files"], progress) if local
+                else _check_copy(fs, root, manifest["files"], progress))
     if warehouse is not None:
-        problems += _check_record(path, Path(warehouse))
+        problems += _check_record(Path(root), Path(warehouse))
+    if manifest_sha256 is not None:
+        actual = hashlib.sha256(fs.cat_file(f"{root}/{MANIFEST}")).hexdigest()
+        if actual != manifest_sha256:
+            problems.append(f"{MANIFEST} differs from the one recorded for it (sha256 "
+                            f"{actual[:16]}..., recorded {manifest_sha256[:16]}...)")
     return problems
 
 
