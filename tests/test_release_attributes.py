@@ -5,6 +5,8 @@ score stage's schema: every attribute equals the warehouse's row of the same doc
 import gzip
 import json
 import math
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +237,34 @@ def test_scores_of_other_documents_are_refused(run, tmp_path):
         release.release(tmp_path, "x", shards["brown"], "m", {}, {},
                         AttributeSource(swapped["brown"], release_edits(cfg, "brown", swapped)))
     assert not (tmp_path / "x").exists()  # nothing left behind
+
+
+@pytest.mark.skipif(not os.environ.get("SEMISYNTH_TEST_DOLMA"),
+                    reason="SEMISYNTH_TEST_DOLMA names no `dolma` command (the Dolma toolkit "
+                           "pins an fsspec this stack cannot share: install it in a venv of "
+                           "its own, `pip install dolma==1.2.1`)")
+def test_the_dolma_mixer_filters_on_the_attributes(run, tmp_path):
+    """The README's mixer config, run by the Dolma toolkit's own mixer over a release: it
+    finds each part's attributes (documents/ -> attributes/semisynth/) and keeps exactly
+    the documents the filter expressions select."""
+    path = run[3]["mix50"].path
+    config = {"streams": [{
+        "name": "low-ppl", "documents": [str(path / "documents" / "*.jsonl.gz")],
+        "attributes": ["semisynth"],
+        "output": {"path": str(tmp_path / "out" / "documents"), "max_size_in_bytes": 10**9},
+        "filter": {"include": ["$.attributes[?(@.semisynth__ppl[0][2] < 30)]"],
+                   "exclude": ["$.attributes[?(@.semisynth__edited_tokens[0][2] > 15)]"]}}],
+        "processes": 1}
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(config))
+    subprocess.run([os.environ["SEMISYNTH_TEST_DOLMA"], "-c", str(tmp_path / "mix.yaml"), "mix"],
+                   check=True, capture_output=True, timeout=300)
+    kept = []
+    for out in sorted((tmp_path / "out" / "documents").glob("*.gz")):
+        with gzip.open(out, "rt") as f:
+            kept += [json.loads(line) for line in f]
+    rows = [a for p in range(len(run[2]["mix50"])) for a in attribute_rows(path, p)]
+    expected = [a["id"] for a in rows if value(a, "ppl") is not None and value(a, "ppl") < 30
+                and not value(a, "edited_tokens") > 15]
+    assert 0 < len(expected) < len(rows)
+    assert [d["id"] for d in kept] == expected
+    assert all(d["attributes"]["semisynth__ppl"][0][2] < 30 for d in kept)
