@@ -130,9 +130,9 @@ def gate_task(cfg: Config, run_id: str, corpus: str) -> dict:
 
 @task(name="release", cache_policy=NO_CACHE)
 def release_task(cfg: Config, run_id: str, corpus: str, shards: list[Path], model_id: str,
-                 metric_values: dict, validation: dict) -> str:
+                 metric_values: dict, validation: dict, scores: dict[str, list[Path]]) -> str:
     released = release_mod.release_corpus(cfg, run_id, corpus, shards, model_id,
-                                          metric_values, validation)
+                                          metric_values, validation, scores)
     if released.row is None:
         get_run_logger().info("release %s: content unchanged since %s, no new version",
                               corpus, released.path)
@@ -200,7 +200,8 @@ def nightly_refresh(config_path: str, overrides: list[str] | None = None):
             measured = metrics_task(cfg, run_id, scores)
             gates = {n: gate_task(cfg, run_id, n) for n in cfg.pairs()}
             candidates = [n for n, c in cfg.corpora.items() if c.release]
-            releases = {n: release_task(cfg, run_id, n, shards[n], model_id, measured.values[n], gates[n])
+            releases = {n: release_task(cfg, run_id, n, shards[n], model_id, measured.values[n],
+                                        gates[n], scores)
                         for n in candidates if gates[n]["success"]}
             blocked = [n for n in candidates if not gates[n]["success"]]
             markdown = summary_markdown(run_id, measured.budget, measured.values, gates, releases, blocked)

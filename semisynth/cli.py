@@ -24,6 +24,7 @@ import typer
 from pydantic.fields import FieldInfo
 
 from semisynth.config import Config, EditConfig, Precision, PriorConfig, Strategy
+from semisynth.names import is_plain_name
 from semisynth.warehouse.lock import LockHeld
 
 if TYPE_CHECKING:
@@ -98,9 +99,10 @@ app = typer.Typer(
 )
 prior_app = typer.Typer(help="The default prior.", no_args_is_help=True)
 app.add_typer(prior_app, name="prior", epilog=example("semisynth prior fetch"))
-release_app = typer.Typer(help="List or verify releases.", no_args_is_help=True)
+release_app = typer.Typer(help="List, verify or push releases.", no_args_is_help=True)
 app.add_typer(release_app, name="release",
-              epilog=example("semisynth release list", "semisynth release verify NAME"))
+              epilog=example("semisynth release list", "semisynth release verify NAME",
+                             "semisynth release push NAME s3://bucket/corpora"))
 
 
 def command(group: typer.Typer, name: str, *examples: str) -> Callable:
@@ -502,48 +504,125 @@ def cmd_release_list(ctx: typer.Context) -> int:
     return 0
 
 
+def _release_folder(ctx: typer.Context, name: str, version: str | None) -> Path | None:
+    """The folder of release ``name`` (its latest version, or ``version``) under the data
+    root, or ``name`` itself when it is a folder; None when there is no such release."""
+    root = ctx.obj.settings.data_root / "releases"
+    if Path(name).is_dir():
+        return Path(name)
+    plain = is_plain_name(name)  # one folder name, nothing that climbs out
+    versions = sorted((root / name).glob("v*")) if plain and (root / name).is_dir() else []
+    if version:
+        versions = [v for v in versions if v.name == version]
+    return versions[-1] if versions else None
+
+
 @command(release_app, "verify", "semisynth release verify semisynth-brown_toedit",
          "semisynth release verify semisynth-brown_toedit --version v2",
-         "semisynth release verify var/releases/semisynth-brown_toedit/v1")
+         "semisynth release verify var/releases/semisynth-brown_toedit/v1",
+         "semisynth release verify s3://bucket/corpora/semisynth-brown_toedit/v0001")
 def cmd_release_verify(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(metavar="NAME", help="a release name (its latest version) or folder")],
+    name: Annotated[str, typer.Argument(
+        metavar="NAME", help="a release name (its latest version), a folder, or the URL of a "
+                             "pushed copy (s3://, hf://, memory://, file://)")],
     version: Annotated[str | None, typer.Option(help="this version of the release, e.g. v2")] = None,
 ) -> int:
-    """Re-check every checksum of a release, and its manifest against the warehouse's
-    record (exit 1: a mismatch)."""
+    """Re-check every checksum of a release or of a pushed copy (read back through fsspec),
+    and its manifest against the warehouse's record of the release or of the push (exit 1:
+    a mismatch)."""
     from semisynth.names import check_name
     from semisynth.tasks import release
+    from semisynth.warehouse import db, records
 
     if version is not None:
         check_name(version, "--version")
     root = ctx.obj.settings.data_root / "releases"
-    target = Path(name)
-    if not target.exists():
+    if version is not None:
+        check_name(version, "--version")
+    wh = db.warehouse_path(ctx.obj.settings.data_root)
+    remote = "://" in name
+    if not remote and not Path(name).is_dir():
         check_name(name, "NAME")  # a name, not a folder: it must not lead out of the root
-        versions = sorted((root / name).glob("v*")) if (root / name).exists() else []
-        if version:
-            versions = [v for v in versions if v.name == version]
-        if not versions:
-            print(f"error: no release {name!r} under {root}", file=sys.stderr)
-            return 2
-        target = versions[-1]
-    from semisynth.warehouse import db
-
+    target = name if remote else _release_folder(ctx, name, version)
+    if target is None:
+        print(f"error: no release {name!r} under {root}", file=sys.stderr)
+        return 2
     # a release of this data root is checked against the warehouse's record of its manifest
     # too, so that a data file edited together with its checksum in the manifest is caught;
-    # a copy elsewhere has only its own manifest to go by
-    inside = Path(target).resolve().is_relative_to(root.resolve())
+    # a copy this data root pushed, against the push's record; any other copy has only its
+    # own manifest to go by
+    inside = not remote and Path(target).resolve().is_relative_to(root.resolve())
+    pushed = None if inside else records.recorded_push(wh, release.location_url(target))
     problems = release.verify_release(
-        target, warehouse=db.warehouse_path(ctx.obj.settings.data_root) if inside else None)
+        target, warehouse=wh if inside else None,
+        manifest_sha256=pushed["manifest_sha256"] if pushed else None)
     if problems:
         print(f"{target}: FAILED")
         for p in problems:
             print(f"  - {p}")
         return 1
-    print(f"{target}: OK (every checksum matches" + (", and the manifest is the warehouse's)"
-                                                     if inside else "; outside the data root "
-                                                     f"{root}: no warehouse record compared)"))
+    compared = (", and the manifest is the warehouse's" if inside else
+                f", and the manifest is the one pushed there on {pushed['pushed_at']}" if pushed
+                else f"; not a release or push of the data root {ctx.obj.settings.data_root}: "
+                     "no warehouse record compared")
+    print(f"{target}: OK (every checksum matches{compared})")
+    return 0
+
+
+@command(release_app, "push", "semisynth release push semisynth-brown_toedit s3://bucket/corpora",
+         "semisynth release push semisynth-brown_toedit hf://datasets/ORG/corpora --version v0002",
+         "semisynth release push semisynth-brown_toedit /mnt/share/corpora")
+def cmd_release_push(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="a release name (its latest version) or folder")],
+    dest: Annotated[str, typer.Argument(
+        metavar="DEST", help="a folder or fsspec URL; the copy goes to DEST/NAME/VERSION/")],
+    version: Annotated[str | None, typer.Option(help="this version of the release, e.g. v0002")] = None,
+    lock_wait: Annotated[float, typer.Option(
+        metavar="SECONDS", help="how long to wait for a run holding the data root before the "
+                                "push is recorded (exit 3 after)")] = 10.0,
+) -> int:
+    """Copy a verified release to DEST/NAME/VERSION/, read every file back to check it, and
+    record the push in the warehouse (table pushes). Exit 1: the release or its copy fails
+    verification; 2: no such release, or DEST holds another copy."""
+    from semisynth.names import check_name
+    from semisynth.progress import progress
+    from semisynth.tasks import push
+    from semisynth.warehouse import db, records
+    from semisynth.warehouse.lock import data_root_lock
+
+    if version is not None:
+        check_name(version, "--version")
+    if not Path(name).is_dir():
+        check_name(name, "NAME")  # a name, not a folder: it must not lead out of the root
+    folder = _release_folder(ctx, name, version)
+    if folder is None:
+        print(f"error: no release {name!r}{f' version {version}' if version else ''} under "
+              f"{ctx.obj.settings.data_root / 'releases'}", file=sys.stderr)
+        return 2
+    data_root = ctx.obj.settings.data_root
+    inside = folder.resolve().is_relative_to((data_root / "releases").resolve())
+    wh = db.warehouse_path(data_root)
+    try:
+        plan = push.plan_push(folder, dest, warehouse=wh if inside else None)
+        if not plan.present:
+            with progress(f"copied {folder.parent.name} {folder.name} to {plan.url}",
+                          total=plan.bytes, unit="bytes") as copied:
+                plan.copy(copied.advance)
+        with progress(f"read back {plan.url}", total=plan.bytes, unit="bytes") as checked:
+            pushed = plan.check(checked.advance)
+    except push.VerificationFailed as exc:
+        print(f"error: {exc.what}:", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    with data_root_lock(data_root, lock_wait, "semisynth release push"):
+        db.init(wh)
+        records.record_push(wh, pushed.row())
+    state = "copied and checked" if pushed.copied else "already there, checked (nothing written)"
+    print(f"{pushed.destination}: {state}: {pushed.files} files, {pushed.bytes:,} bytes, "
+          f"manifest sha256 {pushed.manifest_sha256[:16]}...; recorded in {wh} (table pushes)")
     return 0
 
 

@@ -155,6 +155,9 @@ class CorpusConfig(_Strict):
     text_field: str = "text"
     id_field: str = "id"
     limit_docs: int | None = Field(None, ge=1)  # take the first N documents of the sources (demo)
+    # the license of its documents, as the Hugging Face Hub names licenses (apache-2.0,
+    # odc-by, ...): a release's card states it; a derived corpus without one takes its source's
+    license: str | None = None
 
     @property
     def ingested(self) -> bool:

@@ -1,5 +1,13 @@
-"""Immutable releases: ``releases/<name>/<version>/`` holding ``data/part-NNNNN.*`` and
-``manifest.json`` (sha256 and size of every data file).
+"""Immutable releases: ``releases/<name>/<version>/`` holding the documents as Parquet
+``data/part-NNNNN.parquet`` and as Dolma JSON lines ``documents/part-NNNNN.jsonl.gz``, their
+attributes ``attributes/semisynth/part-NNNNN.jsonl.gz`` (``tasks.attributes``), a dataset
+card ``README.md`` (``tasks.card``) and ``manifest.json`` (sha256 and size of every other
+file).
+
+Each format has its folder because each reader globs one: ``datasets.load_dataset("parquet",
+data_dir=<release>/data)`` reads every file of ``data/``, and the Dolma mixer finds a
+document file's attributes by replacing ``/documents/`` in its path with
+``/attributes/<set>/``.
 
 A release is written into a temporary sibling folder and renamed into place, so it either
 exists complete or not at all; its files are read-only and ``verify_release`` re-checks
@@ -16,19 +24,32 @@ import gzip
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+import fsspec
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from semisynth.documents import atomic_path
 from semisynth.fields import DocumentLayout
 from semisynth.names import check_name
-from semisynth.tasks.corpora import lineage
+from semisynth.tasks import card
+from semisynth.tasks.attributes import (
+    ATTRIBUTE_SET,
+    ATTRIBUTES,
+    PREFIX,
+    AttributeSource,
+    attributes_path,
+    release_edits,
+    write_attributes,
+)
 from semisynth.warehouse import db, records
 
 FORMATS = ("parquet", "jsonl.gz")
+PART_FOLDERS = {"parquet": "data", "jsonl.gz": "documents"}  # the folder of each format
 MANIFEST = "manifest.json"
 
 
@@ -84,8 +105,11 @@ def _write_part(shard: Path, data: Path, part: int, formats: tuple[str, ...],
 
 
 def write_release(releases_root: Path, name: str, version: str, shard_paths: list[Path],
-                  manifest: dict, formats: tuple[str, ...] = FORMATS) -> Path:
-    """Write the shards' documents as release ``name``/``version``; returns its folder.
+                  manifest: dict, formats: tuple[str, ...] = FORMATS,
+                  attributes: AttributeSource | None = None) -> Path:
+    """Write the shards' documents as release ``name``/``version``, with their attribute
+    files when ``attributes`` says where they come from (one score file per shard), and the
+    dataset card; returns its folder.
 
     Raises FileExistsError if that version exists (releases are immutable). On any error
     nothing is left behind."""
@@ -95,6 +119,9 @@ def write_release(releases_root: Path, name: str, version: str, shard_paths: lis
         raise ValueError(f"formats must be some of {FORMATS}, got {formats!r}")
     if not shard_paths:
         raise ValueError("a release needs at least one shard")
+    if attributes is not None and len(attributes.scores) != len(shard_paths):
+        raise ValueError(f"{len(shard_paths)} shards but {len(attributes.scores)} score files: "
+                         "attributes need the score file of every released shard")
     folder = Path(releases_root) / name
     final = folder / version
     if final.exists():
@@ -103,7 +130,8 @@ def write_release(releases_root: Path, name: str, version: str, shard_paths: lis
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(final) as tmp:
-            _write_release_folder(tmp, name, version, shard_paths, manifest, formats)
+            _write_release_folder(tmp, name, version, shard_paths, manifest, formats,
+                                  attributes)
     except BaseException:
         with contextlib.suppress(OSError):
             folder.rmdir()  # only if empty, i.e. this failed release was its only content
@@ -111,39 +139,88 @@ def write_release(releases_root: Path, name: str, version: str, shard_paths: lis
     return final
 
 
+def _write_attribute_files(tmp: Path, shard_paths: list[Path], documents: list[int],
+                           source: AttributeSource) -> int:
+    """Each part's attribute file, part by part; returns the scored tokens of the release."""
+    tokens = 0
+    for i, (shard, score_file) in enumerate(zip(shard_paths, source.scores, strict=True)):
+        rows, part_tokens = write_attributes(Path(shard), Path(score_file), source.edits,
+                                             tmp / attributes_path(i))
+        if rows != documents[i]:  # write_attributes reads the shard itself: a changed shard
+            raise ValueError(f"{shard}: {documents[i]} documents released, {rows} attribute rows")
+        tokens += part_tokens
+    extra = next(source.edits, None)
+    if extra is not None:
+        raise ValueError(f"edit counts left over after the last released document (next: "
+                         f"{extra.id!r}): they are not the edits of these documents")
+    return tokens
+
+
+def _write_parts(tmp: Path, shard_paths: list[Path], formats: tuple[str, ...],
+                 layout: DocumentLayout) -> list[int]:
+    """Every shard as a part in each format's folder; returns the documents of each part.
+    One pass over the shards per format (each format in a folder of its own)."""
+    counts: dict[str, list[int]] = {}
+    for fmt in FORMATS:
+        if fmt in formats:
+            folder = tmp / PART_FOLDERS[fmt]
+            folder.mkdir(parents=True)
+            counts[fmt] = [_write_part(Path(shard), folder, i, (fmt,), layout)
+                           for i, shard in enumerate(shard_paths)]
+    first, *others = counts.values()
+    if any(other != first for other in others):  # a shard that changed between the passes
+        raise ValueError(f"the formats' parts hold different documents: {counts}")
+    return first
+
+
 def _write_release_folder(tmp: Path, name: str, version: str, shard_paths: list[Path],
-                          manifest: dict, formats: tuple[str, ...]) -> None:
-    data = tmp / "data"
-    data.mkdir(parents=True)
+                          manifest: dict, formats: tuple[str, ...],
+                          attributes: AttributeSource | None = None) -> None:
     layout = DocumentLayout.of([Path(s) for s in shard_paths], f"release {name} {version}")
-    documents = sum(_write_part(Path(shard), data, i, formats, layout)
-                    for i, shard in enumerate(shard_paths))
-    files = {p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(data.iterdir())}
+    documents = _write_parts(tmp, shard_paths, formats, layout)
     full = {**manifest, "name": name, "version": version,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "documents": documents, "files": files}
+            "documents": sum(documents), "parts": len(documents), "formats": list(formats),
+            "tokens": None}
+    if attributes is not None:
+        full["tokens"] = _write_attribute_files(tmp, shard_paths, documents, attributes)
+        full["attributes"] = {"set": ATTRIBUTE_SET,
+                              "files": f"attributes/{ATTRIBUTE_SET}/part-NNNNN.jsonl.gz",
+                              "keys": [PREFIX + k for k in ATTRIBUTES],
+                              "meaning": attributes.meaning}
+    (tmp / card.CARD).write_text(card.render(full))
+    written = sorted(p for p in tmp.rglob("*") if p.is_file())
+    full["files"] = {p.relative_to(tmp).as_posix(): {"sha256": _sha256(p),
+                                                     "bytes": p.stat().st_size}
+                     for p in written}
     # default=str: datetimes (e.g. validated_at in the gate's rows) become ISO text.
     (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str) + "\n")
-    for path in [*data.iterdir(), tmp / MANIFEST]:
+    for path in [*written, tmp / MANIFEST]:
         path.chmod(0o444)
+
+
+def _relative(rel: str) -> bool:
+    """Whether manifest entry ``rel`` is a relative path without '..'."""
+    pure = PurePosixPath(rel)
+    return not (pure.is_absolute() or ".." in pure.parts or "\\" in rel or not pure.parts)
 
 
 def _inside(folder: Path, rel: str) -> bool:
     """Whether manifest entry ``rel`` names a file inside ``folder``: a relative path
     without '..', that no symbolic link leads out of."""
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts or "\\" in rel or not pure.parts:
-        return False
-    return (folder / pure).resolve().is_relative_to(folder.resolve())
+    return _relative(rel) and (folder / rel).resolve().is_relative_to(folder.resolve())
 
 
 def _read_manifest(path: Path) -> tuple[dict | None, list[str]]:
     """The release's manifest, or None and why it cannot be used."""
     if not (path / MANIFEST).is_file():
         return None, [f"no {MANIFEST} in {path}"]
+    return _parse_manifest((path / MANIFEST).read_bytes())
+
+
+def _parse_manifest(raw: bytes) -> tuple[dict | None, list[str]]:
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = json.loads(raw)
         files = manifest["files"]
     except (ValueError, KeyError, TypeError) as e:
         return None, [f"{MANIFEST} is unreadable: {e!r}"]
@@ -153,9 +230,12 @@ def _read_manifest(path: Path) -> tuple[dict | None, list[str]]:
     return manifest, []
 
 
-def _check_files(path: Path, files: dict) -> list[str]:
+def _check_files(path: Path, files: dict, progress: Callable[[int], None] | None = None
+                 ) -> list[str]:
     problems = []
     for rel, expected in sorted(files.items()):
+        if progress:
+            progress(expected["bytes"])
         if not _inside(path, rel):
             problems.append(f"{MANIFEST} lists {rel!r}, outside the release folder: not read")
             continue
@@ -191,18 +271,85 @@ def _check_record(path: Path, warehouse: Path) -> list[str]:
     return []
 
 
-def verify_release(path: Path, warehouse: Path | None = None) -> list[str]:
-    """Problems with the release at ``path``: missing, resized, altered or unlisted files,
-    manifest entries outside the folder (refused, never read), and with ``warehouse`` a
-    manifest other than the one recorded there. An empty list means every file matches
-    its manifest entry (and the manifest its record)."""
-    path = Path(path)
-    manifest, problems = _read_manifest(path)
+def location(path: Path | str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of a release folder or of a copy, and its path there: a local folder
+    or any fsspec URL (``s3://...``, ``hf://datasets/...``, ``memory://...``)."""
+    fs, root = fsspec.core.url_to_fs(str(path))
+    return fs, root.rstrip("/")
+
+
+def location_url(path: Path | str) -> str:
+    """The URL that names a release folder or copy, the same however it was written
+    (``file:///abs/path`` for a local folder): the ``pushes`` table's destination."""
+    fs, root = location(path)
+    return fs.unstrip_protocol(root)
+
+
+def _fs_sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+READ_CHUNK = 8 << 20  # bytes read at a time from a copy
+
+
+def _check_copy(fs: fsspec.AbstractFileSystem, root: str, files: dict,
+                progress: Callable[[int], None] | None = None) -> list[str]:
+    """``_check_files`` for a copy on any fsspec filesystem, every file read back through it."""
+    problems = []
+    for rel, expected in sorted(files.items()):
+        if progress:
+            progress(expected["bytes"])
+        if not _relative(rel):
+            problems.append(f"{MANIFEST} lists {rel!r}, outside the release folder: not read")
+            continue
+        file = f"{root}/{rel}"
+        if not fs.isfile(file):
+            problems.append(f"missing file {rel}")
+            continue
+        size = fs.size(file)
+        if size != expected["bytes"]:
+            problems.append(f"{rel}: {size} bytes, manifest says {expected['bytes']}")
+        if _fs_sha256(fs, file) != expected["sha256"]:
+            problems.append(f"{rel}: sha256 differs from the manifest")
+    for file in sorted(fs.find(root)):
+        rel = file[len(root) + 1:]
+        if rel != MANIFEST and rel not in files:
+            problems.append(f"unlisted file {rel}")
+    return problems
+
+
+def verify_release(path: Path | str, warehouse: Path | None = None,
+                   manifest_sha256: str | None = None,
+                   progress: Callable[[int], None] | None = None) -> list[str]:
+    """Problems with the release at ``path`` (a folder, or a copy at any fsspec URL, read
+    back through fsspec): missing, resized, altered or unlisted files, manifest entries
+    outside the folder (refused, never read), with ``warehouse`` a manifest other than the
+    one recorded there for its name and version, and with ``manifest_sha256`` a manifest
+    other than that one (a copy's push record). An empty list means every file matches its
+    manifest entry (and the manifest its record). ``progress(bytes)`` as each file is read."""
+    fs, root = location(path)
+    local = isinstance(fs, LocalFileSystem)
+    if local:
+        manifest, problems = _read_manifest(Path(root))
+    elif not fs.isfile(f"{root}/{MANIFEST}"):
+        return [f"no {MANIFEST} in {fs.unstrip_protocol(root)}"]
+    else:
+        manifest, problems = _parse_manifest(fs.cat_file(f"{root}/{MANIFEST}"))
     if manifest is None:
         return problems
-    problems = _check_files(path, manifest["files"])
+    problems = (_check_files(Path(root), manifest["files"], progress) if local
+                else _check_copy(fs, root, manifest["files"], progress))
     if warehouse is not None:
-        problems += _check_record(path, Path(warehouse))
+        problems += _check_record(Path(root), Path(warehouse))
+    if manifest_sha256 is not None:
+        actual = hashlib.sha256(fs.cat_file(f"{root}/{MANIFEST}")).hexdigest()
+        if actual != manifest_sha256:
+            problems.append(f"{MANIFEST} differs from the one recorded for it (sha256 "
+                            f"{actual[:16]}..., recorded {manifest_sha256[:16]}...)")
     return problems
 
 
@@ -223,12 +370,17 @@ def list_releases(releases_root: Path) -> list[dict]:
     return releases
 
 
+# What a release folder holds besides its documents. 2: attribute files and a dataset card;
+# a release of layout 1 (documents only) is not reused for the same content.
+RELEASE_LAYOUT = 2
+
+
 def content_key(shards: list[Path], model_id: str, parameters: dict) -> str:
     """What a release is made of: the same shards made with the same prior and parameters
-    are the same release, so a nightly run over unchanged inputs must not pile up
-    identical versions."""
-    return hashlib.sha256(json.dumps([[Path(s).stem for s in shards], model_id, parameters],
-                                     sort_keys=True).encode()).hexdigest()
+    (into the same layout) are the same release, so a nightly run over unchanged inputs
+    must not pile up identical versions."""
+    return hashlib.sha256(json.dumps([[Path(s).stem for s in shards], model_id, parameters,
+                                      RELEASE_LAYOUT], sort_keys=True).encode()).hexdigest()
 
 
 def latest_with_key(releases_root: Path, name: str, key: str) -> Path | None:
@@ -252,10 +404,11 @@ class Released:
 
 
 def release(releases_root: Path, name: str, shards: list[Path], model_id: str,
-            parameters: dict, manifest: dict) -> Released:
+            parameters: dict, manifest: dict, attributes: AttributeSource | None = None
+            ) -> Released:
     """Release ``shards`` as the next version of ``name`` (manifest: ``manifest`` plus the
-    content key, the files and their checksums), verified after writing; or reuse the
-    latest version when its content key is the same."""
+    content key, the files and their checksums; attribute files from ``attributes``),
+    verified after writing; or reuse the latest version when its content key is the same."""
     key = content_key(shards, model_id, parameters)
     unchanged = latest_with_key(releases_root, name, key)
     if unchanged is not None:
@@ -263,7 +416,7 @@ def release(releases_root: Path, name: str, shards: list[Path], model_id: str,
     version = next_version(releases_root, name)
     path = write_release(releases_root, name, version, [Path(s) for s in shards],
                          {"content_key": key, **manifest, "model": model_id,
-                          "parameters": parameters})
+                          "parameters": parameters}, attributes=attributes)
     problems = verify_release(path)
     if problems:
         raise RuntimeError(f"release {path} failed verification: {problems}")
@@ -277,7 +430,7 @@ def release_row(path: Path) -> dict:
     return {"name": path.parent.name, "version": path.name, "corpus": manifest.get("corpus"),
             "run_id": manifest.get("run_id"), "path": str(path),
             "manifest_sha256": _sha256(path / MANIFEST), "documents": manifest.get("documents"),
-            "tokens": None}
+            "tokens": manifest.get("tokens")}
 
 
 def restore_rows(releases_root: Path, warehouse: Path) -> list[dict]:
@@ -293,24 +446,79 @@ def restore_rows(releases_root: Path, warehouse: Path) -> list[dict]:
     return rows
 
 
+_EDIT_MEANING = {
+    "edited": ("The released texts are ToEdit's output: revised, edited and dropped tokens "
+               "are those of the edit that made each text, from its source `{source}`'s "
+               "scores (the warehouse's `edits` rows of `{corpus}`); perplexity, scored tokens "
+               "and truncated are the edited text's own, scored again (its `doc_scores` rows)."),
+    "mix": ("A mixture's documents are its components' documents, unchanged by the mixing: "
+            "each carries the values it has in its component (edit counts of an edited "
+            "component's documents are those of its edit, 0 for documents read from files); "
+            "perplexity and scored tokens are the mixture's `doc_scores` rows."),
+    "files": ("These documents were not edited: revised, edited and dropped tokens are 0; "
+              "perplexity and scored tokens are the corpus's `doc_scores` rows."),
+}
+
+
+def lineage(cfg, corpus: str) -> dict[str, dict]:
+    """How ``corpus`` of ``cfg`` is made, down to the corpora read from files: corpus ->
+    its paths, its edited source or its mixture shares (and its license, if named)."""
+    made: dict[str, dict] = {}
+
+    def visit(name: str) -> None:
+        if name in made:
+            return
+        c = cfg.corpora[name]
+        made[name] = ({"edited_from": c.edited_from} if c.edited_from else
+                      {"mix": dict(c.mix)} if c.mix else {"paths": list(c.paths)})
+        if c.license:
+            made[name]["license"] = c.license
+        for source in [c.edited_from] if c.edited_from else list(c.mix or {}):
+            visit(source)
+
+    visit(corpus)
+    return made
+
+
+def release_license(cfg, corpus: str) -> str | None:
+    """The corpus's license: its own, else its source's, else the one license every
+    component of a mixture has; None when unknown."""
+    c = cfg.corpora[corpus]
+    if c.license or not (c.edited_from or c.mix):
+        return c.license
+    if c.edited_from:
+        return release_license(cfg, c.edited_from)
+    licenses = {release_license(cfg, m) for m, share in c.mix.items() if share > 0}
+    return licenses.pop() if len(licenses) == 1 else None
+
+
 def release_corpus(cfg, run_id: str, corpus: str, shards: list[Path], model_id: str,
-                   metric_values: dict, validation: dict) -> Released:
+                   metric_values: dict, validation: dict,
+                   scores: dict[str, list[Path]]) -> Released:
     """The release stage for a corpus of ``cfg`` (a ``semisynth.config.Config``) that passed
     the gate: ``releases/<config name>-<corpus>/vNNNN/`` with its sources, prior, parameters,
-    metric snapshot and validation result in the manifest."""
+    metric snapshot and validation result in the manifest, the dataset card, and the
+    attributes of its documents from the run's score files (``scores``: corpus -> score
+    files, one per shard, as the flow made them)."""
     c = cfg.corpora[corpus]
     parameters = {"prior": cfg.prior.model_dump(), "edit": cfg.edit.model_dump(),
                   "beta": cfg.edit.effective_beta, "seed": cfg.seed}
     manifest = {
         "run_id": run_id, "corpus": corpus, "config": cfg.name,
+        "license": release_license(cfg, corpus),
         "sources": {"shards": [{"shard_hash": Path(s).stem, "path": str(s)} for s in shards],
                     "reference": c.reference, "edited_from": c.edited_from, "mix": c.mix,
                     # the Hugging Face datasets its documents come from, as this run read them
                     "datasets": records.recorded_datasets(db.warehouse_path(cfg.root), run_id,
-                                                          lineage(cfg, corpus))},
+                                                          list(lineage(cfg, corpus)))},
+        "lineage": lineage(cfg, corpus),
         "metrics": metric_values,
         "validation": {"suite": cfg.gate.suite, "success": validation["success"],
                        "expectations": validation["rows"]},
     }
+    kind = "edited" if c.edited_from else "mix" if c.mix else "files"
+    attributes = AttributeSource(
+        scores[corpus], release_edits(cfg, corpus, scores),
+        _EDIT_MEANING[kind].format(source=c.edited_from, corpus=corpus))
     return release(cfg.root / "releases", cfg.release_name(corpus), shards, model_id, parameters,
-                   manifest)
+                   manifest, attributes)

@@ -25,7 +25,7 @@ COMMANDS = ["run", "experiment", "demo", "edit", "query", "metrics", "validate",
             "report", "serve", "prior", "release"]
 LEAVES = ["run", "experiment", "demo", "edit", "query", "metrics", "validate", "estimate",
           "report", "serve",
-          "prior fetch", "release list", "release verify"]
+          "prior fetch", "release list", "release verify", "release push"]
 VARIABLES = {  # every SEMISYNTH_* variable: (value in the environment, value in Settings)
     "SEMISYNTH_HOME": ("/srv/semisynth", Path("/srv/semisynth")),
     "SEMISYNTH_DASK_ADDRESS": ("tcp://scheduler:8786", "tcp://scheduler:8786"),

@@ -103,7 +103,7 @@ def release_parts(folder: Path) -> tuple[list[pa.Table], list[dict]]:
     """(each Parquet part, every JSON lines document) of the release at ``folder``."""
     tables = [pq.read_table(p) for p in sorted((folder / "data").glob("*.parquet"))]
     docs = []
-    for part in sorted((folder / "data").glob("*.jsonl.gz")):
+    for part in sorted((folder / "documents").glob("*.jsonl.gz")):
         with gzip.open(part, "rt", encoding="utf-8") as f:
             docs += [json.loads(line) for line in f]
     return tables, docs

@@ -183,3 +183,41 @@ def test_a_candidate_with_a_synthetic_reference_gets_its_share_gated(flow_run):
     gated = db.query(wh, "SELECT corpus, success FROM validations WHERE run_id = ? AND "
                          "metric = 'synthetic_share'", [result["run_id"]])
     assert gated.values.tolist() == [["brown_toedit", True]]
+
+
+def test_release_attributes_equal_the_runs_warehouse_rows(flow_run):
+    """Every attribute of the released edited corpus is the run's row of that document:
+    perplexity and scored tokens its `doc_scores` row (the edited text, scored again), the
+    edit counts its `edits` row (from the source's scores); one line per document."""
+    import gzip
+    import json
+    import math
+
+    home, _, result = flow_run
+    path = Path(result["releases"]["brown_toedit"])
+    manifest = json.loads((path / "manifest.json").read_text())
+    wh = db.warehouse_path(home)
+    run = [result["run_id"]]
+    doc_scores = db.query(wh, "SELECT shard_hash, doc_id, tokens, ppl FROM doc_scores "
+                              "WHERE run_id = ? AND corpus = 'brown_toedit'", run)
+    edits = db.query(wh, "SELECT doc_id, revised_tokens, edited_tokens, dropped_tokens "
+                         "FROM edits WHERE run_id = ? AND corpus = 'brown_toedit'", run)
+    got_scores, got_edits = [], []
+    for part, shard in enumerate(manifest["sources"]["shards"]):
+        with gzip.open(path / "attributes" / "semisynth" / f"part-{part:05d}.jsonl.gz", "rt") as f:
+            rows = [json.loads(line) for line in f]
+        with gzip.open(path / "documents" / f"part-{part:05d}.jsonl.gz", "rt") as f:
+            assert [json.loads(line)["id"] for line in f] == [r["id"] for r in rows]
+        for r in rows:
+            a = {k.removeprefix("semisynth__"): v[0][2] for k, v in r["attributes"].items()}
+            got_scores.append((shard["shard_hash"], r["id"], a["scored_tokens"], a["ppl"]))
+            got_edits.append((r["id"], a["revised_tokens"], a["edited_tokens"],
+                              a["dropped_tokens"]))
+    assert len(got_scores) == manifest["documents"] == len(doc_scores) == len(edits) == 48
+    want = [(s, d, t, None if math.isnan(p) else p)
+            for s, d, t, p in doc_scores.itertuples(index=False)]
+    assert sorted(got_scores) == sorted(want)
+    assert sorted(got_edits) == sorted(map(tuple, edits.itertuples(index=False)))
+    assert sum(e[2] for e in got_edits) > 0  # the edit changed tokens
+    assert manifest["tokens"] == doc_scores.tokens.sum()
+    assert (path / "README.md").read_text().startswith("---\n")

@@ -80,17 +80,14 @@ def test_the_release_loads_back_with_datasets(hf_flow):
                                    split="train", cache_dir=str(home / "hf-cache"))
     assert loaded["id"] == [d["id"] for d in docs]  # the dataset's documents, in its order
     released = []  # the same documents as the release's Dolma-layout copy holds them
-    for part in sorted((release / "data").glob("*.jsonl.gz")):
+    for part in sorted((release / "documents").glob("*.jsonl.gz")):
         with gzip.open(part, "rt") as f:
             released += [json.loads(line) for line in f]
     assert [{"id": i, "text": t} for i, t in zip(loaded["id"], loaded["text"], strict=True)] == [
         {"id": d["id"], "text": d["text"]} for d in released]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "after the merge of h18-fields (every field survives ingest) and h18-release (a release "
-    "datasets.load_dataset reads from its folder): remove this mark then"))
-def test_after_merge_the_release_loads_with_its_metadata_columns(hf_flow):
+def test_the_release_loads_with_its_metadata_columns(hf_flow):
     home, result, docs = hf_flow
     release = Path(result["releases"]["brown_toedit"])
     loaded = datasets.load_dataset("parquet", data_dir=str(release), split="train",

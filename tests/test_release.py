@@ -47,12 +47,15 @@ def test_write_verify_list(tmp_path, shards):
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["run_id"] == "r1" and manifest["name"] == "demo"
     assert manifest["version"] == "v0001" and manifest["documents"] == 6
-    assert sorted(manifest["files"]) == ["data/part-00000.jsonl.gz", "data/part-00000.parquet",
-                                         "data/part-00001.jsonl.gz", "data/part-00001.parquet"]
-    for file in [path / "manifest.json", *(path / "data").iterdir()]:
+    assert sorted(manifest["files"]) == ["README.md", "data/part-00000.parquet",
+                                         "data/part-00001.parquet",
+                                         "documents/part-00000.jsonl.gz",
+                                         "documents/part-00001.jsonl.gz"]  # no scores: no attributes
+    for file in [path / "manifest.json", path / "README.md", *(path / "data").iterdir(),
+                 *(path / "documents").iterdir()]:
         assert file.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) == 0
 
-    with gzip.open(path / "data" / "part-00001.jsonl.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(path / "documents" / "part-00001.jsonl.gz", "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f]
     assert [list(d)[:2] for d in docs] == [["id", "text"]] * 3  # Dolma: id, text, then the rest
     # the input's own `source` field, not the shard's bookkeeping (file, line, doc_hash)
@@ -175,10 +178,10 @@ def test_verify_checks_the_manifest_against_the_warehouse_record(tmp_path, shard
     assert release.verify_release(path, warehouse=wh) == []
 
     # edit a data file, then rewrite its checksum and size in the manifest
-    victim = path / "data" / "part-00000.jsonl.gz"
+    victim = path / "documents" / "part-00000.jsonl.gz"
     victim.chmod(0o644)
     victim.write_bytes(gzip.compress(b'{"id": "d0-0", "text": "replaced"}\n'))
-    _rewrite_manifest(path, lambda files: files.update({"data/part-00000.jsonl.gz": {
+    _rewrite_manifest(path, lambda files: files.update({"documents/part-00000.jsonl.gz": {
         "sha256": _sha(victim), "bytes": victim.stat().st_size}}))
     assert release.verify_release(path) == []  # the folder agrees with itself ...
     [problem] = release.verify_release(path, warehouse=wh)  # ... not with the warehouse
@@ -208,10 +211,10 @@ def test_release_verify_command_compares_with_the_warehouse(tmp_path, shards, ca
                                {"run_id": "r1", "corpus": "c"})
     records.record_release(wh, released.row)
     assert main(["--data-root", str(root), "release", "verify", "demo"]) == 0
-    victim = released.path / "data" / "part-00000.jsonl.gz"
+    victim = released.path / "documents" / "part-00000.jsonl.gz"
     victim.chmod(0o644)
     victim.write_bytes(gzip.compress(b'{"id": "d0-0", "text": "replaced"}\n'))
-    _rewrite_manifest(released.path, lambda files: files.update({"data/part-00000.jsonl.gz": {
+    _rewrite_manifest(released.path, lambda files: files.update({"documents/part-00000.jsonl.gz": {
         "sha256": _sha(victim), "bytes": victim.stat().st_size}}))
     capsys.readouterr()
     assert main(["--data-root", str(root), "release", "verify", "demo"]) == 1

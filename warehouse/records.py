@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 
 from semisynth.warehouse import db
@@ -214,6 +215,23 @@ def recorded_release(wh: Path, name: str, version: str) -> dict | None:
     """The warehouse's row of release ``name`` ``version`` (read-only), or None."""
     frame = db.query(wh, "SELECT * FROM releases WHERE name = ? AND version = ? "
                          "ORDER BY created_at LIMIT 1", [name, version])
+    return None if frame.empty else frame.iloc[0].to_dict()
+
+
+def record_push(wh: Path, row: dict) -> int:
+    """A push's row (``tasks.push.Pushed.row``), with this host."""
+    return db.insert(wh, "pushes", [{**row, "host": socket.gethostname()}])
+
+
+def recorded_push(wh: Path, destination: str) -> dict | None:
+    """The latest row of a push to ``destination`` (a copy's URL, read-only), or None."""
+    if not Path(wh).exists():
+        return None
+    try:
+        frame = db.query(wh, "SELECT * FROM pushes WHERE destination = ? "
+                             "ORDER BY pushed_at DESC LIMIT 1", [destination])
+    except duckdb.CatalogException:  # a warehouse from before pushes were recorded
+        return None
     return None if frame.empty else frame.iloc[0].to_dict()
 
 

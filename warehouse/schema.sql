@@ -38,6 +38,12 @@ CREATE TABLE IF NOT EXISTS validations (
 CREATE TABLE IF NOT EXISTS releases (
   name VARCHAR, version VARCHAR, run_id VARCHAR, corpus VARCHAR, path VARCHAR,
   manifest_sha256 VARCHAR, documents BIGINT, tokens BIGINT, created_at TIMESTAMP);
+-- Copies of releases (`semisynth release push`): one row per push that ended with every
+-- file of the copy read back and matching its manifest. copied: false when the destination
+-- already held this very copy (checked, nothing written); run_id: NULL for the command.
+CREATE TABLE IF NOT EXISTS pushes (
+  name VARCHAR, version VARCHAR, destination VARCHAR, files BIGINT, bytes BIGINT,
+  manifest_sha256 VARCHAR, pushed_at TIMESTAMP, copied BOOLEAN, run_id VARCHAR, host VARCHAR);
 
 -- migrations: columns added after a table first shipped
 ALTER TABLE edits ADD COLUMN IF NOT EXISTS revised_tokens BIGINT;
@@ -75,6 +81,17 @@ CREATE OR REPLACE VIEW release_lineage AS
          r.model, rl.documents, rl.tokens, rl.path, r.status AS run_status
   FROM releases rl LEFT JOIN runs r USING (run_id)
   LEFT JOIN corpora c ON c.run_id = rl.run_id AND c.corpus = rl.corpus;
+-- Where each release was copied to, with whether the copy's manifest is the release's own.
+CREATE OR REPLACE VIEW release_pushes AS
+  SELECT p.name, p.version, p.destination, p.pushed_at, p.copied, p.files, p.bytes,
+         rl.corpus, rl.run_id AS release_run_id, rl.documents,
+         p.manifest_sha256 = rl.manifest_sha256 AS same_manifest, p.host
+  FROM pushes p
+  LEFT JOIN (SELECT name, version, arg_min(corpus, created_at) AS corpus,
+                    arg_min(run_id, created_at) AS run_id,
+                    arg_min(documents, created_at) AS documents,
+                    arg_min(manifest_sha256, created_at) AS manifest_sha256
+             FROM releases GROUP BY name, version) rl USING (name, version);
 
 -- The collapse experiment (flow collapse_experiment): one row per (arm, seed, eval corpus).
 CREATE TABLE IF NOT EXISTS experiment_results (
