@@ -73,7 +73,7 @@ def released(path):
     parts = sorted((path / "data").glob("*.parquet"))
     jsonl = []
     for part in parts:
-        with gzip.open(part.with_name(part.name.replace(".parquet", ".jsonl.gz")), "rt") as f:
+        with gzip.open(path / "documents" / part.name.replace(".parquet", ".jsonl.gz"), "rt") as f:
             jsonl.append([json.loads(line) for line in f])
     return [pq.read_table(p) for p in parts], jsonl
 

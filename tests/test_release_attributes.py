@@ -18,7 +18,7 @@ import yaml
 from semisynth.config import config_from_tree
 from semisynth.tasks import corpora, release
 from semisynth.tasks.attributes import AttributeSource, release_edits
-from semisynth.tasks.ingest import ingest_corpus, ingest_counts
+from semisynth.tasks.ingest import ingest_columns, ingest_corpus
 from semisynth.tasks.score import SCORE_SCHEMA
 from semisynth.warehouse import db, records
 
@@ -83,7 +83,7 @@ def run(tmp_path_factory):
         shards[name] = [Path(s.path) for s in result.shards]
         scores[name] = [write_scores(s, score_dir, salt * 100 + i)
                         for i, s in enumerate(shards[name])]
-        counts[name] = ingest_counts(result)
+        counts[name] = ingest_columns(result)
     shards["brown_toedit"], made = corpora.derive(cfg, "brown_toedit", shards, scores, score_dir)
     assert made is None  # edited shards are scored next, as the flow does
     scores["brown_toedit"] = [write_scores(s, score_dir, 1 + i)
@@ -203,7 +203,9 @@ def test_load_dataset_reads_the_documents_only(run, tmp_path):
     by_card = datasets.load_dataset(str(path), split="train", cache_dir=str(tmp_path / "b"))
     assert by_dir.num_rows == by_card.num_rows == manifest["documents"]
     assert by_card.column_names == by_dir.column_names
-    assert {"id", "text", "source"} <= set(by_card.column_names)
+    # the documents' own columns and the mixture's component; no bookkeeping of semisynth's
+    assert {"id", "text", "semisynth_component"} <= set(by_card.column_names)
+    assert not {"doc_hash", "line"} & set(by_card.column_names)
     docs = [pq.read_table(p).to_pylist() for p in sorted((path / "data").glob("*.parquet"))]
     assert sorted(by_card["id"]) == sorted(d["id"] for part in docs for d in part)
 
