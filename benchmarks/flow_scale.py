@@ -73,6 +73,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ngrams import assets_root  # noqa: E402  (the Brown Corpus where the other benchmarks find it)
+
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = 2
 CONTEXT = 1024  # the tiny prior's context: most documents fit one or two windows
@@ -129,20 +133,6 @@ def free_port() -> int:
 
 # -----------------------------------------------------------------------------
 # Brown text, the tiny prior, the corpus
-
-
-def default_assets() -> Path:
-    """Where the Brown Corpus is cached: $SEMISYNTH_TEST_ASSETS, the test assets of this
-    checkout, else the data root (as the other benchmarks)."""
-    env = os.environ.get("SEMISYNTH_TEST_ASSETS")
-    if env:
-        return Path(env)
-    cached = REPO / "var" / "test-assets"
-    if (cached / "assets" / "brown").is_dir():
-        return cached
-    from semisynth.config import data_root
-
-    return data_root()
 
 
 def brown_documents(assets: Path) -> list[tuple[str, str]]:
@@ -728,7 +718,7 @@ def report(args, work: Path) -> None:
     print(f"host: {host['machine']}, {host['cpus']} cores ({host['cpu_model']}), flags "
           f"{' '.join(host['cpu_flags'])}, {host['memory_gib']} GiB; load {load_average()}; "
           f"work folder {work}", flush=True)
-    assets = Path(args.assets) if args.assets else default_assets()
+    assets = Path(args.assets) if args.assets else assets_root()
     brown = brown_documents(assets)
     texts = [text for _, text in brown]
     prior = work / "prior"
