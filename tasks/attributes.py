@@ -1,6 +1,6 @@
 """Per-document attributes of a release, in Dolma's attribute layout.
 
-For each document part (``documents/part-NNNNN.jsonl.gz``, ``data/part-NNNNN.parquet``) a
+For each document part (``documents/part-NNNNN.jsonl.gz``, ``data/train-NNNNN-of-MMMMM.parquet``) a
 release holds ``attributes/semisynth/part-NNNNN.jsonl.gz``: Dolma's layout, the documents'
 relative path under ``attributes/<attribute set>/`` instead of ``documents/``. One JSON line
 per document of that part, in the same order, ``{"id": ..., "attributes": {"semisynth__ppl": [[0, len(text), value]],

@@ -129,14 +129,14 @@ def render(manifest: dict) -> str:
         f"- documents: {_num(documents)}",
         f"- tokens (scored by the prior): {_num(tokens) if tokens is not None else 'not measured'}",
         f"- parts: {manifest.get('parts')}, as "
-        + " and ".join(f"`{PART_FOLDERS[f]}/part-NNNNN.{f}`" for f in formats), "",
+        + " and ".join((f"`{PART_FOLDERS[f]}/part-NNNNN.{f}`" if f != "parquet" else "`data/train-NNNNN-of-MMMMM.parquet`") for f in formats), "",
         "## Gate", "", *_gate(manifest), "",
         *_parameters(manifest), "",
     ]
     if manifest.get("attributes"):
         lines += ["## Attributes", "",
                   f"`attributes/{ATTRIBUTE_SET}/part-NNNNN.jsonl.gz`, one line per document of "
-                  "`documents/part-NNNNN.jsonl.gz` (and `data/part-NNNNN.parquet`) in the same "
+                  "`documents/part-NNNNN.jsonl.gz` (and `data/train-NNNNN-of-MMMMM.parquet`) in the same "
                   "order (Dolma's attribute layout): "
                   f'`{{"id": ..., "attributes": {{"{PREFIX}ppl": [[0, len(text), value]], ...}}}}`.',
                   "", *[f"- `{PREFIX}{k}`: {ATTRIBUTE_MEANING[k]}" for k in ATTRIBUTES], "",

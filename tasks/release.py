@@ -1,5 +1,5 @@
 """Immutable releases: ``releases/<name>/<version>/`` holding the documents as Parquet
-``data/part-NNNNN.parquet`` and as Dolma JSON lines ``documents/part-NNNNN.jsonl.gz``, their
+``data/train-NNNNN-of-MMMMM.parquet`` and as Dolma JSON lines ``documents/part-NNNNN.jsonl.gz``, their
 attributes ``attributes/semisynth/part-NNNNN.jsonl.gz`` (``tasks.attributes``), a dataset
 card ``README.md`` (``tasks.card``) and ``manifest.json`` (sha256 and size of every other
 file).
@@ -75,8 +75,14 @@ def _jsonl_line(row: dict) -> bytes:
     return (json.dumps(row, ensure_ascii=False, default=str) + "\n").encode()
 
 
+def parquet_part_name(part: int, parts: int) -> str:
+    """The Hugging Face Hub's shard naming: ``load_dataset("parquet", data_dir=<release>)``
+    takes these files as the train split and leaves the release's other files alone."""
+    return f"train-{part:05d}-of-{parts:05d}.parquet"
+
+
 def _write_part(shard: Path, data: Path, part: int, formats: tuple[str, ...],
-                layout: DocumentLayout) -> int:
+                layout: DocumentLayout, parts: int = 1) -> int:
     """One shard as the release's part ``part`` in each format, a batch of rows at a time,
     its documents laid out as ``layout`` (the release's one schema); returns its
     documents."""
@@ -86,7 +92,7 @@ def _write_part(shard: Path, data: Path, part: int, formats: tuple[str, ...],
         raise ValueError(f"shard {shard} lacks column(s) {sorted(missing)}")
     documents = 0
     with contextlib.ExitStack() as stack:
-        parquet = (stack.enter_context(pq.ParquetWriter(data / f"part-{part:05d}.parquet",
+        parquet = (stack.enter_context(pq.ParquetWriter(data / parquet_part_name(part, parts),
                                                         layout.schema))
                    if "parquet" in formats else None)
         jsonl = None
@@ -165,7 +171,7 @@ def _write_parts(tmp: Path, shard_paths: list[Path], formats: tuple[str, ...],
         if fmt in formats:
             folder = tmp / PART_FOLDERS[fmt]
             folder.mkdir(parents=True)
-            counts[fmt] = [_write_part(Path(shard), folder, i, (fmt,), layout)
+            counts[fmt] = [_write_part(Path(shard), folder, i, (fmt,), layout, len(shard_paths))
                            for i, shard in enumerate(shard_paths)]
     first, *others = counts.values()
     if any(other != first for other in others):  # a shard that changed between the passes

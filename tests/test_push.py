@@ -84,19 +84,19 @@ def test_push_to_memory_and_a_tampered_copy(data_root, capsys):
 
     fs, path = release.location(url)
     fs.pipe(f"{path}/attributes-not-listed.txt", b"x")
-    part = f"{path}/data/part-00000.parquet"
+    part = f"{path}/data/train-00000-of-00002.parquet"
     raw = bytearray(fs.cat_file(part))
     raw[200] ^= 0xFF
     fs.pipe(part, bytes(raw))
     assert cli(data_root, "verify", url) == 1
     out = capsys.readouterr().out
-    assert "data/part-00000.parquet: sha256 differs from the manifest" in out
+    assert "data/train-00000-of-00002.parquet: sha256 differs from the manifest" in out
     assert "unlisted file attributes-not-listed.txt" in out
 
     # the file and its manifest entry changed together: the push's record catches it
     fs.rm(f"{path}/attributes-not-listed.txt")
     manifest = json.loads(fs.cat_file(f"{path}/manifest.json"))
-    manifest["files"]["data/part-00000.parquet"]["sha256"] = hashlib.sha256(raw).hexdigest()
+    manifest["files"]["data/train-00000-of-00002.parquet"]["sha256"] = hashlib.sha256(raw).hexdigest()
     fs.pipe(f"{path}/manifest.json", json.dumps(manifest).encode())
     assert release.verify_release(url) == []  # the copy agrees with itself ...
     assert cli(data_root, "verify", url) == 1  # ... not with what was pushed
@@ -126,16 +126,16 @@ def test_an_unfinished_copy_is_completed_and_a_foreign_one_refused(data_root, ca
     dest = f"memory://push-{uuid.uuid4().hex}"
     fs, root = release.location(dest)
     # a push that died after one file: no manifest yet
-    fs.pipe(f"{root}/demo/v0001/data/part-00000.parquet",
-            (source / "data" / "part-00000.parquet").read_bytes())
+    fs.pipe(f"{root}/demo/v0001/data/train-00000-of-00002.parquet",
+            (source / "data" / "train-00000-of-00002.parquet").read_bytes())
     assert cli(data_root, "push", "demo", dest) == 0
     assert release.verify_release(f"{dest}/demo/v0001") == []
     assert pushes(data_root).copied.tolist() == [True]
 
     other = f"memory://push-{uuid.uuid4().hex}"
-    fs.pipe(f"{release.location(other)[1]}/demo/v0001/data/part-00000.parquet", b"someone else's")
+    fs.pipe(f"{release.location(other)[1]}/demo/v0001/data/train-00000-of-00002.parquet", b"someone else's")
     assert cli(data_root, "push", "demo", other) == 2
     assert "which is not this release's" in capsys.readouterr().err
-    assert fs.cat_file(f"{release.location(other)[1]}/demo/v0001/data/part-00000.parquet") == \
+    assert fs.cat_file(f"{release.location(other)[1]}/demo/v0001/data/train-00000-of-00002.parquet") == \
         b"someone else's"  # left as it was
     assert len(pushes(data_root)) == 1

@@ -47,8 +47,8 @@ def test_write_verify_list(tmp_path, shards):
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["run_id"] == "r1" and manifest["name"] == "demo"
     assert manifest["version"] == "v0001" and manifest["documents"] == 6
-    assert sorted(manifest["files"]) == ["README.md", "data/part-00000.parquet",
-                                         "data/part-00001.parquet",
+    assert sorted(manifest["files"]) == ["README.md", "data/train-00000-of-00002.parquet",
+                                         "data/train-00001-of-00002.parquet",
                                          "documents/part-00000.jsonl.gz",
                                          "documents/part-00001.jsonl.gz"]  # no scores: no attributes
     for file in [path / "manifest.json", path / "README.md", *(path / "data").iterdir(),
@@ -60,7 +60,7 @@ def test_write_verify_list(tmp_path, shards):
     assert [list(d)[:2] for d in docs] == [["id", "text"]] * 3  # Dolma: id, text, then the rest
     # the input's own `source` field, not the shard's bookkeeping (file, line, doc_hash)
     assert docs[0] == {"id": "d1-0", "text": "doc d1-0 – ünïcode", "source": "brown"}
-    assert pq.read_table(path / "data" / "part-00000.parquet").to_pylist() == [
+    assert pq.read_table(path / "data" / "train-00000-of-00002.parquet").to_pylist() == [
         {"id": f"d0-{j}", "text": f"doc d0-{j} – ünïcode", "source": "brown"} for j in range(3)]
 
     assert release.list_releases(root) == [{
@@ -73,7 +73,8 @@ def released(path):
     parts = sorted((path / "data").glob("*.parquet"))
     jsonl = []
     for part in parts:
-        with gzip.open(path / "documents" / part.name.replace(".parquet", ".jsonl.gz"), "rt") as f:
+        number = int(part.name.split("-")[1])  # train-NNNNN-of-MMMMM.parquet
+        with gzip.open(path / "documents" / f"part-{number:05d}.jsonl.gz", "rt") as f:
             jsonl.append([json.loads(line) for line in f])
     return [pq.read_table(p) for p in parts], jsonl
 
@@ -116,19 +117,19 @@ def test_a_release_has_one_schema_with_every_field_at_top_level(tmp_path):
 
 def test_verify_reports_tampering(tmp_path, shards):
     path = release.write_release(tmp_path, "demo", "v0001", shards, {}, formats=("parquet",))
-    assert sorted(p.name for p in (path / "data").iterdir()) == ["part-00000.parquet",
-                                                                 "part-00001.parquet"]
-    victim = path / "data" / "part-00000.parquet"
+    assert sorted(p.name for p in (path / "data").iterdir()) == ["train-00000-of-00002.parquet",
+                                                                 "train-00001-of-00002.parquet"]
+    victim = path / "data" / "train-00000-of-00002.parquet"
     victim.chmod(0o644)
     raw = bytearray(victim.read_bytes())
     raw[100] ^= 0xFF  # one byte, same size
     victim.write_bytes(bytes(raw))
-    assert release.verify_release(path) == ["data/part-00000.parquet: sha256 differs from the manifest"]
+    assert release.verify_release(path) == ["data/train-00000-of-00002.parquet: sha256 differs from the manifest"]
 
-    (path / "data" / "part-00001.parquet").unlink()
+    (path / "data" / "train-00001-of-00002.parquet").unlink()
     (path / "data" / "part-00009.parquet").write_bytes(b"x")
     problems = release.verify_release(path)
-    assert "missing file data/part-00001.parquet" in problems
+    assert "missing file data/train-00001-of-00002.parquet" in problems
     assert "unlisted file data/part-00009.parquet" in problems
 
 

@@ -119,7 +119,8 @@ def test_attribute_files_line_up_with_the_documents(run):
         manifest = json.loads((r.path / "manifest.json").read_text())
         assert len(shards[corpus]) > 1  # several parts, each with its own attribute file
         for part in range(len(shards[corpus])):
-            docs = pq.read_table(r.path / "data" / f"part-{part:05d}.parquet").to_pylist()
+            name = release.parquet_part_name(part, len(shards[corpus]))
+            docs = pq.read_table(r.path / "data" / name).to_pylist()
             with gzip.open(r.path / "documents" / f"part-{part:05d}.jsonl.gz", "rt") as f:
                 jsonl = [json.loads(line) for line in f]
             rows = attribute_rows(r.path, part)
