@@ -71,6 +71,10 @@ def _sources(manifest: dict) -> list[str]:
     for corpus, origin in (manifest.get("lineage") or {}).items():
         if origin.get("paths"):
             lines.append(f"- `{corpus}`: files {', '.join(f'`{p}`' for p in origin['paths'])}")
+        elif origin.get("hf"):
+            hf = origin["hf"]
+            split = "/".join(str(hf[k]) for k in ("path", "name", "split") if hf.get(k))
+            lines.append(f"- `{corpus}`: Hugging Face dataset `{split}`")
         elif origin.get("edited_from"):
             lines.append(f"- `{corpus}`: ToEdit-edited from `{origin['edited_from']}`")
         elif origin.get("mix"):

@@ -467,8 +467,9 @@ _EDIT_MEANING = {
 
 
 def lineage(cfg, corpus: str) -> dict[str, dict]:
-    """How ``corpus`` of ``cfg`` is made, down to the corpora read from files: corpus ->
-    its paths, its edited source or its mixture shares (and its license, if named)."""
+    """How ``corpus`` of ``cfg`` is made, down to the corpora read from files or datasets:
+    corpus -> its paths, its dataset, its edited source or its mixture shares (and its
+    license, if named)."""
     made: dict[str, dict] = {}
 
     def visit(name: str) -> None:
@@ -476,7 +477,9 @@ def lineage(cfg, corpus: str) -> dict[str, dict]:
             return
         c = cfg.corpora[name]
         made[name] = ({"edited_from": c.edited_from} if c.edited_from else
-                      {"mix": dict(c.mix)} if c.mix else {"paths": list(c.paths)})
+                      {"mix": dict(c.mix)} if c.mix else
+                      {"hf": c.hf.model_dump(exclude_none=True)} if c.hf else
+                      {"paths": list(c.paths)})
         if c.license:
             made[name]["license"] = c.license
         for source in [c.edited_from] if c.edited_from else list(c.mix or {}):

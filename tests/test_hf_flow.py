@@ -71,6 +71,9 @@ def test_a_local_dataset_is_ingested_measured_and_released(hf_flow):
     manifest = json.loads((release / "manifest.json").read_text())
     assert manifest["sources"]["datasets"] == {
         "brown": {"path": "brown-hf", "name": None, "split": "train", "revision": None}}
+    # the card names the dataset among the sources, as the manifest's lineage records it
+    assert manifest["lineage"]["brown"]["hf"]["path"] == "brown-hf"
+    assert "- `brown`: Hugging Face dataset `brown-hf/train`" in (release / "README.md").read_text()
 
 
 def test_the_release_loads_back_with_datasets(hf_flow):
