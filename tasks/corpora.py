@@ -192,13 +192,6 @@ def origin(cfg, name: str) -> str:
     return f"edited_from:{c.edited_from}" if c.edited_from else "mix"
 
 
-def lineage(cfg, name: str) -> list[str]:
-    """``name`` and every corpus it is made from, sources first."""
-    c = cfg.corpora[name]
-    made_from = [m for m in [c.edited_from, *(c.mix or {})] if m]
-    return [*dict.fromkeys(n for m in made_from for n in lineage(cfg, m)), name]
-
-
 def shard_infos(shards: list[Path], source: str) -> list[ShardInfo]:
     """The ``shards`` rows of shards that were made, not ingested."""
     return [ShardInfo(p.stem, str(p), pq.read_metadata(p).num_rows, source) for p in shards]
