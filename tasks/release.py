@@ -81,23 +81,25 @@ def parquet_part_name(part: int, parts: int) -> str:
     return f"train-{part:05d}-of-{parts:05d}.parquet"
 
 
-def _write_part(shard: Path, data: Path, part: int, formats: tuple[str, ...],
+def _write_part(shard: Path, release: Path, part: int, formats: tuple[str, ...],
                 layout: DocumentLayout, parts: int = 1) -> int:
-    """One shard as the release's part ``part`` in each format, a batch of rows at a time,
-    its documents laid out as ``layout`` (the release's one schema); returns its
-    documents."""
+    """One shard as the release's part ``part`` in each format's folder (``PART_FOLDERS``
+    under ``release``), in one read of the shard, a batch of rows at a time, its documents
+    laid out as ``layout`` (the release's one schema); returns its documents."""
     source = pq.ParquetFile(shard)
     missing = {"id", "text"} - set(source.schema_arrow.names)
     if missing:
         raise ValueError(f"shard {shard} lacks column(s) {sorted(missing)}")
     documents = 0
     with contextlib.ExitStack() as stack:
-        parquet = (stack.enter_context(pq.ParquetWriter(data / parquet_part_name(part, parts),
-                                                        layout.schema))
+        parquet = (stack.enter_context(pq.ParquetWriter(
+                       release / PART_FOLDERS["parquet"] / parquet_part_name(part, parts),
+                       layout.schema))
                    if "parquet" in formats else None)
         jsonl = None
         if "jsonl.gz" in formats:
-            raw = stack.enter_context(open(data / f"part-{part:05d}.jsonl.gz", "wb"))
+            raw = stack.enter_context(
+                open(release / PART_FOLDERS["jsonl.gz"] / f"part-{part:05d}.jsonl.gz", "wb"))
             # mtime=0 and no file name in the gzip header: the same documents, the same bytes
             jsonl = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb", mtime=0))
         for batch in source.iter_batches(batch_size=RELEASE_BATCH_ROWS):
@@ -164,19 +166,11 @@ def _write_attribute_files(tmp: Path, shard_paths: list[Path], documents: list[i
 
 def _write_parts(tmp: Path, shard_paths: list[Path], formats: tuple[str, ...],
                  layout: DocumentLayout) -> list[int]:
-    """Every shard as a part in each format's folder; returns the documents of each part.
-    One pass over the shards per format (each format in a folder of its own)."""
-    counts: dict[str, list[int]] = {}
-    for fmt in FORMATS:
-        if fmt in formats:
-            folder = tmp / PART_FOLDERS[fmt]
-            folder.mkdir(parents=True)
-            counts[fmt] = [_write_part(Path(shard), folder, i, (fmt,), layout, len(shard_paths))
-                           for i, shard in enumerate(shard_paths)]
-    first, *others = counts.values()
-    if any(other != first for other in others):  # a shard that changed between the passes
-        raise ValueError(f"the formats' parts hold different documents: {counts}")
-    return first
+    """Every shard as a part in each format's folder; returns the documents of each part."""
+    for fmt in formats:
+        (tmp / PART_FOLDERS[fmt]).mkdir(parents=True)
+    return [_write_part(Path(shard), tmp, i, formats, layout, len(shard_paths))
+            for i, shard in enumerate(shard_paths)]
 
 
 def _write_release_folder(tmp: Path, name: str, version: str, shard_paths: list[Path],
