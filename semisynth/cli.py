@@ -24,7 +24,6 @@ import typer
 from pydantic.fields import FieldInfo
 
 from semisynth.config import Config, EditConfig, Precision, PriorConfig, Strategy
-from semisynth.names import is_plain_name
 from semisynth.warehouse.lock import LockHeld
 
 if TYPE_CHECKING:
@@ -506,12 +505,18 @@ def cmd_release_list(ctx: typer.Context) -> int:
 
 def _release_folder(ctx: typer.Context, name: str, version: str | None) -> Path | None:
     """The folder of release ``name`` (its latest version, or ``version``) under the data
-    root, or ``name`` itself when it is a folder; None when there is no such release."""
+    root, or ``name`` itself when it is a folder; None when there is no such release. A
+    name or version that is not a plain name is refused (exit 2): it could lead out of the
+    root."""
+    from semisynth.names import check_name
+
+    if version is not None:
+        check_name(version, "--version")
     root = ctx.obj.settings.data_root / "releases"
     if Path(name).is_dir():
         return Path(name)
-    plain = is_plain_name(name)  # one folder name, nothing that climbs out
-    versions = sorted((root / name).glob("v*")) if plain and (root / name).is_dir() else []
+    check_name(name, "NAME")
+    versions = sorted((root / name).glob("v*")) if (root / name).is_dir() else []
     if version:
         versions = [v for v in versions if v.name == version]
     return versions[-1] if versions else None
@@ -535,15 +540,11 @@ def cmd_release_verify(
     from semisynth.tasks import release
     from semisynth.warehouse import db, records
 
-    if version is not None:
-        check_name(version, "--version")
     root = ctx.obj.settings.data_root / "releases"
-    if version is not None:
-        check_name(version, "--version")
     wh = db.warehouse_path(ctx.obj.settings.data_root)
     remote = "://" in name
-    if not remote and not Path(name).is_dir():
-        check_name(name, "NAME")  # a name, not a folder: it must not lead out of the root
+    if remote and version is not None:
+        check_name(version, "--version")
     target = name if remote else _release_folder(ctx, name, version)
     if target is None:
         print(f"error: no release {name!r} under {root}", file=sys.stderr)
@@ -586,16 +587,11 @@ def cmd_release_push(
     """Copy a verified release to DEST/NAME/VERSION/, read every file back to check it, and
     record the push in the warehouse (table pushes). Exit 1: the release or its copy fails
     verification; 2: no such release, or DEST holds another copy."""
-    from semisynth.names import check_name
     from semisynth.progress import progress
     from semisynth.tasks import push
     from semisynth.warehouse import db, records
     from semisynth.warehouse.lock import data_root_lock
 
-    if version is not None:
-        check_name(version, "--version")
-    if not Path(name).is_dir():
-        check_name(name, "NAME")  # a name, not a folder: it must not lead out of the root
     folder = _release_folder(ctx, name, version)
     if folder is None:
         print(f"error: no release {name!r}{f' version {version}' if version else ''} under "
