@@ -10,6 +10,8 @@ the shard is scored again from the start by whichever worker Dask reschedules it
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import json
 import time
@@ -182,8 +184,30 @@ def score_shard(
                     if progress:
                         progress(documents, group_tokens)
                 written.finish()
+    return_freed_memory()
     return ScoreStats(shard_hash, str(out_path), documents, scored, True,
                       time.perf_counter() - started, truncated, scorer.compile_seconds)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; musl and macOS have none
+    except (AttributeError, OSError):
+        return None
+
+
+def return_freed_memory() -> bool:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``); False where
+    the C library has none. A shard's batches differ in shape from the next shard's, and
+    glibc keeps the freed blocks in its arenas: without this, a worker's resident memory
+    grew by ~300 MB over 36 shards of 4x (benchmarks/flow_scale.py) although it held one
+    shard at a time."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def _cached(shard_hash: str, out_path: Path) -> ScoreStats:
