@@ -96,15 +96,20 @@ INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 # host and process facts
 
 
-def vm_hwm_mb(pid: int | str = "self") -> float | None:
-    """Peak resident memory (VmHWM) of a process in MiB; None when it is gone."""
+def vm_mb(pid: int | str = "self", field: str = "VmHWM") -> float | None:
+    """A memory figure of /proc/<pid>/status in MiB (VmHWM: the peak resident memory; VmRSS:
+    the resident memory now); None when the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def vm_hwm_mb(pid: int | str = "self") -> float | None:
+    return vm_mb(pid, "VmHWM")
 
 
 def host_facts() -> dict:
@@ -358,7 +363,8 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
 
 def stage_times(api_url: str, flow_run_id: str) -> tuple[dict[str, float], dict]:
     """Per stage, the union of its task runs' [start, end] intervals (seconds); and the flow
-    run's state, duration and task run count."""
+    run's state, duration, task run count and the intervals themselves (``intervals``: stage
+    -> [(start, end)] in unix seconds)."""
     import uuid
 
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -386,7 +392,7 @@ def stage_times(api_url: str, flow_run_id: str) -> tuple[dict[str, float], dict]
     flow = {"state": run.state.type.value if run.state else None,
             "flow_run_seconds": (round((run.end_time - run.start_time).total_seconds(), 2)
                                  if run.start_time and run.end_time else None),
-            "task_runs": len(task_runs)}
+            "task_runs": len(task_runs), "intervals": intervals}
     return seconds, flow
 
 
@@ -425,10 +431,13 @@ def warehouse_facts(root: Path, run_id: str | None) -> dict:
 
 class PeakWatcher:
     """Polls the VmHWM of a set of processes every ``interval`` seconds and keeps each one's
-    largest reading, so that a process that dies still has the peak it last showed."""
+    largest reading, so that a process that dies still has the peak it last showed. It also
+    keeps every reading of their resident memory now (VmRSS) with its time, so that a peak
+    can be put down to the stage that was running (``stage_peaks``)."""
 
     def __init__(self, interval: float = 1.0):
         self.interval, self.peaks, self.pids = interval, {}, set()
+        self.rss: dict[int, list[tuple[float, float]]] = {}  # pid -> [(unix time, MiB)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -445,6 +454,21 @@ class PeakWatcher:
         while not self._stop.wait(self.interval):
             for pid in list(self.pids):
                 self.read(pid)
+                now = vm_mb(pid, "VmRSS")
+                if now is not None:
+                    self.rss.setdefault(pid, []).append((time.time(), now))
+
+    def stage_peaks(self, pids, intervals: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+        """Per stage, the largest resident memory read from any of ``pids`` while one of the
+        stage's task runs was running (readings once a second: a shorter spike is missed, the
+        whole run's peak is VmHWM's)."""
+        readings = [r for pid in pids for r in self.rss.get(pid, [])]
+        peaks = {}
+        for stage, spans in intervals.items():
+            inside = [mb for t, mb in readings if any(lo <= t <= hi for lo, hi in spans)]
+            if inside:
+                peaks[stage] = round(max(inside), 1)
+        return peaks
 
     def __enter__(self):
         self._thread.start()
@@ -538,6 +562,9 @@ def run_size(scale: int, args, prior: Path, threshold: float, brown, tokenizer, 
         if any(worker_peaks.values()) else None,
         "worker_peaks_rss_mb": {a: round(p, 1) if p else None for a, p in worker_peaks.items()},
         "worker_restarts": len(replaced),
+        # the largest worker's resident memory while each stage ran: which job sets the peak
+        "worker_stage_rss_mb": watcher.stage_peaks(set(pids.values()) | set(replaced.values()),
+                                                   flow.get("intervals", {})),
         "stage_seconds": stages,
         "wall_seconds": round(wall, 2),
         "flow_run_seconds": flow.get("flow_run_seconds"),
@@ -571,7 +598,9 @@ def print_entry(e: dict) -> None:
           f"wall {e['wall_seconds']:.1f} s (flow run {e['flow_run_seconds']} s, {e['task_runs']} task runs)\n"
           f"  stages (s): {stages}\n"
           f"  peak RSS (MiB): flow {e['flow_peak_rss_mb']}, workers {workers}"
-          f"{' (' + str(e['worker_restarts']) + ' restarted)' if e['worker_restarts'] else ''}\n"
+          f"{' (' + str(e['worker_restarts']) + ' restarted)' if e['worker_restarts'] else ''}; "
+          f"largest worker while each stage ran: "
+          f"{', '.join(f'{k} {v:.0f}' for k, v in e['worker_stage_rss_mb'].items()) or '?'}\n"
           f"  scoring {e['score_tokens_per_s']} tokens/s over the score stage, metrics budget "
           f"{e['metrics_budget_tokens']} tokens, share estimated for {sorted(e['synthetic_share'] or [])}, "
           f"released {e['released']}, blocked {e['blocked']}; "
