@@ -108,10 +108,6 @@ def vm_mb(pid: int | str = "self", field: str = "VmHWM") -> float | None:
     return None
 
 
-def vm_hwm_mb(pid: int | str = "self") -> float | None:
-    return vm_mb(pid, "VmHWM")
-
-
 def host_facts() -> dict:
     flags, model = set(), ""
     with contextlib.suppress(OSError):
@@ -445,7 +441,7 @@ class PeakWatcher:
         self.pids.update(pids)
 
     def read(self, pid: int) -> float | None:
-        value = vm_hwm_mb(pid)
+        value = vm_mb(pid)
         if value is not None:
             self.peaks[pid] = max(self.peaks.get(pid, 0.0), value)
         return self.peaks.get(pid)
@@ -676,7 +672,7 @@ def child_flow(config: str, out: str) -> None:
         outcome = {"error": repr(exc)}
         raise
     finally:
-        outcome["peak_rss_mb"] = vm_hwm_mb()
+        outcome["peak_rss_mb"] = vm_mb()
         Path(out).write_text(json.dumps(outcome))
 
 

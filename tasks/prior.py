@@ -28,11 +28,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # CPU flags of native bf16 arithmetic; without them torch emulates bf16 and a matmul runs
 # about 100x slower than float32 (0.6 against 85 GFLOP/s on an AVX2-only host).
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# oneDNN keeps up to 1,024 compiled matmul primitives, one per input shape. Batches as wide
-# as their longest segment give hundreds of shapes, and the cache then grew a worker by
-# ~500 MB over 84 shards (benchmarks/flow_scale.py, 4x); 64 kept it near flat at the same
-# speed. oneDNN reads the variable when it first builds a primitive, so a user's own
-# setting wins and it must be set before the first CPU forward.
+# oneDNN keeps up to 1,024 compiled matmul primitives, one per input shape, and a CPU batch
+# is as wide as its longest segment. Scoring 36 shards of flow_scale's 4x corpus in one
+# process peaked at 1,355 MB with the default and 1,082 MB with 64, at the same speed.
+# oneDNN reads the variable when it first builds a primitive, so a user's own setting wins
+# and it must be set before the first CPU forward.
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 ONEDNN_CACHE_DEFAULT = "64"
 

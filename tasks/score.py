@@ -197,17 +197,15 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def return_freed_memory() -> bool:
-    """Give the heap's free pages back to the system (glibc's ``malloc_trim``); False where
-    the C library has none. A shard's batches differ in shape from the next shard's, and
-    glibc keeps the freed blocks in its arenas: without this, a worker's resident memory
-    grew by ~300 MB over 36 shards of 4x (benchmarks/flow_scale.py) although it held one
-    shard at a time."""
+def return_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``; nothing where
+    the C library has none). glibc keeps freed blocks in its arenas: scoring 36 shards of
+    flow_scale's 4x corpus in one process peaked at 1,355 MB without this and 1,162 MB with
+    it, although one shard is held at a time. It does not stop the growth: the heap still
+    grows with the widest batches (issue 17's note)."""
     trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
+    if trim is not None:
+        trim(0)
 
 
 def _cached(shard_hash: str, out_path: Path) -> ScoreStats:
