@@ -42,4 +42,6 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
+	@# released folders are read-only: rm cannot empty them as they are
+	@test ! -d var || chmod -R u+w var
 	rm -rf $(VENV) var

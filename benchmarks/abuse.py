@@ -82,8 +82,27 @@ CASES = [
      "exit 2 and its quarantine rows stored, the run says why",
      ["tests/test_commands.py::test_refused_input_keeps_its_quarantine_rows_and_the_run_says_why"]),
     ("kill-after-release-rename", "SIGKILL between a release's rename and its warehouse row",
-     "the next run records the release from its manifest",
+     "the next run records the release from its manifest, the intent recorded before the rename",
      ["tests/test_crash.py::test_release_without_its_row_after_a_kill_is_recorded_by_the_next_run"]),
+    ("release-forged-version", "copy a release to a new vNNNN folder, edit a document, rewrite its "
+     "checksum and the manifest's version; then a run's recovery, `release verify`, a rerun",
+     "left alone and named in a warning: never recorded, never reused as the release; verify "
+     "FAILED (no warehouse record), exit 1",
+     ["tests/test_release.py::test_a_forged_version_folder_is_left_alone_and_never_taken_for_the_release"]),
+    ("release-unintended-recovery", "a release killed after its rename: recovered while its run "
+     "is still RUNNING, with its manifest edited after the kill; a warehouse that cannot take "
+     "the intent", "recorded only when its manifest is the intended one (run, version, sha256) "
+     "and its run CRASHED; no folder renamed into place before its intent is recorded",
+     ["tests/test_crash.py::test_a_killed_runs_release_is_recorded_only_once_its_run_is_crashed_and_as_intended",
+      "tests/test_release.py::test_a_release_is_renamed_into_place_only_after_its_intent_is_recorded"]),
+    ("release-symlinked-version", "a version folder and a release name folder under releases/ that "
+     "are symlinks to a release outside the data root",
+     "verify and push refused, exit 2 naming the link; recovery warns and records nothing; no "
+     "release written through a link",
+     ["tests/test_release.py::test_symlinked_release_folders_are_refused"]),
+    ("release-writable-folders", "add, remove or rename a file in a released folder",
+     "the version folder and every folder in it are read-only (0555), as its files (0444)",
+     ["tests/test_release.py::test_released_folders_are_read_only_as_their_files"]),
     ("killed-run", "SIGKILL a run half way through its gate",
      "the next run marks it CRASHED (runs and Prefect); views and gate history leave it out; its "
      "report warns",

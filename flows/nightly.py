@@ -144,8 +144,10 @@ def release_task(cfg: Config, run_id: str, corpus: str, shards: list[Path], mode
 @task(name="recover", cache_policy=NO_CACHE)
 def recover_task(cfg: Config, closed: dict[str, str | None]) -> None:
     """What killed runs left behind: the runs this run found dead (marked CRASHED in the
-    warehouse as it started) marked Crashed in Prefect too, and releases written without
-    their warehouse row recorded from their manifests."""
+    warehouse as it started) marked Crashed in Prefect too, and releases renamed into place
+    without their warehouse row recorded from their manifests, those whose intent a killed
+    run recorded (``release_mod.restore_rows``; any other such folder is named in a warning
+    and left alone)."""
     logger = get_run_logger()
     if closed:
         logger.warning("runs whose process died while RUNNING, now CRASHED: %s", ", ".join(closed))
@@ -153,7 +155,8 @@ def recover_task(cfg: Config, closed: dict[str, str | None]) -> None:
             lifecycle.mark_crashed(closed.values(), records.DEAD_RUN_MESSAGE)
         except Exception as exc:  # bookkeeping of old runs: never a reason to fail this one
             logger.warning("could not mark their Prefect flow runs Crashed: %r", exc)
-    for row in release_mod.restore_rows(cfg.root / "releases", db.warehouse_path(cfg.root)):
+    for row in release_mod.restore_rows(cfg.root / "releases", db.warehouse_path(cfg.root),
+                                        warn=logger.warning):
         logger.warning("release %s %s had no warehouse row (its run was killed after writing "
                        "it): recorded from its manifest", row["name"], row["version"])
 

@@ -507,19 +507,30 @@ def _release_folder(ctx: typer.Context, name: str, version: str | None) -> Path 
     """The folder of release ``name`` (its latest version, or ``version``) under the data
     root, or ``name`` itself when it is a folder; None when there is no such release. A
     name or version that is not a plain name is refused (exit 2): it could lead out of the
-    root."""
+    root. So is a symbolic link under the root's releases/ on the way to the folder (the
+    name's folder or the version's): it could make any folder pass for a release."""
+    from semisynth.errors import InputError
     from semisynth.names import check_name
 
     if version is not None:
         check_name(version, "--version")
     root = ctx.obj.settings.data_root / "releases"
     if Path(name).is_dir():
-        return Path(name)
-    check_name(name, "NAME")
-    versions = sorted((root / name).glob("v*")) if (root / name).is_dir() else []
-    if version:
-        versions = [v for v in versions if v.name == version]
-    return versions[-1] if versions else None
+        folder = Path(name)
+    else:
+        check_name(name, "NAME")
+        versions = sorted((root / name).glob("v*")) if (root / name).is_dir() else []
+        if version:
+            versions = [v for v in versions if v.name == version]
+        folder = versions[-1] if versions else None
+    if folder is not None:
+        from semisynth.tasks import release
+
+        link = release.link_under(root, folder)
+        if link is not None:
+            raise InputError(f"{release.link_message(link)}: refused (a release under {root} "
+                             "is a folder written there)")
+    return folder
 
 
 @command(release_app, "verify", "semisynth release verify semisynth-brown_toedit",
@@ -535,7 +546,7 @@ def cmd_release_verify(
 ) -> int:
     """Re-check every checksum of a release or of a pushed copy (read back through fsspec),
     and its manifest against the warehouse's record of the release or of the push (exit 1:
-    a mismatch)."""
+    a mismatch; 2: no such release, or a symbolic link under releases/ on the way to it)."""
     from semisynth.names import check_name
     from semisynth.tasks import release
     from semisynth.warehouse import db, records
@@ -586,7 +597,8 @@ def cmd_release_push(
 ) -> int:
     """Copy a verified release to DEST/NAME/VERSION/, read every file back to check it, and
     record the push in the warehouse (table pushes). Exit 1: the release or its copy fails
-    verification; 2: no such release, or DEST holds another copy."""
+    verification; 2: no such release, a symbolic link under releases/ on the way to it, or
+    DEST holds another copy."""
     from semisynth.progress import progress
     from semisynth.tasks import push
     from semisynth.warehouse import db, records

@@ -10,11 +10,17 @@ document file's attributes by replacing ``/documents/`` in its path with
 ``/attributes/<set>/``.
 
 A release is written into a temporary sibling folder and renamed into place, so it either
-exists complete or not at all; its files are read-only and ``verify_release`` re-checks
-them against the manifest, and the manifest against the warehouse's record of it (its
-sha256 in ``releases``), so that a file edited together with its manifest entry is
-caught. A run killed between the rename and the warehouse insert leaves a release
-without a row: the next run records it from its manifest (``restore_rows``).
+exists complete or not at all; its files and folders are read-only and ``verify_release``
+re-checks them against the manifest, and the manifest against the warehouse's record of it
+(its sha256 in ``releases``), so that a file edited together with its manifest entry is
+caught.
+
+Two phases: before the rename the warehouse records the intent (``release_intents``: run,
+name, version, the manifest's sha256), after it the release (``releases``). A run killed
+between the rename and the insert leaves a release without a row: the next run records it
+(``restore_rows``) only if its manifest is the one of an intent for that version and its
+run ended without recording it. Any other folder without a row (a copy or an edit of a
+release, a symbolic link) is reported and left alone, never recorded as released.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ import contextlib
 import gzip
 import hashlib
 import json
+import logging
+import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +57,8 @@ from semisynth.tasks.attributes import (
 )
 from semisynth.warehouse import db, records
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("parquet", "jsonl.gz")
 PART_FOLDERS = {"parquet": "data", "jsonl.gz": "documents"}  # the folder of each format
 MANIFEST = "manifest.json"
@@ -56,6 +67,26 @@ MANIFEST = "manifest.json"
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def link_under(releases_root: Path, folder: Path | str) -> Path | None:
+    """The first symbolic link on the way from ``releases_root`` down to ``folder`` (its name
+    folder, its version folder), or None; None too for a folder outside ``releases_root``.
+    A release under the root is a folder there: a link could make a folder anywhere pass
+    for one of its versions."""
+    folder = Path(os.path.abspath(folder))
+    for base in (Path(os.path.abspath(releases_root)), Path(releases_root).resolve()):
+        if folder.is_relative_to(base):
+            step = base
+            for part in folder.relative_to(base).parts:
+                step = step / part
+                if step.is_symlink():
+                    return step
+    return None
+
+
+def link_message(link: Path) -> str:
+    return f"{link} is a symbolic link (to {os.readlink(link)}), not a release folder"
 
 
 def next_version(releases_root: Path, name: str) -> str:
@@ -114,13 +145,17 @@ def _write_part(shard: Path, release: Path, part: int, formats: tuple[str, ...],
 
 def write_release(releases_root: Path, name: str, version: str, shard_paths: list[Path],
                   manifest: dict, formats: tuple[str, ...] = FORMATS,
-                  attributes: AttributeSource | None = None) -> Path:
+                  attributes: AttributeSource | None = None,
+                  warehouse: Path | None = None) -> Path:
     """Write the shards' documents as release ``name``/``version``, with their attribute
     files when ``attributes`` says where they come from (one score file per shard), and the
-    dataset card; returns its folder.
+    dataset card; returns its folder, read-only. With ``warehouse``, the intent to release
+    it (``manifest``'s run_id and corpus, the version, the sha256 of the manifest written)
+    is recorded there before the folder is renamed into place: without that record a run
+    killed after the rename could not have its release told from a forged one.
 
-    Raises FileExistsError if that version exists (releases are immutable). On any error
-    nothing is left behind."""
+    Raises FileExistsError if that version exists (releases are immutable), ValueError if
+    the name's folder is a symbolic link. On any error nothing is left behind."""
     check_name(name, "release name")
     check_name(version, "release version")
     if not formats or set(formats) - set(FORMATS):
@@ -132,19 +167,38 @@ def write_release(releases_root: Path, name: str, version: str, shard_paths: lis
                          "attributes need the score file of every released shard")
     folder = Path(releases_root) / name
     final = folder / version
-    if final.exists():
+    if final.exists() or final.is_symlink():
         raise FileExistsError(f"release {name} {version} already exists at {final}: "
                               "releases are immutable, write a new version")
+    if folder.is_symlink():  # mkdir below would follow it, and the release land elsewhere
+        raise ValueError(f"{link_message(folder)}: no release is written through it")
     folder.mkdir(parents=True, exist_ok=True)
+    tmp = None
     try:
         with atomic_path(final) as tmp:
             _write_release_folder(tmp, name, version, shard_paths, manifest, formats,
                                   attributes)
+            if warehouse is not None:
+                records.record_release_intent(warehouse, {
+                    "name": name, "version": version, "run_id": manifest.get("run_id"),
+                    "corpus": manifest.get("corpus"), "path": str(final),
+                    "manifest_sha256": _sha256(tmp / MANIFEST)})
+            _set_folders_mode(tmp, 0o555)
     except BaseException:
+        if tmp is not None and tmp.is_dir():  # sealed, then the rename failed: atomic_path
+            _set_folders_mode(tmp, 0o755)     # cannot empty a read-only folder
+            shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
             folder.rmdir()  # only if empty, i.e. this failed release was its only content
         raise
     return final
+
+
+def _set_folders_mode(folder: Path, mode: int) -> None:
+    """``folder`` and every folder in it to ``mode``: 0o555 makes a release's file list as
+    fixed as its files (no file added, removed or renamed)."""
+    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        path.chmod(mode)
 
 
 def _write_attribute_files(tmp: Path, shard_paths: list[Path], documents: list[int],
@@ -383,12 +437,22 @@ def content_key(shards: list[Path], model_id: str, parameters: dict) -> str:
                                       RELEASE_LAYOUT], sort_keys=True).encode()).hexdigest()
 
 
-def latest_with_key(releases_root: Path, name: str, key: str) -> Path | None:
-    """The latest version of ``name`` if its manifest has ``key``, else None."""
+def latest_with_key(releases_root: Path, name: str, key: str,
+                    warehouse: Path | None = None) -> Path | None:
+    """The latest version of ``name`` if its manifest has ``key``, else None. With
+    ``warehouse``, the latest version recorded there, if its manifest is still the one
+    recorded: a folder the warehouse has no row of (a copy or an edit of a release, a link)
+    is never taken for the release."""
     existing = [r for r in list_releases(releases_root) if r["name"] == name]
+    if warehouse is not None:
+        recorded = records.recorded_manifests(warehouse, name)
+        existing = [r for r in existing if r["version"] in recorded]
     if not existing:
         return None
     latest = Path(existing[-1]["path"])
+    if warehouse is not None and (link_under(releases_root, latest) is not None or
+                                  _sha256(latest / MANIFEST) != recorded[latest.name]):
+        return None
     try:
         manifest = json.loads((latest / MANIFEST).read_text())
     except ValueError:
@@ -404,19 +468,23 @@ class Released:
 
 
 def release(releases_root: Path, name: str, shards: list[Path], model_id: str,
-            parameters: dict, manifest: dict, attributes: AttributeSource | None = None
-            ) -> Released:
+            parameters: dict, manifest: dict, attributes: AttributeSource | None = None,
+            warehouse: Path | None = None) -> Released:
     """Release ``shards`` as the next version of ``name`` (manifest: ``manifest`` plus the
     content key, the files and their checksums; attribute files from ``attributes``),
-    verified after writing; or reuse the latest version when its content key is the same."""
+    verified after writing; or reuse the latest version when its content key is the same
+    (with ``warehouse``: the latest version recorded there, see ``latest_with_key``). With
+    ``warehouse`` the intent is recorded there before the rename (``write_release``); the
+    caller records the returned row."""
     key = content_key(shards, model_id, parameters)
-    unchanged = latest_with_key(releases_root, name, key)
+    unchanged = latest_with_key(releases_root, name, key, warehouse)
     if unchanged is not None:
         return Released(unchanged, new=False)
     version = next_version(releases_root, name)
     path = write_release(releases_root, name, version, [Path(s) for s in shards],
                          {"content_key": key, **manifest, "model": model_id,
-                          "parameters": parameters}, attributes=attributes)
+                          "parameters": parameters}, attributes=attributes,
+                         warehouse=warehouse)
     problems = verify_release(path)
     if problems:
         raise RuntimeError(f"release {path} failed verification: {problems}")
@@ -433,16 +501,65 @@ def release_row(path: Path) -> dict:
             "tokens": manifest.get("tokens")}
 
 
-def restore_rows(releases_root: Path, warehouse: Path) -> list[dict]:
-    """Record the releases under ``releases_root`` that have no row in ``warehouse`` (a
-    run killed between a release's rename and its insert), from their manifests; those
-    that fail verification stay unrecorded (``verify_release`` says why). Returns the
-    rows added."""
+# A run in these states has recorded every release it renamed into place, or is still at it.
+_RECORDS_ITS_OWN = ("RUNNING", "COMPLETED", "FAILED")
+
+
+def _adoptable(folder: Path, warehouse: Path) -> str | None:
+    """None if ``folder`` (a version folder without a ``releases`` row) is the release of a
+    run killed after its rename; else why it is not."""
+    name, version = folder.parent.name, folder.name
+    manifest, problems = _read_manifest(folder)
+    if manifest is None:
+        return problems[0]
+    sha = _sha256(folder / MANIFEST)
+    intent = records.release_intent(warehouse, name, version, sha)
+    if intent is None:
+        return (f"no run recorded the intent to release {name} {version} with this "
+                f"{MANIFEST} (sha256 {sha[:16]}...)")
+    if intent["run_status"] in _RECORDS_ITS_OWN:
+        return (f"its run {intent['run_id']} is {intent['run_status']}: such a run records "
+                "its releases itself")
+    problems = verify_release(folder)
+    if problems:
+        return "it fails verification: " + "; ".join(problems[:3])
+    return None
+
+
+def restore_rows(releases_root: Path, warehouse: Path,
+                 warn: Callable[[str], None] | None = None) -> list[dict]:
+    """Record the releases under ``releases_root`` that have no row in ``warehouse`` and
+    whose run was killed between their rename and their insert: a version folder whose
+    manifest is the one of an intent recorded for that name and version
+    (``write_release``), whose run is CRASHED or has no ``runs`` row, and whose files match
+    the manifest. Every other folder without a row, and every symbolic link, is left alone
+    and named to ``warn`` (default: this module's logger) with the reason. Returns the rows
+    added."""
+    warn = warn or log.warning
+    root = Path(releases_root)
     recorded = records.recorded_releases(warehouse)
-    rows = [release_row(Path(r["path"])) for r in list_releases(releases_root)
-            if (r["name"], r["version"]) not in recorded and not verify_release(r["path"])]
-    for row in rows:
-        records.record_release(warehouse, row)
+    rows = []
+    for name_folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if name_folder.is_symlink():
+            warn(f"{link_message(name_folder)}: not recorded as a release, left as it is")
+            continue
+        if not name_folder.is_dir():
+            continue
+        for folder in sorted(name_folder.iterdir()):
+            if folder.name.startswith(".") or (name_folder.name, folder.name) in recorded:
+                continue  # a release being written (or left half-written by a kill)
+            if folder.is_symlink():
+                warn(f"{link_message(folder)}: not recorded as a release, left as it is")
+                continue
+            if not folder.is_dir():
+                continue
+            why = _adoptable(folder, warehouse)
+            if why is not None:
+                warn(f"{folder} has no warehouse row and is not recorded as a release: {why}; "
+                     "left as it is")
+                continue
+            rows.append(release_row(folder))
+            records.record_release(warehouse, rows[-1])
     return rows
 
 
@@ -524,4 +641,4 @@ def release_corpus(cfg, run_id: str, corpus: str, shards: list[Path], model_id: 
         scores[corpus], release_edits(cfg, corpus, scores),
         _EDIT_MEANING[kind].format(source=c.edited_from, corpus=corpus))
     return release(cfg.root / "releases", cfg.release_name(corpus), shards, model_id, parameters,
-                   manifest, attributes)
+                   manifest, attributes, warehouse=db.warehouse_path(cfg.root))

@@ -208,7 +208,8 @@ KILLED_AFTER_RELEASE = """
     import os, signal, sys
     from semisynth.tasks import release
     released = release.release(sys.argv[1], "demo", [sys.argv[2]], "m", {}, {"run_id": "r1",
-                                                                          "corpus": "c"})
+                                                                          "corpus": "c"},
+                               warehouse=sys.argv[3])
     print(released.path, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # after the rename, before records.record_release
 """
@@ -218,21 +219,74 @@ def test_release_without_its_row_after_a_kill_is_recorded_by_the_next_run(tmp_pa
     shard = tmp_path / "shard.parquet"
     pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", "two"]}), shard)
     root, wh = tmp_path / "releases", db.init(tmp_path / "warehouse.duckdb")
-    killed = _child(KILLED_AFTER_RELEASE, str(root), str(shard))
+    killed = _child(KILLED_AFTER_RELEASE, str(root), str(shard), str(wh))
     path = root / "demo" / "v0001"
     assert _ready(killed) == str(path)
     assert killed.wait(60) == -signal.SIGKILL
     assert release.verify_release(path) == []  # whole on disk ...
     assert records.recorded_releases(wh) == set()  # ... and unknown to the warehouse
     assert release.release(root, "demo", [shard], "m", {}, {}).new is False  # "unchanged"
+    sha = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
+    # ... but for the intent recorded before the rename
+    assert db.query(wh, "SELECT run_id, version, manifest_sha256 FROM release_intents"
+                    ).values.tolist() == [["r1", "v0001", sha]]
 
     rows = release.restore_rows(root, wh)
-    sha = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
     assert [(r["name"], r["version"], r["run_id"], r["corpus"], r["documents"], r["manifest_sha256"])
             for r in rows] == [("demo", "v0001", "r1", "c", 2, sha)]
     assert release.verify_release(path, warehouse=wh) == []
     assert release.restore_rows(root, wh) == []  # once only
     assert len(db.query(wh, "SELECT * FROM releases")) == 1
+
+
+KILLED_RUN_AFTER_RELEASE = """
+    import os, signal, sys
+    from semisynth.tasks import release
+    from semisynth.warehouse import records
+    with records.tracked_run(sys.argv[3], "r1", config_name="t", config_json="{}", model="m"):
+        released = release.release(sys.argv[1], "demo", [sys.argv[2]], "m", {},
+                                   {"run_id": "r1", "corpus": "c"}, warehouse=sys.argv[3])
+        print(released.path, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # the run RUNNING, the release without its row
+"""
+
+
+def test_a_killed_runs_release_is_recorded_only_once_its_run_is_crashed_and_as_intended(
+        tmp_path, caplog):
+    shard = tmp_path / "shard.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", "two"]}), shard)
+    root, wh = tmp_path / "releases", db.init(tmp_path / "warehouse.duckdb")
+    killed = _child(KILLED_RUN_AFTER_RELEASE, str(root), str(shard), str(wh))
+    path = root / "demo" / "v0001"
+    assert _ready(killed) == str(path)
+    assert killed.wait(60) == -signal.SIGKILL
+
+    def recover() -> tuple[list[dict], str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="semisynth.tasks.release"):
+            rows = release.restore_rows(root, wh)
+        return rows, caplog.text
+
+    # r1 is RUNNING as the kill left it: a run that is not known to be dead is left to record
+    # its own releases
+    rows, warned = recover()
+    assert rows == [] and f"{path} has no warehouse row" in warned
+    assert "its run r1 is RUNNING" in warned
+    # the manifest changed after the kill is not the one intended
+    manifest = path / "manifest.json"
+    intended = manifest.read_bytes()
+    manifest.chmod(0o644)
+    manifest.write_bytes(intended.replace(b'"corpus": "c"', b'"corpus": "x"'))
+    with records.tracked_run(wh, "next", **RUN) as run:  # as a run starts: r1 is CRASHED now
+        assert run.closed == {"r1": None}
+        rows, warned = recover()
+        assert rows == [] and "no run recorded the intent to release demo v0001" in warned
+        manifest.write_bytes(intended)
+        rows, warned = recover()
+    assert [(r["name"], r["version"], r["run_id"], r["corpus"]) for r in rows] == [
+        ("demo", "v0001", "r1", "c")]
+    assert warned == "" and records.recorded_releases(wh) == {("demo", "v0001")}
+    assert release.verify_release(path, warehouse=wh) == []
 
 
 @pytest.mark.slow

@@ -3,8 +3,11 @@
 import gzip
 import hashlib
 import json
+import os
+import shutil
 import stat
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -126,6 +129,7 @@ def test_verify_reports_tampering(tmp_path, shards):
     victim.write_bytes(bytes(raw))
     assert release.verify_release(path) == ["data/train-00000-of-00002.parquet: sha256 differs from the manifest"]
 
+    (path / "data").chmod(0o755)  # a released folder is read-only too
     (path / "data" / "train-00001-of-00002.parquet").unlink()
     (path / "data" / "part-00009.parquet").write_bytes(b"x")
     problems = release.verify_release(path)
@@ -195,6 +199,7 @@ def test_verify_refuses_manifest_paths_outside_the_release(tmp_path, shards):
                                  formats=("parquet",))
     secret = tmp_path / "secret.txt"
     secret.write_text("not part of any release")
+    (path / "data").chmod(0o755)
     (path / "data" / "link.parquet").symlink_to(secret)
     entry = {"sha256": _sha(secret), "bytes": secret.stat().st_size}
     crafted = ["../../../secret.txt", str(secret), "data/link.parquet", "data/../../../../secret.txt"]
@@ -221,3 +226,123 @@ def test_release_verify_command_compares_with_the_warehouse(tmp_path, shards, ca
     assert main(["--data-root", str(root), "release", "verify", "demo"]) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "differs from the one recorded in the warehouse" in out
+
+
+WRITE = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+def test_released_folders_are_read_only_as_their_files(tmp_path, shards):
+    root = tmp_path / "releases"
+    path = release.write_release(root, "demo", "v0001", shards, {})
+    folders = [path, *(p for p in path.rglob("*") if p.is_dir())]
+    assert sorted(p.relative_to(path).as_posix() for p in folders) == [".", "data", "documents"]
+    for entry in [*folders, *(p for p in path.rglob("*") if p.is_file())]:
+        assert entry.stat().st_mode & WRITE == 0, entry
+    if os.geteuid() != 0:  # root writes whatever the modes say
+        with pytest.raises(PermissionError):
+            (path / "data" / "extra.parquet").write_bytes(b"x")
+    # the name's folder stays writable: the next version goes there
+    assert (root / "demo").stat().st_mode & stat.S_IWUSR
+    assert release.write_release(root, "demo", "v0002", shards, {}).stat().st_mode & WRITE == 0
+
+
+def test_a_release_is_renamed_into_place_only_after_its_intent_is_recorded(tmp_path, shards):
+    root, wh = tmp_path / "releases", db.init(tmp_path / "warehouse.duckdb")
+    released = release.release(root, "demo", shards, "m", {}, {"run_id": "r1", "corpus": "c"},
+                               warehouse=wh)
+    [intent] = db.query(wh, "SELECT * FROM release_intents").to_dict("records")
+    assert {k: intent[k] for k in ("name", "version", "run_id", "corpus", "path",
+                                   "manifest_sha256")} == {
+        "name": "demo", "version": "v0001", "run_id": "r1", "corpus": "c",
+        "path": str(released.path), "manifest_sha256": _sha(released.path / "manifest.json")}
+    assert released.row["manifest_sha256"] == intent["manifest_sha256"]
+
+    # a warehouse that cannot take the intent (from before the table existed): no release
+    old = db.init(tmp_path / "old.duckdb")
+    db.execute(old, "DROP TABLE release_intents")
+    with pytest.raises(duckdb.CatalogException, match="release_intents"):
+        release.write_release(root, "demo", "v0002", shards, {"run_id": "r2"}, warehouse=old)
+    assert [p.name for p in (root / "demo").iterdir()] == ["v0001"]  # no temporary left
+
+
+def _forge(path, into):
+    """The issue's forgery: release ``path`` copied to the version folder ``into``, a
+    document edited, its checksum and size rewritten in the manifest, and the manifest's
+    version made the folder's."""
+    shutil.copytree(path, into)
+    victim = into / "documents" / "part-00000.jsonl.gz"
+    victim.chmod(0o644)
+    victim.write_bytes(gzip.compress(b'{"id": "d0-0", "text": "forged"}\n'))
+    manifest_path = into / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["version"] = into.name
+    manifest["files"]["documents/part-00000.jsonl.gz"] = {"sha256": _sha(victim),
+                                                          "bytes": victim.stat().st_size}
+    manifest_path.chmod(0o644)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_a_forged_version_folder_is_left_alone_and_never_taken_for_the_release(
+        tmp_path, shards, caplog, capsys):
+    from semisynth.cli import main
+
+    data = tmp_path / "data"
+    root, wh = data / "releases", db.init(db.warehouse_path(data))
+    released = release.release(root, "demo", shards, "m", {}, {"run_id": "r1", "corpus": "c"})
+    records.record_release(wh, released.row)
+    forged = root / "demo" / "v0002"
+    _forge(released.path, forged)
+    assert release.verify_release(forged) == []  # it agrees with itself
+
+    with caplog.at_level("WARNING", logger="semisynth.tasks.release"):
+        assert release.restore_rows(root, wh) == []  # what a run's recovery does first
+    assert records.recorded_releases(wh) == {("demo", "v0001")}
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"{forged} has no warehouse row and is not recorded as a release: "
+                              "no run recorded the intent to release demo v0002")
+    assert main(["--data-root", str(data), "release", "verify", "demo"]) == 1
+    out = capsys.readouterr().out
+    assert f"{forged}: FAILED" in out and "no record of release demo v0002" in out
+    # the same content released again: the recorded version is the release, not the forgery
+    again = release.release(root, "demo", shards, "m", {}, {"run_id": "r2", "corpus": "c"},
+                            warehouse=wh)
+    assert again.new is False and again.path == released.path
+    assert main(["--data-root", str(data), "release", "verify", "demo", "--version", "v0001"]) == 0
+
+
+def test_symlinked_release_folders_are_refused(tmp_path, shards, caplog, capsys):
+    from semisynth.cli import main
+
+    data = tmp_path / "data"
+    root, wh = data / "releases", db.init(db.warehouse_path(data))
+    released = release.release(root, "demo", shards, "m", {}, {"run_id": "r1", "corpus": "c"})
+    records.record_release(wh, released.row)
+    # a whole, self-consistent release outside the data root, linked in as a version of
+    # demo and as the folder of a release name of its own
+    outside = tmp_path / "outside"
+    shutil.copytree(released.path, outside / "v0002")
+    (root / "demo" / "v0002").symlink_to(outside / "v0002", target_is_directory=True)
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    dest = tmp_path / "share"
+    for args, link in [(["verify", "demo"], root / "demo" / "v0002"),
+                       (["verify", "demo", "--version", "v0002"], root / "demo" / "v0002"),
+                       (["verify", str(root / "demo" / "v0002")], root / "demo" / "v0002"),
+                       (["verify", "linked"], root / "linked"),
+                       (["push", "demo", str(dest)], root / "demo" / "v0002"),
+                       (["push", "linked", str(dest)], root / "linked")]:
+        assert main(["--data-root", str(data), "release", *args]) == 2, args
+        captured = capsys.readouterr()
+        assert f"error: {link} is a symbolic link (to {outside}" in captured.err, args
+        assert "refused" in captured.err and "OK" not in captured.out, args
+    assert not dest.exists()
+    assert main(["--data-root", str(data), "release", "verify", "demo", "--version", "v0001"]) == 0
+
+    with caplog.at_level("WARNING", logger="semisynth.tasks.release"):
+        assert release.restore_rows(root, wh) == []
+    assert records.recorded_releases(wh) == {("demo", "v0001")}
+    assert sorted(r.getMessage().split(" is a symbolic link")[0] for r in caplog.records) == [
+        str(root / "demo" / "v0002"), str(root / "linked")]
+    # nothing is written through a linked name folder
+    with pytest.raises(ValueError, match=f"{root / 'linked'} is a symbolic link"):
+        release.write_release(root, "linked", "v0003", shards, {})
+    assert sorted(p.name for p in outside.iterdir()) == ["v0002"]

@@ -25,8 +25,8 @@ from semisynth.warehouse.lock import LockHeld
 
 TABLES = (
     "runs", "corpora", "shards", "quarantine", "doc_scores", "edits", "metrics",
-    "ppl_histograms", "ngram_top", "validations", "releases", "experiment_results",
-    "experiment_arms", "pushes",
+    "ppl_histograms", "ngram_top", "validations", "releases", "release_intents",
+    "experiment_results", "experiment_arms", "pushes",
 )
 # Longer than a `semisynth query`'s default time limit (60 s): a writer outlasts a reader.
 LOCK_WAIT_S = 90.0

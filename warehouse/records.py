@@ -205,6 +205,32 @@ def record_release(wh: Path, row: dict) -> int:
     return db.insert(wh, "releases", [{**row, "created_at": db.now()}])
 
 
+def record_release_intent(wh: Path, row: dict) -> int:
+    """The intent to rename a release into place (name, version, run_id, corpus, path,
+    manifest_sha256), recorded before the rename."""
+    return db.insert(wh, "release_intents", [{**row, "recorded_at": db.now()}])
+
+
+def release_intent(wh: Path, name: str, version: str, manifest_sha256: str) -> dict | None:
+    """The latest intent to release ``name`` ``version`` with exactly this manifest, with
+    the status of its run (``run_status``: None when the run has no ``runs`` row), or None."""
+    with db.connect(wh) as con:
+        row = con.execute("SELECT i.*, r.status AS run_status FROM release_intents i "
+                          "LEFT JOIN runs r USING (run_id) WHERE i.name = ? AND i.version = ? "
+                          "AND i.manifest_sha256 = ? ORDER BY i.recorded_at DESC LIMIT 1",
+                          [name, version, manifest_sha256]).fetchone()
+        columns = [d[0] for d in con.description]
+    return None if row is None else dict(zip(columns, row, strict=True))
+
+
+def recorded_manifests(wh: Path, name: str) -> dict[str, str]:
+    """version -> the manifest sha256 first recorded for it, for every recorded version of
+    release ``name``."""
+    frame = db.query(wh, "SELECT version, arg_min(manifest_sha256, created_at) AS sha "
+                         "FROM releases WHERE name = ? GROUP BY version", [name], read_only=False)
+    return dict(zip(frame["version"], frame["sha"], strict=True))
+
+
 def recorded_releases(wh: Path) -> set[tuple[str, str]]:
     """(name, version) of every release the warehouse has a row for."""
     frame = db.query(wh, "SELECT DISTINCT name, version FROM releases", read_only=False)

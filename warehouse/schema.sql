@@ -38,6 +38,12 @@ CREATE TABLE IF NOT EXISTS validations (
 CREATE TABLE IF NOT EXISTS releases (
   name VARCHAR, version VARCHAR, run_id VARCHAR, corpus VARCHAR, path VARCHAR,
   manifest_sha256 VARCHAR, documents BIGINT, tokens BIGINT, created_at TIMESTAMP);
+-- A release about to be renamed into place, recorded before the rename: a version folder
+-- found later without its `releases` row (its run killed in between) is recorded only if a
+-- run recorded this intent for it, with the sha256 of exactly its manifest.
+CREATE TABLE IF NOT EXISTS release_intents (
+  name VARCHAR, version VARCHAR, run_id VARCHAR, corpus VARCHAR, path VARCHAR,
+  manifest_sha256 VARCHAR, recorded_at TIMESTAMP);
 -- Copies of releases (`semisynth release push`): one row per push that ended with every
 -- file of the copy read back and matching its manifest. copied: false when the destination
 -- already held this very copy (checked, nothing written); run_id: NULL for the command.
