@@ -4,20 +4,27 @@
 Reading streams and never raises on bad data: each row comes back as a `Record`, good
 (`reason is None`) or bad (`reason` says why, `excerpt` shows the raw row), so the caller
 can quarantine it; a file that breaks off (truncated or corrupt gzip, a damaged Parquet row
-group, not gzip or Parquet at all) ends with one whole-file Record (line 0) after the rows
-read before the damage. A row without an id gets `<name>:<line>`, where the name is the
-file's path relative to the folder its patterns share (`source_names`), so files of the
-same name in different folders never share ids. Writing streams too and is atomic
-(temporary file, then rename)."""
+group, not gzip or Parquet at all, a jsonl file that turns out to be UTF-16 or UTF-32) ends
+with one whole-file Record (line 0) after the rows read before the damage. A JSON line is
+parsed within bounds (MAX_LINE_BYTES, MAX_DEPTH, MAX_INT_DIGITS; finite numbers, strings
+UTF-8 can hold): a row beyond them is a bad Record, never an exception. A row without an id
+gets `<name>:<line>`, where the name is the file's path relative to the folder its patterns
+share (`source_names`), so files of the same name in different folders never share ids.
+Only regular files are read: a FIFO or a device is refused before it is opened. Writing
+streams too and is atomic (temporary file, then rename)."""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import json
+import math
 import os
 import posixpath
+import re
 import shutil
+import stat
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
@@ -26,21 +33,40 @@ from itertools import islice
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractBufferedFile
 
 from semisynth import fields
+from semisynth.errors import InputError
 
 FORMATS = (".jsonl.gz", ".jsonl", ".parquet")  # longest first: ".jsonl.gz" ends in neither other
 EXCERPT_CHARS = 200
 PARQUET_BATCH_ROWS = 1024
 GLOB_CHARS = "*?["
 WHOLE_FILE = 0  # the line of a Record that stands for the rest of an unreadable file
+# The bounds of one JSON line. A longer line is skipped unread (its memory stays bounded,
+# even for a file without newlines); 32 MiB holds the longest documents the prior is given
+# (prior.max_doc_tokens cuts them, a 10 MB one included) with room for their fields.
+MAX_LINE_BYTES = 32 * 2**20
+# Near 1,000 levels Python's JSON parser crashes (how near depends on the caller's stack);
+# from 50 on, a shard can be written that no Parquet reader opens again (they refuse a
+# schema deeper than 100, and a list takes two of its levels). 32 leaves room for the
+# columns around a row's fields, and is far deeper than any real layout (Dolma's: 3).
+MAX_DEPTH = 32
+# Beyond 64 bits an integer is kept as JSON text, but Python refuses to turn one of more
+# than 4,300 digits into text at all: 1,000 digits is far past any numeric type.
+MAX_INT_DIGITS = 1000
 
 
 class WrongEncoding(ValueError):
-    """A jsonl file that is not UTF-8 at all (UTF-16 or UTF-32), seen on its first line."""
+    """A jsonl file that is not UTF-8 at all (UTF-16 or UTF-32) from some line on."""
+
+
+class _Refused(ValueError):
+    """A value the JSON parser met that a row may not hold (``_parse_row``)."""
 
 
 # What a damaged file raises while it is read: gzip (BadGzipFile is an OSError; a truncated
@@ -141,18 +167,112 @@ def _record(row: dict, raw, line: int, default_id: str, text_field: str, id_fiel
     return Record(line, id=doc_id, text=text, meta=meta)
 
 
-def _check_first_line(raw: bytes) -> None:
-    # JSON text holds no raw NUL byte, and UTF-8 none but in NUL itself: UTF-16 and UTF-32
-    # (with or without a byte order mark) put one beside every ASCII character
-    if b"\x00" in raw or raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise WrongEncoding("not UTF-8: NUL bytes or a UTF-16 byte order mark on line 1 "
-                            "(a UTF-16 or UTF-32 file?)")
+_WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-16 LE, BE (UTF-32 LE too), UTF-32 BE
+
+
+def _wide_encoding(raw: bytes) -> bool:
+    """Whether a line that holds NUL bytes or starts with a byte order mark is UTF-16 or
+    UTF-32 text rather than a UTF-8 row with a stray NUL: those encodings put NULs beside
+    every ASCII character, so beside (nearly) every quote of a JSON line."""
+    if raw.startswith(_WIDE_BOMS):
+        return True
+    quotes = raw.count(b'"')
+    return quotes >= 2 and 2 * (raw.count(b'"\x00') + raw.count(b'\x00"')) >= quotes
+
+
+def _lines(f) -> Iterator[tuple[bytes, int]]:
+    """(line, its length in bytes without the newline) for each line of ``f``; a line
+    longer than MAX_LINE_BYTES comes back as its first bytes only, the rest read past in
+    pieces, so that no line costs more memory than the bound."""
+    while raw := f.readline(MAX_LINE_BYTES + 1):
+        if raw.endswith(b"\n") or len(raw) <= MAX_LINE_BYTES:
+            yield raw, len(raw) - raw.endswith(b"\n")
+            continue
+        size = len(raw)
+        while rest := f.readline(2**20):
+            size += len(rest)
+            if rest.endswith(b"\n"):
+                size -= 1
+                break
+        yield raw[: EXCERPT_CHARS * 4], size  # enough bytes for the excerpt's characters
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+# A \u escape of a UTF-16 surrogate: only such an escape can put a lone surrogate (which
+# no UTF-8 text holds) into a parsed string
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _depth(raw: bytes) -> int:
+    """How deep the arrays and objects of a JSON line nest (brackets inside strings left
+    out), or 0 for a line with too few brackets to nest past MAX_DEPTH; counted without
+    parsing, which is what a too deep row would crash."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return 0  # cannot be deeper than the bound: not worth counting
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", raw).translate(None, _NOT_A_BRACKET), np.uint8)
+    # "[" and "{" end in 0xB, "]" and "}" in 0xD
+    return int(np.cumsum(np.where(brackets & 0x0F == 0x0B, 1, -1)).max(initial=0))
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise _Refused(f"an integer of {len(digits.lstrip('-')):,} digits (at most "
+                       f"{MAX_INT_DIGITS:,})")
+    return int(digits)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # JSON has no infinity to write it back as
+        raise _Refused(f"a number beyond a float's range ({text[:40]})")
+    return value
+
+
+def _no_constant(name: str):
+    raise _Refused(f"invalid json: {name} is not a JSON value")
+
+
+def _parse_row(raw: bytes, s: str) -> tuple[object, str | None]:
+    """A JSON line parsed within the bounds: (the value, None), or (None, why not)."""
+    if (depth := _depth(raw)) > MAX_DEPTH:
+        return None, f"nested {depth:,} levels deep (at most {MAX_DEPTH})"
+    try:
+        row = json.loads(s, parse_int=_bounded_int, parse_float=_finite_float,
+                         parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        return None, f"invalid json: {e}"
+    except _Refused as e:
+        return None, str(e)
+    except RecursionError:  # only if _depth misjudged a line that is not JSON
+        return None, f"nested more than {MAX_DEPTH} levels deep"
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            return None, (f"invalid utf-8: a lone surrogate {e.object[e.start]!r} (an unpaired "
+                          "\\u escape), which UTF-8 cannot hold")
+    return row, None
 
 
 def _read_jsonl(f, name: str, text_field: str, id_field: str) -> Iterator[Record]:
-    for line, raw in enumerate(f, start=1):
-        if line == 1:
-            _check_first_line(raw)
+    # AbstractBufferedFile (s3://, hf://) reads a line whole, whatever its length: a
+    # buffered reader bounds it
+    f = io.BufferedReader(f) if isinstance(f, AbstractBufferedFile) else f
+    for line, (raw, size) in enumerate(_lines(f), start=1):
+        if size > MAX_LINE_BYTES:
+            yield Record(line, reason=f"line of {size:,} bytes (at most {MAX_LINE_BYTES:,})",
+                         excerpt=excerpt_of(raw))
+            continue
+        # decided line by line: a stray NUL costs its row, UTF-16 or UTF-32 text the rest
+        # of the file (from a byte order mark on, or from line 1: the whole file)
+        if b"\x00" in raw or raw.startswith(_WIDE_BOMS):
+            if _wide_encoding(raw):
+                raise WrongEncoding(f"not UTF-8 from line {line} on: a byte order mark or NUL "
+                                    "bytes beside its quotes (UTF-16 or UTF-32 text?)")
+            yield Record(line, reason="invalid json: a NUL byte, which JSON text never holds",
+                         excerpt=excerpt_of(raw.replace(b"\x00", b"\\x00")))
+            continue
         if not raw.strip():
             continue  # blank lines are layout, not rows
         try:
@@ -162,10 +282,9 @@ def _read_jsonl(f, name: str, text_field: str, id_field: str) -> Iterator[Record
             continue
         if line == 1:
             s = s.removeprefix("\ufeff")  # a BOM some editors write
-        try:
-            row = json.loads(s)
-        except json.JSONDecodeError as e:
-            yield Record(line, reason=f"invalid json: {e}", excerpt=excerpt_of(s))
+        row, reason = _parse_row(raw, s)
+        if reason is not None:
+            yield Record(line, reason=reason, excerpt=excerpt_of(s))
             continue
         if not isinstance(row, dict):
             yield Record(
@@ -219,6 +338,28 @@ def _read_parquet(f, name: str, text_field: str, id_field: str) -> Iterator[Reco
                     yield _record(row, row, line, f"{name}:{line}", text_field, id_field)
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISDIR, "a folder"))
+
+
+def check_regular(path: str) -> None:
+    """Refuse a local path that is not a regular file (InputError naming it), before it is
+    opened: a FIFO would hang its reader, a device such as /dev/zero never end. A missing
+    file raises FileNotFoundError; fsspec URLs of other filesystems are not checked."""
+    fs, local = fsspec.core.url_to_fs(str(path))
+    if not isinstance(fs, LocalFileSystem):
+        return
+    try:
+        mode = os.stat(local).st_mode
+    except FileNotFoundError as e:
+        link = " (a link to nothing)" if os.path.islink(local) else ""
+        raise FileNotFoundError(f"no such document file: {path}{link}") from e
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in _KINDS if test(mode)), "not a file")
+        raise InputError(f"{path}: not a regular file ({kind}); document files only")
+
+
 def _read_rows(path: str, fmt: str, name: str, text_field: str, id_field: str) -> Iterator[Record]:
     compression = "gzip" if fmt == ".jsonl.gz" else None
     with fsspec.open(path, "rb", compression=compression) as f:
@@ -243,6 +384,7 @@ def declared_types(path: str, text_field: str = "text", id_field: str = "id"
     path = str(path)
     if file_format(path) != ".parquet":
         return None
+    check_regular(path)
     try:
         with fsspec.open(path, "rb") as f:
             schema = pq.read_schema(f)
@@ -256,11 +398,13 @@ def read_records(
 ) -> Iterator[Record]:
     """Stream the rows of one document file. A bad row is a Record with a reason; a file
     that breaks off (or cannot be read at all) ends with one whole-file Record, line 0,
-    after the good rows before the damage; only a missing file raises. A row without an
-    id gets ``<name>:<line>``, ``name`` defaulting to the file's base name."""
+    after the good rows before the damage; only a missing file (FileNotFoundError) and one
+    that is not a regular file (InputError, ``check_regular``) raise, before any row. A row
+    without an id gets ``<name>:<line>``, ``name`` defaulting to the file's base name."""
     path = str(path)
     fmt = file_format(path)
     name = name or posixpath.basename(path.rstrip("/"))
+    check_regular(path)
     last_line = 0
     with contextlib.closing(_read_rows(path, fmt, name, text_field, id_field)) as rows:
         while True:

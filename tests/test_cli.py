@@ -378,6 +378,52 @@ def test_edit_keeps_nested_fields_and_parquet_types(tmp_path, prior_folder, caps
         assert table.column(name).equals(source.column(name))
 
 
+def test_edit_skips_each_row_the_parser_refuses_naming_it(tmp_path, prior_folder, capsys):
+    """Each of these crashed `edit` (a traceback, or Python's int-limit message naming no
+    row) or lost the whole file ("UTF-16?" for a NUL on line 1); now each costs its row."""
+    rows = [b'{"id": "nul", "text": "x\x00"}', json.dumps(DOCS[0]).encode(),
+            b'{"id": "deep", "text": "t", "m": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+            b'{"id": "big", "text": "t", "n": ' + b"9" * 5000 + b"}",
+            b'{"id": "sur", "text": "t", "x": "\\ud800"}', json.dumps(DOCS[1]).encode()]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(rows) + b"\n")
+    for suffix in (".jsonl", ".parquet"):
+        out = tmp_path / f"out{suffix}"
+        assert cli(["edit", str(src), str(out), "--model", str(prior_folder), "--precision",
+                    "float32", "--max-tokens", "8"]) == 4
+        err = capsys.readouterr().err
+        for line, reason in [(1, "invalid json: a NUL byte"), (3, "nested 1,001 levels deep"),
+                             (4, "an integer of 5,000 digits"),
+                             (5, "invalid utf-8: a lone surrogate '\\ud800'")]:
+            assert f"skipped {src}:{line}: {reason}" in err
+        assert f"partial input: 4 row(s) of {src} skipped, 2 documents written; exit 4" in err
+        assert [r.id for r in documents.read_records(str(out))] == ["a", "b"]
+
+
+def _limited_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_edit_refuses_an_input_that_is_not_a_regular_file(tmp_path, kind):
+    """Read, a FIFO hung `edit` and /dev/zero grew it without bound: refused before either
+    is opened. (Run in a process of its own, bounded in time and memory.)"""
+    src = tmp_path / "in.jsonl"
+    if kind == "fifo":
+        os.mkfifo(src)
+    else:
+        src.symlink_to("/dev/zero")
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run([str(SEMISYNTH), "edit", str(src), str(out)], capture_output=True,
+                          text=True, timeout=120, preexec_fn=_limited_memory)
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: {src}: not a regular file ({what}); document files only" in proc.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("content", ["a,b,c\n1,2,3\n", "", '{"id": "x"}\n'])
 def test_edit_with_nothing_usable_exits_2_and_writes_nothing(tmp_path, capsys, content):
     src = tmp_path / "in.jsonl"  # a CSV renamed .jsonl, an empty file, rows without text
