@@ -400,6 +400,27 @@ def test_edit_skips_each_row_the_parser_refuses_naming_it(tmp_path, prior_folder
         assert [r.id for r in documents.read_records(str(out))] == ["a", "b"]
 
 
+def _strict_json(line: str):
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_edit_writes_a_document_too_short_to_score_with_a_null_ppl(tmp_path, prior_folder):
+    """A one-token document has no position to score: its ppl is null, never NaN (which
+    `edit` wrote, and which is not JSON)."""
+    src = tmp_path / "in.jsonl"
+    documents.write_documents([DOCS[0], {"id": "short", "text": "Hello"}], src)
+    opts = ["--model", str(prior_folder), "--precision", "float32"]
+    assert cli(["edit", str(src), str(tmp_path / "out.jsonl"), *opts]) == 0
+    got = [_strict_json(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(g["id"], g["ppl"] is None) for g in got] == [("a", False), ("short", True)]
+    assert got[1]["text"] == "Hello" and got[1]["edited_tokens"] == 0 and got[0]["ppl"] > 1
+    assert cli(["edit", str(src), str(tmp_path / "out.parquet"), *opts]) == 0
+    assert pd.read_parquet(tmp_path / "out.parquet").ppl.isna().tolist() == [False, True]
+
+
 def _limited_memory():
     import resource
 
