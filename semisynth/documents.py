@@ -27,7 +27,7 @@ import shutil
 import stat
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -429,22 +429,68 @@ def _checked(docs: Iterable[dict]) -> Iterator[dict]:
         yield doc
 
 
+def _without_nan(value):
+    """``value`` with every NaN or infinite float as None: JSON has no such number."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nan(v) for v in value]
+    return value
+
+
+def json_line(doc: dict) -> bytes:
+    """A document as one line of JSON: a NaN or infinite float (a typed column's, say)
+    becomes null, since writing it as NaN would not be JSON."""
+    try:
+        text = json.dumps(doc, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_without_nan(doc), ensure_ascii=False, default=str, allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
 def _write_jsonl(docs: Iterator[dict], f, gzipped: bool) -> int:
     # mtime=0 and no file name in the gzip header: the same documents give the same bytes,
     # so release checksums are reproducible.
     out = gzip.GzipFile(fileobj=f, mode="wb", filename="", mtime=0) if gzipped else f
     n = 0
     for doc in docs:
-        out.write((json.dumps(doc, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+        out.write(json_line(doc))
         n += 1
     if gzipped:
         out.close()  # writes the gzip trailer; f stays open
     return n
 
 
-def _parquet_batch(batch: list[dict], schema: pa.Schema | None, first: int) -> pa.Table:
+# What building a column of given type raises for a value it cannot hold (UnicodeEncodeError,
+# a lone surrogate, is a ValueError)
+_UNFIT = (pa.ArrowException, TypeError, ValueError, OverflowError)
+# Called with a document's number (0-based, in the order given) and why it cannot be written
+Unwritable = Callable[[int, str], None]
+
+
+def _columns(batch: list[dict], schema: pa.Schema) -> list[pa.Array]:
+    return [fields.json_text(doc.get(f.name) for doc in batch) if fields.is_json(f)
+            else pa.array([doc.get(f.name) for doc in batch], type=f.type) for f in schema]
+
+
+def _unfit_field(doc: dict, schema: pa.Schema) -> str:
+    """Why ``doc`` does not fit ``schema``: the first of its fields that does not."""
+    for f in schema:
+        try:
+            _columns([doc], pa.schema([f]))
+        except _UNFIT as e:
+            return f"field {f.name!r} does not fit its column ({f.type}): {type(e).__name__}: {e}"
+    return "its values do not fit the columns"
+
+
+def _parquet_batch(batch: list[dict], schema: pa.Schema | None, first: int,
+                   unwritable: Unwritable | None = None) -> pa.Table:
     """Documents as a table of ``schema`` (JSON-text fields encoded); without one, of the
-    types Arrow infers. A key the schema lacks is an error: dropping it would lose it."""
+    types Arrow infers. A key the schema lacks is an error: dropping it would lose it. A
+    document with a value its column cannot hold is an error naming it and the field, or
+    with ``unwritable``, is passed to it and left out."""
     if schema is None:
         return pa.Table.from_pylist(batch)
     names = set(schema.names)
@@ -452,20 +498,36 @@ def _parquet_batch(batch: list[dict], schema: pa.Schema | None, first: int) -> p
         if extra := [k for k in doc if k not in names]:
             raise ValueError(f"document {n} has key(s) {extra} that the file's columns "
                              f"({', '.join(schema.names)}) lack")
-    columns = [fields.json_text(doc.get(f.name) for doc in batch) if fields.is_json(f)
-               else pa.array([doc.get(f.name) for doc in batch], type=f.type) for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
+    try:
+        return pa.Table.from_arrays(_columns(batch, schema), schema=schema)
+    except _UNFIT:
+        pass
+    kept = []  # the rare failing batch, one document at a time: only the unfit ones go
+    for n, doc in enumerate(batch, start=first):
+        try:
+            _columns([doc], schema)
+        except _UNFIT:
+            why = _unfit_field(doc, schema)
+            if unwritable is None:
+                raise ValueError(f"document {n}: {why}") from None
+            unwritable(n, why)
+            continue
+        kept.append(doc)
+    return pa.Table.from_arrays(_columns(kept, schema), schema=schema)
 
 
-def _write_parquet(docs: Iterator[dict], f, batch_rows: int, schema: pa.Schema | None) -> int:
-    writer, n = None, 0
+def _write_parquet(docs: Iterator[dict], f, batch_rows: int, schema: pa.Schema | None,
+                   unwritable: Unwritable | None = None) -> int:
+    writer, n, written = None, 0, 0
     try:
         while batch := list(islice(docs, batch_rows)):
             # without a schema the first batch fixes it; later batches must fit it
-            table = _parquet_batch(batch, schema or (writer.schema if writer else None), n)
+            table = _parquet_batch(batch, schema or (writer.schema if writer else None), n,
+                                   unwritable)
             writer = writer or pq.ParquetWriter(f, table.schema)
             writer.write_table(table)
             n += len(batch)
+            written += table.num_rows
     except BaseException:
         if writer is not None:  # closed now, not by the collector after f is gone
             with contextlib.suppress(Exception):
@@ -475,24 +537,26 @@ def _write_parquet(docs: Iterator[dict], f, batch_rows: int, schema: pa.Schema |
         writer = pq.ParquetWriter(
             f, schema or pa.schema([("id", pa.string()), ("text", pa.string())]))
     writer.close()
-    return n
+    return written
 
 
 def write_documents(docs: Iterable[dict], path, batch_rows: int = 1000,
-                    schema: pa.Schema | None = None) -> int:
+                    schema: pa.Schema | None = None, unwritable: Unwritable | None = None) -> int:
     """Write documents (dicts with at least `id` and `text`; other keys are kept) in the
     format the extension names; atomic: readers see the old file or the whole new one.
-    Parquet's columns are ``schema``'s (a field marked as JSON text holds its values
-    encoded), else the types Arrow infers from the first ``batch_rows`` documents; a
-    document with a key the columns lack raises ValueError. Returns the number of
-    documents written."""
+    JSON lines write a NaN or infinite float as null. Parquet's columns are ``schema``'s
+    (a field marked as JSON text holds its values encoded), else the types Arrow infers
+    from the first ``batch_rows`` documents; a document with a key the columns lack raises
+    ValueError, and so does one with a value its column cannot hold, unless
+    ``unwritable`` is given: it is then called with the document's number and why, and
+    the document is left out. Returns the number of documents written."""
     path = str(path)
     fmt = file_format(path)
     fs, target = fsspec.core.url_to_fs(path)
 
     def write(f) -> int:
         if fmt == ".parquet":
-            return _write_parquet(_checked(docs), f, batch_rows, schema)
+            return _write_parquet(_checked(docs), f, batch_rows, schema, unwritable)
         return _write_jsonl(_checked(docs), f, gzipped=fmt == ".jsonl.gz")
 
     if not isinstance(fs, LocalFileSystem):  # object stores publish a file whole, on close
@@ -504,16 +568,22 @@ def write_documents(docs: Iterable[dict], path, batch_rows: int = 1000,
 
 def expand_paths(patterns: list[str]) -> list[str]:
     """Globs (local or fsspec URLs, `**` included) to a sorted list of files; a pattern
-    that matches no file raises, since a silently empty input is almost always a typo."""
+    that matches no file raises, since a silently empty input is almost always a typo, and
+    so does one that matches something other than a file or folder (a FIFO, a device:
+    ``check_regular``), rather than leave it out unsaid."""
     if isinstance(patterns, str):
         patterns = [patterns]
     files = set()
     for pattern in patterns:
         fs, root = fsspec.core.url_to_fs(str(pattern))
-        found = [p for p, info in fs.glob(root, detail=True).items() if info["type"] == "file"]
+        matched = fs.glob(root, detail=True)
+        local = isinstance(fs, LocalFileSystem)
+        for p, info in matched.items():
+            if local and info["type"] not in ("file", "directory"):
+                check_regular(p)
+        found = [p for p, info in matched.items() if info["type"] == "file"]
         if not found:
             raise FileNotFoundError(f"no document files match {pattern}")
-        local = isinstance(fs, LocalFileSystem)
         files.update(p if local else fs.unstrip_protocol(p) for p in found)
     return sorted(files)
 

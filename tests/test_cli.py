@@ -400,6 +400,41 @@ def test_edit_skips_each_row_the_parser_refuses_naming_it(tmp_path, prior_folder
         assert [r.id for r in documents.read_records(str(out))] == ["a", "b"]
 
 
+def test_edit_to_parquet_keeps_every_field_and_names_a_row_it_cannot_write(
+        tmp_path, prior_folder, capsys):
+    """Every field of every row reaches the Parquet output: one first seen after row 1,000,
+    one whose type changes (JSON text), one named as edit's own `ppl` column (which
+    overwrote it); a row whose field no Parquet column can hold (a lone surrogate, which
+    failed the whole command) is skipped and named with its line."""
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"r{i}", "text": "One two three.", "year": 1961} for i in range(1100)]
+    for i in range(1000, 1100):
+        rows[i] |= {"late": {"k": i}, "year": str(i)}
+    rows[5]["ppl"] = "hand-rated"
+    lines = [json.dumps(r).encode() for r in rows]
+    lines[7] = b'{"id": "r7", "text": "One two three.", "x": "\\ud800"}'
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.parquet"
+    assert cli(["edit", str(src), str(out), "--model", str(prior_folder), "--precision",
+                "float32", "--max-tokens", "2"]) == 4
+    err = capsys.readouterr().err
+    assert f"skipped {src}:8: invalid utf-8: a lone surrogate '\\ud800'" in err
+    assert f"field 'ppl' written to {out} as 'input_ppl': edit's own column has its name" in err
+    assert "field 'year': its values have different types" in err
+    table = pq.read_table(out)
+    assert table.schema.names == ["id", "text", "year", "input_ppl", "late", "ppl",
+                                  "edited_tokens", "dropped_tokens"]
+    got = table.to_pylist()
+    kept = [r for i, r in enumerate(rows) if i != 7]
+    assert [g["id"] for g in got] == [r["id"] for r in kept]
+    assert [g["late"] for g in got] == [r.get("late") for r in kept]
+    assert [json.loads(g["year"]) for g in got] == [r["year"] for r in kept]
+    assert [g["input_ppl"] for g in got[:6]] == [None] * 5 + ["hand-rated"]
+    assert all(isinstance(g["ppl"], float) for g in got)
+
+
 def _strict_json(line: str):
     def refuse(name):
         raise ValueError(f"{name} is not JSON")

@@ -609,3 +609,35 @@ def test_write_documents_to_parquet_never_drops_a_key(tmp_path):
     assert table.to_pylist() == [{"id": "a", "text": "x", "late": None, "any": "[1]"},
                                  {"id": "b", "text": "y", "late": 1, "any": '"one"'}]
     assert not (tmp_path / "inferred.parquet").exists()
+
+
+def test_write_documents_names_a_document_its_columns_cannot_hold(tmp_path):
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("n", pa.int16())])
+    docs = [{"id": "a", "text": "x", "n": 1}, {"id": "b", "text": "y", "n": 10**6},
+            {"id": "c", "text": "z", "n": 2}]
+    with pytest.raises(ValueError, match=r"^document 1: field 'n' does not fit its column \(int16\)"):
+        write_documents(docs, tmp_path / "strict.parquet", schema=schema)
+    assert not (tmp_path / "strict.parquet").exists()
+    # with a callback (`semisynth edit` names the row's line): that document left out, said
+    lost = []
+    assert write_documents(docs, tmp_path / "out.parquet", schema=schema,
+                           unwritable=lambda n, why: lost.append((n, why))) == 2
+    assert [n for n, _ in lost] == [1] and lost[0][1].startswith("field 'n' does not fit")
+    assert pq.read_table(tmp_path / "out.parquet").column("id").to_pylist() == ["a", "c"]
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".jsonl.gz"])
+def test_write_documents_writes_json_lines_that_are_json(tmp_path, ext):
+    """A NaN or infinite float (a typed column's, a score's) is null: NaN is not JSON."""
+    path = tmp_path / f"out{ext}"
+    docs = [{"id": "a", "text": "x", "score": float("nan"), "m": {"v": [float("inf"), 1.5]}},
+            {"id": "b", "text": "y", "score": 0.5}]
+    write_documents(docs, path)
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    text = (gzip.decompress(path.read_bytes()) if ext == ".jsonl.gz" else path.read_bytes()).decode()
+    assert [json.loads(line, parse_constant=refuse) for line in text.splitlines()] == [
+        {"id": "a", "text": "x", "score": None, "m": {"v": [None, 1.5]}},
+        {"id": "b", "text": "y", "score": 0.5}]
