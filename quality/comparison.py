@@ -17,7 +17,7 @@ import numpy as np
 from semisynth.quality.bootstrap import bootstrap_ci, coverage_of_covered, covered_types_by_doc
 from semisynth.quality.ngram_metrics import NGRAM_METRICS, frequent_ref_types, metrics_of_counts
 from semisynth.quality.ngrams import NgramCounts, count_ngrams, count_sample
-from semisynth.quality.ppl_metrics import ppl_low_frac, ppl_metrics, ppl_tail_frac
+from semisynth.quality.ppl_metrics import ppl_low_frac, ppl_metrics, ppl_tail_frac, scored
 from semisynth.quality.sample import Sample, comparison_streams
 
 
@@ -49,12 +49,15 @@ def compare(cand: Sample, ref: Sample, budget: int, seed: int, orders=(1, 2, 3),
     # each sample counted once: the reference's counts serve the metrics and the coverage CI
     ref_counts = sample_counts(ref, ref_last, orders, client)
     cand_counts = sample_counts(cand, cand_last, orders, client)
-    values = ppl_metrics(cand.ppl, ref.ppl) | metrics_of_counts(cand_counts, ref_counts, orders,
+    # a document too short to score (fewer than 2 tokens) counts for the n-grams, not here
+    cand_ppl, ref_ppl = scored(cand.ppl), scored(ref.ppl)
+    values = ppl_metrics(cand_ppl, ref_ppl) | metrics_of_counts(cand_counts, ref_counts, orders,
                                                                 buckets)
     cis = {}
     if bootstrap:
-        cis["ppl_low_frac"] = bootstrap_ci(ppl_low_frac, cand.ppl, ref.ppl, bootstrap, seed)
-        cis["ppl_tail_frac"] = bootstrap_ci(ppl_tail_frac, cand.ppl, ref.ppl, bootstrap, seed)
+        if "ppl_low_frac" in values:
+            cis["ppl_low_frac"] = bootstrap_ci(ppl_low_frac, cand_ppl, ref_ppl, bootstrap, seed)
+            cis["ppl_tail_frac"] = bootstrap_ci(ppl_tail_frac, cand_ppl, ref_ppl, bootstrap, seed)
         if 2 in orders:  # per document, in memory (the budget's tokens): a resample is a
             # multiset of documents
             ref_types = frequent_ref_types(*ref_counts.table(2))

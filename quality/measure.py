@@ -30,7 +30,7 @@ from semisynth.config import Config, MetricsConfig
 from semisynth.errors import InputError
 from semisynth.quality.comparison import compare, sample_counts, yardstick
 from semisynth.quality.ngrams import top_of_table, unpack_ngram
-from semisynth.quality.ppl_metrics import log_bins, ppl_histogram
+from semisynth.quality.ppl_metrics import log_bins, ppl_histogram, scored
 from semisynth.quality.sample import CorpusScan, InMemory, Sample, ScoreFiles, comparison_streams
 from semisynth.warehouse import db
 
@@ -47,8 +47,8 @@ __all__ = ["InputError", "Measurement", "MeasuredRun", "Scored", "ScoreFiles", "
 @dataclass
 class Shown:
     """What the run's tables and plots keep of one measured corpus: the perplexities of its
-    sample (up to the cap) and, per n-gram order, its most frequent n-grams and its
-    rank-frequency curve."""
+    sample (up to the cap; its documents too short to have one left out) and, per n-gram
+    order, its most frequent n-grams and its rank-frequency curve."""
 
     ppl: np.ndarray
     documents: int  # in the sample
@@ -170,7 +170,7 @@ def shown_of(sample: Sample, orders: tuple[int, ...], client=None) -> Shown:
         best_types, best_counts = top_of_table(types, counts, TOP_NGRAMS)
         top[n] = (best_types, best_counts, int(counts.sum()))
         curves[n] = rank_frequency_curve(counts)
-    return Shown(sample.ppl, len(sample), top, curves)
+    return Shown(scored(sample.ppl), len(sample), top, curves)
 
 
 def share_rows(scans: Mapping[str, CorpusScan], pairs: Mapping[str, str],

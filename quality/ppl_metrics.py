@@ -1,6 +1,8 @@
 """Perplexity-distribution metrics of a candidate corpus against a reference.
 
 See DESIGN.md, "Signals of collapse". Inputs are 1-D float arrays of per-document perplexity.
+A document of fewer than 2 tokens has none (null in its score file, NaN in a sample's
+array): ``scored`` leaves such documents out, and ``ppl_metrics`` measures only the others.
 ``ppl_metrics`` gives the candidate's quantiles (``ppl_q01`` .. ``ppl_q99``), the shares of its
 documents below the reference's 25th and above its 90th percentile (``ppl_low_frac``,
 ``ppl_tail_frac``), and the two-sample Kolmogorov-Smirnov statistic and the Wasserstein-1
@@ -24,8 +26,18 @@ def ppl_tail_frac(cand_ppl, ref_ppl) -> float:
     return float(np.mean(np.asarray(cand_ppl) >= np.quantile(ref_ppl, 0.90)))
 
 
+def scored(ppl) -> np.ndarray:
+    """The perplexities of the documents that have one (finite and positive)."""
+    ppl = np.asarray(ppl, float)
+    return ppl[np.isfinite(ppl) & (ppl > 0)]
+
+
 def ppl_metrics(cand_ppl, ref_ppl) -> dict[str, float]:
-    cand_ppl, ref_ppl = np.asarray(cand_ppl, float), np.asarray(ref_ppl, float)
+    """Every perplexity metric over the documents of each side that have a perplexity;
+    none when a side has no such document (the gate then fails them as missing)."""
+    cand_ppl, ref_ppl = scored(cand_ppl), scored(ref_ppl)
+    if not (len(cand_ppl) and len(ref_ppl)):
+        return {}
     out = {f"ppl_q{round(q * 100):02d}": float(v)
            for q, v in zip(PPL_QUANTILES, np.quantile(cand_ppl, PPL_QUANTILES), strict=True)}
     out["ppl_low_frac"] = ppl_low_frac(cand_ppl, ref_ppl)

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import traceback
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -368,15 +369,16 @@ def cmd_edit(
                                 batch_tokens=batch_tokens)
     except ValidationError as exc:
         raise ValueError(validation_message(exc, "edit")) from exc
-    # the file is read once more for the ETA's total and Parquet's column types: cheap next
-    # to the model's work
-    total, rejected = 0, []
+    # the file is read once more for the ETA's total, its fields' names and Parquet's column
+    # types: cheap next to the model's work
+    total, rejected, names = 0, [], set()
 
     def good_fields() -> Iterator[dict]:
         nonlocal total
         for rec in documents.read_records(input):
             if rec.reason is None:
                 total += 1
+                names.update(rec.meta)
                 yield rec.meta
             else:
                 rejected.append(rec)
@@ -392,50 +394,82 @@ def cmd_edit(
             print(f"skipped {input}:{rec.line}: {rec.reason}", file=sys.stderr)
         raise ValueError(f"{input}: no usable documents ({len(rejected)} bad rows); "
                          "nothing written")
+    renamed = _renamed_fields(names)
+    for key, name in renamed.items():
+        print(f"field {key!r} written to {output} as {name!r}: edit's own column has its name",
+              file=sys.stderr)
     prior = load_prior(model, ctx.obj.settings.data_root, precision)
     scorer = Scorer.from_config(prior, prior_cfg, edit, seed)
     bad: list[Record] = []
     stats = {"documents": 0, "tokens": 0, "edited": 0, "dropped": 0}
+    lines = array("q")  # the input line of each document given to the writer, in order
+
+    def unwritable(n: int, why: str) -> None:
+        stats["documents"] -= 1
+        bad.append(documents.Record(lines[n], reason=f"not written to {output}: {why}"))
 
     def edited_docs(bar) -> Iterator[dict]:
         for batch in _good_batches(input, bad):
             results = scorer.score([r.id for r in batch], [r.text for r in batch],
                                    progress=lambda tokens: bar.advance(0, also=tokens))
             for rec, res in zip(batch, results, strict=True):
+                lines.append(rec.line)
                 stats["documents"] += 1
                 stats["tokens"] += res.scored_tokens
                 stats["edited"] += res.edited_tokens
                 stats["dropped"] += res.dropped_tokens
                 # every field of the input is kept; id and text are the edited document's
+                meta = {renamed.get(k, k): v for k, v in rec.meta.items()} if renamed else rec.meta
                 yield {"id": rec.id, "text": prior.tokenizer.decode(res.edited_ids.tolist()),
-                       **rec.meta, "ppl": res.ppl, "edited_tokens": res.edited_tokens,
+                       **meta, "ppl": res.ppl, "edited_tokens": res.edited_tokens,
                        "dropped_tokens": res.dropped_tokens}
             bar.advance(len(batch))
 
     with progress("edited", total=total, unit="documents", also="tokens") as bar:
-        documents.write_documents(edited_docs(bar), output, schema=_edit_schema(doc_fields))
+        documents.write_documents(edited_docs(bar), output,
+                                  schema=_edit_schema(doc_fields, renamed), unwritable=unwritable)
     rate = stats["edited"] / max(stats["tokens"], 1)
     print(f"{stats['documents']} documents, {stats['tokens']} tokens scored, {stats['edited']} edited "
           f"({rate:.4%}), {stats['dropped']} dropped -> {output}")
     for key in fields.json_keys(doc_fields):
         print(f"field {key!r}: its values have different types, written to {output} as "
               "JSON text", file=sys.stderr)
-    for rec in bad:
+    for rec in sorted(bad, key=lambda r: r.line or float("inf")):
         print(f"skipped {input}:{rec.line}: {rec.reason}", file=sys.stderr)
     rest = " (line 0: the unreadable rest of the file)" if any(r.line == 0 for r in bad) else ""
     return partial_exit(len(bad), allow_partial, f"{len(bad)} row(s) of {input} skipped{rest}, "
                         f"{stats['documents']} documents written")
 
 
-def _edit_schema(doc_fields):
+EDIT_COLUMNS = ("ppl", "edited_tokens", "dropped_tokens")  # what `edit` adds to a document
+
+
+def _renamed_fields(names: set[str]) -> dict[str, str]:
+    """The input fields named as one of edit's own columns, each to ``input_<name>`` (with
+    more ``input_`` while that is taken too), as a release renames them: written under its
+    own name, the score would overwrite it."""
+    from semisynth.fields import RENAMED_PREFIX
+
+    taken = {"id", "text", *EDIT_COLUMNS, *names}
+    renamed = {}
+    for key in sorted(names & set(EDIT_COLUMNS)):
+        name = key
+        while name in taken:
+            name = RENAMED_PREFIX + name
+        taken.add(name)
+        renamed[key] = name
+    return renamed
+
+
+def _edit_schema(doc_fields, renamed: dict[str, str]):
     """The columns of ``edit``'s Parquet output: id, text, the input's fields as they are
-    typed (``doc_fields``, a struct type or None), then the scores."""
+    typed (``doc_fields``, a struct type or None; ``renamed``: the new names of those that
+    edit's own columns take), then the scores."""
     import pyarrow as pa
 
     ours = [pa.field("ppl", pa.float64()), pa.field("edited_tokens", pa.int64()),
             pa.field("dropped_tokens", pa.int64())]
-    taken = {"id", "text", *(f.name for f in ours)}
-    kept = [f for f in doc_fields or [] if f.name not in taken]
+    kept = [f.with_name(renamed.get(f.name, f.name)) for f in doc_fields or []]
     return pa.schema([pa.field("id", pa.string()), pa.field("text", pa.string()), *kept, *ours])
 
 

@@ -4,43 +4,69 @@
 Reading streams and never raises on bad data: each row comes back as a `Record`, good
 (`reason is None`) or bad (`reason` says why, `excerpt` shows the raw row), so the caller
 can quarantine it; a file that breaks off (truncated or corrupt gzip, a damaged Parquet row
-group, not gzip or Parquet at all) ends with one whole-file Record (line 0) after the rows
-read before the damage. A row without an id gets `<name>:<line>`, where the name is the
-file's path relative to the folder its patterns share (`source_names`), so files of the
-same name in different folders never share ids. Writing streams too and is atomic
-(temporary file, then rename)."""
+group, not gzip or Parquet at all, a jsonl file that turns out to be UTF-16 or UTF-32) ends
+with one whole-file Record (line 0) after the rows read before the damage. A JSON line is
+parsed within bounds (MAX_LINE_BYTES, MAX_DEPTH, MAX_INT_DIGITS; finite numbers, strings
+UTF-8 can hold): a row beyond them is a bad Record, never an exception. A row without an id
+gets `<name>:<line>`, where the name is the file's path relative to the folder its patterns
+share (`source_names`), so files of the same name in different folders never share ids.
+Only regular files are read: a FIFO or a device is refused before it is opened. Writing
+streams too and is atomic (temporary file, then rename)."""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import json
+import math
 import os
 import posixpath
+import re
 import shutil
+import stat
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractBufferedFile
 
 from semisynth import fields
+from semisynth.errors import InputError
 
 FORMATS = (".jsonl.gz", ".jsonl", ".parquet")  # longest first: ".jsonl.gz" ends in neither other
 EXCERPT_CHARS = 200
 PARQUET_BATCH_ROWS = 1024
 GLOB_CHARS = "*?["
 WHOLE_FILE = 0  # the line of a Record that stands for the rest of an unreadable file
+# The bounds of one JSON line. A longer line is skipped unread (its memory stays bounded,
+# even for a file without newlines); 32 MiB holds the longest documents the prior is given
+# (prior.max_doc_tokens cuts them, a 10 MB one included) with room for their fields.
+MAX_LINE_BYTES = 32 * 2**20
+# Near 1,000 levels Python's JSON parser crashes (how near depends on the caller's stack);
+# from 50 on, a shard can be written that no Parquet reader opens again (they refuse a
+# schema deeper than 100, and a list takes two of its levels). 32 leaves room for the
+# columns around a row's fields, and is far deeper than any real layout (Dolma's: 3).
+MAX_DEPTH = 32
+# Beyond 64 bits an integer is kept as JSON text, but Python refuses to turn one of more
+# than 4,300 digits into text at all: 1,000 digits is far past any numeric type.
+MAX_INT_DIGITS = 1000
 
 
 class WrongEncoding(ValueError):
-    """A jsonl file that is not UTF-8 at all (UTF-16 or UTF-32), seen on its first line."""
+    """A jsonl file that is not UTF-8 at all (UTF-16 or UTF-32) from some line on."""
+
+
+class _Refused(ValueError):
+    """A value the JSON parser met that a row may not hold (``_parse_row``)."""
 
 
 # What a damaged file raises while it is read: gzip (BadGzipFile is an OSError; a truncated
@@ -141,18 +167,112 @@ def _record(row: dict, raw, line: int, default_id: str, text_field: str, id_fiel
     return Record(line, id=doc_id, text=text, meta=meta)
 
 
-def _check_first_line(raw: bytes) -> None:
-    # JSON text holds no raw NUL byte, and UTF-8 none but in NUL itself: UTF-16 and UTF-32
-    # (with or without a byte order mark) put one beside every ASCII character
-    if b"\x00" in raw or raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise WrongEncoding("not UTF-8: NUL bytes or a UTF-16 byte order mark on line 1 "
-                            "(a UTF-16 or UTF-32 file?)")
+_WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-16 LE, BE (UTF-32 LE too), UTF-32 BE
+
+
+def _wide_encoding(raw: bytes) -> bool:
+    """Whether a line that holds NUL bytes or starts with a byte order mark is UTF-16 or
+    UTF-32 text rather than a UTF-8 row with a stray NUL: those encodings put NULs beside
+    every ASCII character, so beside (nearly) every quote of a JSON line."""
+    if raw.startswith(_WIDE_BOMS):
+        return True
+    quotes = raw.count(b'"')
+    return quotes >= 2 and 2 * (raw.count(b'"\x00') + raw.count(b'\x00"')) >= quotes
+
+
+def _lines(f) -> Iterator[tuple[bytes, int]]:
+    """(line, its length in bytes without the newline) for each line of ``f``; a line
+    longer than MAX_LINE_BYTES comes back as its first bytes only, the rest read past in
+    pieces, so that no line costs more memory than the bound."""
+    while raw := f.readline(MAX_LINE_BYTES + 1):
+        if raw.endswith(b"\n") or len(raw) <= MAX_LINE_BYTES:
+            yield raw, len(raw) - raw.endswith(b"\n")
+            continue
+        size = len(raw)
+        while rest := f.readline(2**20):
+            size += len(rest)
+            if rest.endswith(b"\n"):
+                size -= 1
+                break
+        yield raw[: EXCERPT_CHARS * 4], size  # enough bytes for the excerpt's characters
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+# A \u escape of a UTF-16 surrogate: only such an escape can put a lone surrogate (which
+# no UTF-8 text holds) into a parsed string
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _depth(raw: bytes) -> int:
+    """How deep the arrays and objects of a JSON line nest (brackets inside strings left
+    out), or 0 for a line with too few brackets to nest past MAX_DEPTH; counted without
+    parsing, which is what a too deep row would crash."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return 0  # cannot be deeper than the bound: not worth counting
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", raw).translate(None, _NOT_A_BRACKET), np.uint8)
+    # "[" and "{" end in 0xB, "]" and "}" in 0xD
+    return int(np.cumsum(np.where(brackets & 0x0F == 0x0B, 1, -1)).max(initial=0))
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise _Refused(f"an integer of {len(digits.lstrip('-')):,} digits (at most "
+                       f"{MAX_INT_DIGITS:,})")
+    return int(digits)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # JSON has no infinity to write it back as
+        raise _Refused(f"a number beyond a float's range ({text[:40]})")
+    return value
+
+
+def _no_constant(name: str):
+    raise _Refused(f"invalid json: {name} is not a JSON value")
+
+
+def _parse_row(raw: bytes, s: str) -> tuple[object, str | None]:
+    """A JSON line parsed within the bounds: (the value, None), or (None, why not)."""
+    if (depth := _depth(raw)) > MAX_DEPTH:
+        return None, f"nested {depth:,} levels deep (at most {MAX_DEPTH})"
+    try:
+        row = json.loads(s, parse_int=_bounded_int, parse_float=_finite_float,
+                         parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        return None, f"invalid json: {e}"
+    except _Refused as e:
+        return None, str(e)
+    except RecursionError:  # only if _depth misjudged a line that is not JSON
+        return None, f"nested more than {MAX_DEPTH} levels deep"
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            return None, (f"invalid utf-8: a lone surrogate {e.object[e.start]!r} (an unpaired "
+                          "\\u escape), which UTF-8 cannot hold")
+    return row, None
 
 
 def _read_jsonl(f, name: str, text_field: str, id_field: str) -> Iterator[Record]:
-    for line, raw in enumerate(f, start=1):
-        if line == 1:
-            _check_first_line(raw)
+    # AbstractBufferedFile (s3://, hf://) reads a line whole, whatever its length: a
+    # buffered reader bounds it
+    f = io.BufferedReader(f) if isinstance(f, AbstractBufferedFile) else f
+    for line, (raw, size) in enumerate(_lines(f), start=1):
+        if size > MAX_LINE_BYTES:
+            yield Record(line, reason=f"line of {size:,} bytes (at most {MAX_LINE_BYTES:,})",
+                         excerpt=excerpt_of(raw))
+            continue
+        # decided line by line: a stray NUL costs its row, UTF-16 or UTF-32 text the rest
+        # of the file (from a byte order mark on, or from line 1: the whole file)
+        if b"\x00" in raw or raw.startswith(_WIDE_BOMS):
+            if _wide_encoding(raw):
+                raise WrongEncoding(f"not UTF-8 from line {line} on: a byte order mark or NUL "
+                                    "bytes beside its quotes (UTF-16 or UTF-32 text?)")
+            yield Record(line, reason="invalid json: a NUL byte, which JSON text never holds",
+                         excerpt=excerpt_of(raw.replace(b"\x00", b"\\x00")))
+            continue
         if not raw.strip():
             continue  # blank lines are layout, not rows
         try:
@@ -162,10 +282,9 @@ def _read_jsonl(f, name: str, text_field: str, id_field: str) -> Iterator[Record
             continue
         if line == 1:
             s = s.removeprefix("\ufeff")  # a BOM some editors write
-        try:
-            row = json.loads(s)
-        except json.JSONDecodeError as e:
-            yield Record(line, reason=f"invalid json: {e}", excerpt=excerpt_of(s))
+        row, reason = _parse_row(raw, s)
+        if reason is not None:
+            yield Record(line, reason=reason, excerpt=excerpt_of(s))
             continue
         if not isinstance(row, dict):
             yield Record(
@@ -219,6 +338,28 @@ def _read_parquet(f, name: str, text_field: str, id_field: str) -> Iterator[Reco
                     yield _record(row, row, line, f"{name}:{line}", text_field, id_field)
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISDIR, "a folder"))
+
+
+def check_regular(path: str) -> None:
+    """Refuse a local path that is not a regular file (InputError naming it), before it is
+    opened: a FIFO would hang its reader, a device such as /dev/zero never end. A missing
+    file raises FileNotFoundError; fsspec URLs of other filesystems are not checked."""
+    fs, local = fsspec.core.url_to_fs(str(path))
+    if not isinstance(fs, LocalFileSystem):
+        return
+    try:
+        mode = os.stat(local).st_mode
+    except FileNotFoundError as e:
+        link = " (a link to nothing)" if os.path.islink(local) else ""
+        raise FileNotFoundError(f"no such document file: {path}{link}") from e
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in _KINDS if test(mode)), "not a file")
+        raise InputError(f"{path}: not a regular file ({kind}); document files only")
+
+
 def _read_rows(path: str, fmt: str, name: str, text_field: str, id_field: str) -> Iterator[Record]:
     compression = "gzip" if fmt == ".jsonl.gz" else None
     with fsspec.open(path, "rb", compression=compression) as f:
@@ -243,6 +384,7 @@ def declared_types(path: str, text_field: str = "text", id_field: str = "id"
     path = str(path)
     if file_format(path) != ".parquet":
         return None
+    check_regular(path)
     try:
         with fsspec.open(path, "rb") as f:
             schema = pq.read_schema(f)
@@ -256,11 +398,13 @@ def read_records(
 ) -> Iterator[Record]:
     """Stream the rows of one document file. A bad row is a Record with a reason; a file
     that breaks off (or cannot be read at all) ends with one whole-file Record, line 0,
-    after the good rows before the damage; only a missing file raises. A row without an
-    id gets ``<name>:<line>``, ``name`` defaulting to the file's base name."""
+    after the good rows before the damage; only a missing file (FileNotFoundError) and one
+    that is not a regular file (InputError, ``check_regular``) raise, before any row. A row
+    without an id gets ``<name>:<line>``, ``name`` defaulting to the file's base name."""
     path = str(path)
     fmt = file_format(path)
     name = name or posixpath.basename(path.rstrip("/"))
+    check_regular(path)
     last_line = 0
     with contextlib.closing(_read_rows(path, fmt, name, text_field, id_field)) as rows:
         while True:
@@ -285,22 +429,68 @@ def _checked(docs: Iterable[dict]) -> Iterator[dict]:
         yield doc
 
 
+def _without_nan(value):
+    """``value`` with every NaN or infinite float as None: JSON has no such number."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nan(v) for v in value]
+    return value
+
+
+def json_line(doc: dict) -> bytes:
+    """A document as one line of JSON: a NaN or infinite float (a typed column's, say)
+    becomes null, since writing it as NaN would not be JSON."""
+    try:
+        text = json.dumps(doc, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_without_nan(doc), ensure_ascii=False, default=str, allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
 def _write_jsonl(docs: Iterator[dict], f, gzipped: bool) -> int:
     # mtime=0 and no file name in the gzip header: the same documents give the same bytes,
     # so release checksums are reproducible.
     out = gzip.GzipFile(fileobj=f, mode="wb", filename="", mtime=0) if gzipped else f
     n = 0
     for doc in docs:
-        out.write((json.dumps(doc, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+        out.write(json_line(doc))
         n += 1
     if gzipped:
         out.close()  # writes the gzip trailer; f stays open
     return n
 
 
-def _parquet_batch(batch: list[dict], schema: pa.Schema | None, first: int) -> pa.Table:
+# What building a column of given type raises for a value it cannot hold (UnicodeEncodeError,
+# a lone surrogate, is a ValueError)
+_UNFIT = (pa.ArrowException, TypeError, ValueError, OverflowError)
+# Called with a document's number (0-based, in the order given) and why it cannot be written
+Unwritable = Callable[[int, str], None]
+
+
+def _columns(batch: list[dict], schema: pa.Schema) -> list[pa.Array]:
+    return [fields.json_text(doc.get(f.name) for doc in batch) if fields.is_json(f)
+            else pa.array([doc.get(f.name) for doc in batch], type=f.type) for f in schema]
+
+
+def _unfit_field(doc: dict, schema: pa.Schema) -> str:
+    """Why ``doc`` does not fit ``schema``: the first of its fields that does not."""
+    for f in schema:
+        try:
+            _columns([doc], pa.schema([f]))
+        except _UNFIT as e:
+            return f"field {f.name!r} does not fit its column ({f.type}): {type(e).__name__}: {e}"
+    return "its values do not fit the columns"
+
+
+def _parquet_batch(batch: list[dict], schema: pa.Schema | None, first: int,
+                   unwritable: Unwritable | None = None) -> pa.Table:
     """Documents as a table of ``schema`` (JSON-text fields encoded); without one, of the
-    types Arrow infers. A key the schema lacks is an error: dropping it would lose it."""
+    types Arrow infers. A key the schema lacks is an error: dropping it would lose it. A
+    document with a value its column cannot hold is an error naming it and the field, or
+    with ``unwritable``, is passed to it and left out."""
     if schema is None:
         return pa.Table.from_pylist(batch)
     names = set(schema.names)
@@ -308,20 +498,36 @@ def _parquet_batch(batch: list[dict], schema: pa.Schema | None, first: int) -> p
         if extra := [k for k in doc if k not in names]:
             raise ValueError(f"document {n} has key(s) {extra} that the file's columns "
                              f"({', '.join(schema.names)}) lack")
-    columns = [fields.json_text(doc.get(f.name) for doc in batch) if fields.is_json(f)
-               else pa.array([doc.get(f.name) for doc in batch], type=f.type) for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
+    try:
+        return pa.Table.from_arrays(_columns(batch, schema), schema=schema)
+    except _UNFIT:
+        pass
+    kept = []  # the rare failing batch, one document at a time: only the unfit ones go
+    for n, doc in enumerate(batch, start=first):
+        try:
+            _columns([doc], schema)
+        except _UNFIT:
+            why = _unfit_field(doc, schema)
+            if unwritable is None:
+                raise ValueError(f"document {n}: {why}") from None
+            unwritable(n, why)
+            continue
+        kept.append(doc)
+    return pa.Table.from_arrays(_columns(kept, schema), schema=schema)
 
 
-def _write_parquet(docs: Iterator[dict], f, batch_rows: int, schema: pa.Schema | None) -> int:
-    writer, n = None, 0
+def _write_parquet(docs: Iterator[dict], f, batch_rows: int, schema: pa.Schema | None,
+                   unwritable: Unwritable | None = None) -> int:
+    writer, n, written = None, 0, 0
     try:
         while batch := list(islice(docs, batch_rows)):
             # without a schema the first batch fixes it; later batches must fit it
-            table = _parquet_batch(batch, schema or (writer.schema if writer else None), n)
+            table = _parquet_batch(batch, schema or (writer.schema if writer else None), n,
+                                   unwritable)
             writer = writer or pq.ParquetWriter(f, table.schema)
             writer.write_table(table)
             n += len(batch)
+            written += table.num_rows
     except BaseException:
         if writer is not None:  # closed now, not by the collector after f is gone
             with contextlib.suppress(Exception):
@@ -331,24 +537,26 @@ def _write_parquet(docs: Iterator[dict], f, batch_rows: int, schema: pa.Schema |
         writer = pq.ParquetWriter(
             f, schema or pa.schema([("id", pa.string()), ("text", pa.string())]))
     writer.close()
-    return n
+    return written
 
 
 def write_documents(docs: Iterable[dict], path, batch_rows: int = 1000,
-                    schema: pa.Schema | None = None) -> int:
+                    schema: pa.Schema | None = None, unwritable: Unwritable | None = None) -> int:
     """Write documents (dicts with at least `id` and `text`; other keys are kept) in the
     format the extension names; atomic: readers see the old file or the whole new one.
-    Parquet's columns are ``schema``'s (a field marked as JSON text holds its values
-    encoded), else the types Arrow infers from the first ``batch_rows`` documents; a
-    document with a key the columns lack raises ValueError. Returns the number of
-    documents written."""
+    JSON lines write a NaN or infinite float as null. Parquet's columns are ``schema``'s
+    (a field marked as JSON text holds its values encoded), else the types Arrow infers
+    from the first ``batch_rows`` documents; a document with a key the columns lack raises
+    ValueError, and so does one with a value its column cannot hold, unless
+    ``unwritable`` is given: it is then called with the document's number and why, and
+    the document is left out. Returns the number of documents written."""
     path = str(path)
     fmt = file_format(path)
     fs, target = fsspec.core.url_to_fs(path)
 
     def write(f) -> int:
         if fmt == ".parquet":
-            return _write_parquet(_checked(docs), f, batch_rows, schema)
+            return _write_parquet(_checked(docs), f, batch_rows, schema, unwritable)
         return _write_jsonl(_checked(docs), f, gzipped=fmt == ".jsonl.gz")
 
     if not isinstance(fs, LocalFileSystem):  # object stores publish a file whole, on close
@@ -360,16 +568,22 @@ def write_documents(docs: Iterable[dict], path, batch_rows: int = 1000,
 
 def expand_paths(patterns: list[str]) -> list[str]:
     """Globs (local or fsspec URLs, `**` included) to a sorted list of files; a pattern
-    that matches no file raises, since a silently empty input is almost always a typo."""
+    that matches no file raises, since a silently empty input is almost always a typo, and
+    so does one that matches something other than a file or folder (a FIFO, a device:
+    ``check_regular``), rather than leave it out unsaid."""
     if isinstance(patterns, str):
         patterns = [patterns]
     files = set()
     for pattern in patterns:
         fs, root = fsspec.core.url_to_fs(str(pattern))
-        found = [p for p, info in fs.glob(root, detail=True).items() if info["type"] == "file"]
+        matched = fs.glob(root, detail=True)
+        local = isinstance(fs, LocalFileSystem)
+        for p, info in matched.items():
+            if local and info["type"] not in ("file", "directory"):
+                check_regular(p)
+        found = [p for p, info in matched.items() if info["type"] == "file"]
         if not found:
             raise FileNotFoundError(f"no document files match {pattern}")
-        local = isinstance(fs, LocalFileSystem)
         files.update(p if local else fs.unstrip_protocol(p) for p in found)
     return sorted(files)
 

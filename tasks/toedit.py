@@ -68,8 +68,10 @@ class DocResult:
     truncated: bool = False  # cut to max_doc_tokens: its later tokens are not scored
 
     @property
-    def ppl(self) -> float:
-        return float(np.exp(self.nll_sum / self.scored_tokens)) if self.scored_tokens else float("nan")
+    def ppl(self) -> float | None:
+        """exp(mean NLL) over the scored positions; None for a document of fewer than 2
+        tokens, which has none to score (not NaN: it would reach metrics and JSON)."""
+        return float(np.exp(self.nll_sum / self.scored_tokens)) if self.scored_tokens else None
 
 
 def doc_key(seed: int, doc_id: str) -> int:

@@ -378,6 +378,109 @@ def test_edit_keeps_nested_fields_and_parquet_types(tmp_path, prior_folder, caps
         assert table.column(name).equals(source.column(name))
 
 
+def test_edit_skips_each_row_the_parser_refuses_naming_it(tmp_path, prior_folder, capsys):
+    """Each of these crashed `edit` (a traceback, or Python's int-limit message naming no
+    row) or lost the whole file ("UTF-16?" for a NUL on line 1); now each costs its row."""
+    rows = [b'{"id": "nul", "text": "x\x00"}', json.dumps(DOCS[0]).encode(),
+            b'{"id": "deep", "text": "t", "m": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+            b'{"id": "big", "text": "t", "n": ' + b"9" * 5000 + b"}",
+            b'{"id": "sur", "text": "t", "x": "\\ud800"}', json.dumps(DOCS[1]).encode()]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(rows) + b"\n")
+    for suffix in (".jsonl", ".parquet"):
+        out = tmp_path / f"out{suffix}"
+        assert cli(["edit", str(src), str(out), "--model", str(prior_folder), "--precision",
+                    "float32", "--max-tokens", "8"]) == 4
+        err = capsys.readouterr().err
+        for line, reason in [(1, "invalid json: a NUL byte"), (3, "nested 1,001 levels deep"),
+                             (4, "an integer of 5,000 digits"),
+                             (5, "invalid utf-8: a lone surrogate '\\ud800'")]:
+            assert f"skipped {src}:{line}: {reason}" in err
+        assert f"partial input: 4 row(s) of {src} skipped, 2 documents written; exit 4" in err
+        assert [r.id for r in documents.read_records(str(out))] == ["a", "b"]
+
+
+def test_edit_to_parquet_keeps_every_field_and_names_a_row_it_cannot_write(
+        tmp_path, prior_folder, capsys):
+    """Every field of every row reaches the Parquet output: one first seen after row 1,000,
+    one whose type changes (JSON text), one named as edit's own `ppl` column (which
+    overwrote it); a row whose field no Parquet column can hold (a lone surrogate, which
+    failed the whole command) is skipped and named with its line."""
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"r{i}", "text": "One two three.", "year": 1961} for i in range(1100)]
+    for i in range(1000, 1100):
+        rows[i] |= {"late": {"k": i}, "year": str(i)}
+    rows[5]["ppl"] = "hand-rated"
+    lines = [json.dumps(r).encode() for r in rows]
+    lines[7] = b'{"id": "r7", "text": "One two three.", "x": "\\ud800"}'
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.parquet"
+    # one token a document: nothing for the model to score, so 1,100 rows cost seconds
+    assert cli(["edit", str(src), str(out), "--model", str(prior_folder), "--precision",
+                "float32", "--max-tokens", "1"]) == 4
+    err = capsys.readouterr().err
+    assert f"skipped {src}:8: invalid utf-8: a lone surrogate '\\ud800'" in err
+    assert f"field 'ppl' written to {out} as 'input_ppl': edit's own column has its name" in err
+    assert "field 'year': its values have different types" in err
+    table = pq.read_table(out)
+    assert table.schema.names == ["id", "text", "year", "input_ppl", "late", "ppl",
+                                  "edited_tokens", "dropped_tokens"]
+    got = table.to_pylist()
+    kept = [r for i, r in enumerate(rows) if i != 7]
+    assert [g["id"] for g in got] == [r["id"] for r in kept]
+    assert [g["late"] for g in got] == [r.get("late") for r in kept]
+    assert [json.loads(g["year"]) for g in got] == [r["year"] for r in kept]
+    assert [g["input_ppl"] for g in got[:6]] == [None] * 5 + ["hand-rated"]
+    assert all(g["ppl"] is None and g["edited_tokens"] == 0 for g in got)
+
+
+def _strict_json(line: str):
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_edit_writes_a_document_too_short_to_score_with_a_null_ppl(tmp_path, prior_folder):
+    """A one-token document has no position to score: its ppl is null, never NaN (which
+    `edit` wrote, and which is not JSON)."""
+    src = tmp_path / "in.jsonl"
+    documents.write_documents([DOCS[0], {"id": "short", "text": "Hello"}], src)
+    opts = ["--model", str(prior_folder), "--precision", "float32"]
+    assert cli(["edit", str(src), str(tmp_path / "out.jsonl"), *opts]) == 0
+    got = [_strict_json(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(g["id"], g["ppl"] is None) for g in got] == [("a", False), ("short", True)]
+    assert got[1]["text"] == "Hello" and got[1]["edited_tokens"] == 0 and got[0]["ppl"] > 1
+    assert cli(["edit", str(src), str(tmp_path / "out.parquet"), *opts]) == 0
+    assert pd.read_parquet(tmp_path / "out.parquet").ppl.isna().tolist() == [False, True]
+
+
+def _limited_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_edit_refuses_an_input_that_is_not_a_regular_file(tmp_path, kind):
+    """Read, a FIFO hung `edit` and /dev/zero grew it without bound: refused before either
+    is opened. (Run in a process of its own, bounded in time and memory.)"""
+    src = tmp_path / "in.jsonl"
+    if kind == "fifo":
+        os.mkfifo(src)
+    else:
+        src.symlink_to("/dev/zero")
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run([str(SEMISYNTH), "edit", str(src), str(out)], capture_output=True,
+                          text=True, timeout=120, preexec_fn=_limited_memory)
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: {src}: not a regular file ({what}); document files only" in proc.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("content", ["a,b,c\n1,2,3\n", "", '{"id": "x"}\n'])
 def test_edit_with_nothing_usable_exits_2_and_writes_nothing(tmp_path, capsys, content):
     src = tmp_path / "in.jsonl"  # a CSV renamed .jsonl, an empty file, rows without text

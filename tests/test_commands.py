@@ -162,6 +162,49 @@ def test_validate_fails_with_exit_1_naming_the_failing_expectations(home, capsys
     assert list(bad.line) == [13] and bad.file[0].endswith("collapsed.jsonl")
 
 
+def test_validate_quarantines_each_row_the_parser_refuses_and_measures_the_rest(home, capsys):
+    """A NUL on line 1 lost the whole file as "UTF-16?"; a row nested 1,000 deep crashed
+    the command (exit 3); an integer of 5,000 digits aborted it naming no row (exit 2)."""
+    path = home / "copy-bounds.jsonl"
+    path.write_bytes(b'{"id": "nul", "text": "x\x00"}\n' + (home / "copy.jsonl").read_bytes()
+                     + b'{"id": "deep", "text": "t", "m": ' + b"[" * 1000 + b"]" * 1000 + b"}\n"
+                     + b'{"id": "big", "text": "t", "n": ' + b"9" * 5000 + b"}\n")
+    assert cli(_args(home, "validate", path)) == 4
+    out = capsys.readouterr().out
+    assert "PASSED" in out and f"input rows quarantined: {path} 3, brown 0 (" in out
+    run_id = _run_id(out, "validate")
+    bad = db.query(db.warehouse_path(home), "SELECT file, line, reason FROM quarantine WHERE "
+                                            "run_id = ? ORDER BY line", [run_id])
+    assert set(bad.file) == {str(path)}
+    assert list(zip(bad.line, bad.reason, strict=True)) == [
+        (1, "invalid json: a NUL byte, which JSON text never holds"),
+        (26, "nested 1,001 levels deep (at most 32)"),
+        (27, "an integer of 5,000 digits (at most 1,000)")]
+
+
+def test_a_document_too_short_to_score_is_kept_and_left_out_of_the_ppl_metrics(home, capsys):
+    """A one-token document's NaN perplexity made ppl_ks and ppl_w1 "missing" and failed
+    the gate; now it has none (NULL) and the perplexity metrics measure the others."""
+    lines = (home / "copy.jsonl").read_text().splitlines()[:8]
+    path = home / "copy-short.jsonl"
+    # fewer tokens than a reference half: the whole candidate, the short one included, is
+    # in its sample
+    path.write_text("\n".join([*lines, json.dumps({"id": "short", "text": "Hello"})]) + "\n")
+    assert cli(_args(home, "validate", path)) == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out
+    run_id = _run_id(out, "validate")
+    wh = db.warehouse_path(home)
+    short = db.query(wh, "SELECT tokens, ppl FROM doc_scores WHERE run_id = ? AND doc_id = "
+                         "'short'", [run_id]).iloc[0]
+    assert short.tokens == 0 and np.isnan(short.ppl)  # NULL in the table
+    budget = db.query(wh, "SELECT DISTINCT budget FROM metrics WHERE run_id = ? AND metric "
+                          "LIKE 'distinct%'", [run_id]).budget
+    assert list(budget) == [8 * 48 + 1]  # every candidate token, the short document's too
+    rows = db.query(wh, "SELECT metric, value FROM metrics WHERE run_id = ?", [run_id])
+    assert set(METRICS) <= set(rows.metric) and np.isfinite(rows.value).all()
+
+
 @pytest.mark.parametrize("candidate, extra, message", [
     ("nosuch", [], "neither a corpus of the config"),
     ("{home}/missing/*.jsonl", [], "no document files match"),

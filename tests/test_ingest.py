@@ -2,7 +2,9 @@
 content-addressed shards; counts add up; document files round-trip atomically."""
 
 import gzip
+import json
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,6 +12,7 @@ import pytest
 
 from semisynth import fields
 from semisynth.documents import expand_paths, read_records, source_names, write_documents
+from semisynth.errors import InputError
 from semisynth.tasks.ingest import (
     doc_hash,
     ingest,
@@ -250,6 +253,140 @@ def test_wrong_encoding_is_one_whole_file_row(tmp_path):
     assert [i for s in res.shards for i in read_shard(s.path)["id"]] == ["c"]
 
 
+def ingest_lines(tmp_path, lines: list[bytes], end: bytes = b"\n"):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"\n".join(lines) + end)
+    res = ingest([str(path)], tmp_path / "shards", "c1")
+    check_counts(res)
+    ids = [i for s in res.shards for i in read_shard(s.path)["id"]]
+    return res, [(q["line"], q["reason"]) for q in res.quarantine], ids
+
+
+def nested(levels: int) -> bytes:
+    """A row whose field nests so that the row is ``levels`` deep (the row is level 1)."""
+    return b'{"id": "d%d", "text": "t", "meta": ' % levels + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+
+def test_a_row_nested_too_deep_is_quarantined_not_a_crash(tmp_path):
+    # 1,000 levels crashed Python's JSON parser (RecursionError) and with it the run; 50
+    # made a shard no Parquet reader opens
+    rows = [b'{"id": "a", "text": "before"}', nested(1001), nested(50), nested(33), nested(32),
+            b'{"id": "s", "text": "' + b"[{" * 600 + b'"}',  # brackets in a string do not nest
+            b'{"id": "b", "text": "after"}']
+    res, bad, ids = ingest_lines(tmp_path, rows)
+    assert bad == [(2, "nested 1,001 levels deep (at most 32)"),
+                   (3, "nested 50 levels deep (at most 32)"),
+                   (4, "nested 33 levels deep (at most 32)")]
+    assert ids == ["a", "d32", "s", "b"]
+    [shard] = res.shards
+    meta = pq.read_table(shard.path).column("fields").to_pylist()[1]["meta"]
+    depth = 2  # the row, and the field's outermost list
+    while meta:  # the row at the bound is kept whole, read back: its 31 levels of lists
+        meta, depth = meta[0], depth + 1
+    assert depth == 32
+
+
+def test_numbers_json_cannot_hold_quarantine_their_row(tmp_path):
+    # 5,000 digits aborted the whole command with Python's int-limit message
+    rows = [b'{"id": "a", "text": "t", "n": ' + b"9" * 5000 + b"}",
+            b'{"id": "b", "text": "t", "n": -' + b"9" * 1000 + b"}",  # at the bound: kept
+            b'{"id": "c", "text": "t", "x": NaN}',
+            b'{"id": "d", "text": "t", "x": -Infinity}',
+            b'{"id": "e", "text": "t", "x": 1e999}',
+            b'{"id": "f", "text": "t", "x": 1.5e300}']
+    res, bad, ids = ingest_lines(tmp_path, rows)
+    assert bad == [(1, "an integer of 5,000 digits (at most 1,000)"),
+                   (3, "invalid json: NaN is not a JSON value"),
+                   (4, "invalid json: -Infinity is not a JSON value"),
+                   (5, "a number beyond a float's range (1e999)")]
+    assert ids == ["b", "f"]
+    stored = pq.read_table(res.shards[0].path).column("fields")
+    assert fields.decoded(stored.to_pylist()[0], ["n"])["n"] == -int("9" * 1000)
+
+
+def test_a_lone_surrogate_in_a_field_quarantines_its_row(tmp_path):
+    # it crashed ingest (and edit) where the field was written: no UTF-8 holds it
+    rows = [b'{"id": "a", "text": "t", "x": "\\ud800"}',
+            b'{"id": "b", "text": "t", "meta": {"\\udfff": 1}}',
+            b'{"id": "c", "text": "t", "x": "\\ud83d\\ude00 \\\\ud800"}']  # a pair, a backslash
+    res, bad, ids = ingest_lines(tmp_path, rows)
+    assert bad == [(1, "invalid utf-8: a lone surrogate '\\ud800' (an unpaired \\u escape), "
+                       "which UTF-8 cannot hold"),
+                   (2, "invalid utf-8: a lone surrogate '\\udfff' (an unpaired \\u escape), "
+                       "which UTF-8 cannot hold")]
+    assert ids == ["c"]
+    assert pq.read_table(res.shards[0].path).column("fields").to_pylist() == [
+        {"x": "\U0001f600 \\ud800"}]
+
+
+def test_a_nul_byte_costs_only_its_row_on_any_line(tmp_path):
+    # on line 1 it lost the whole file as "UTF-16?"; on a later line only that row
+    res, bad, ids = ingest_lines(tmp_path, [
+        b'{"id": "a", "text": "x\x00y"}', b'{"id": "b", "text": "fine"}', b"\x00",
+        b'{"id": "c", "text": "fine too"}'])
+    assert bad == [(1, "invalid json: a NUL byte, which JSON text never holds"),
+                   (3, "invalid json: a NUL byte, which JSON text never holds")]
+    assert res.quarantine[0]["excerpt"] == '{"id": "a", "text": "x\\x00y"}'
+    assert ids == ["b", "c"]
+
+
+def test_encoding_is_decided_line_by_line(tmp_path):
+    def utf8(doc_id):
+        return json.dumps({"id": doc_id, "text": "café"}, ensure_ascii=False).encode() + b"\n"
+
+    wide = '{"id": "b", "text": "thé"}\n{"id": "c", "text": "tea"}\n'
+    files = {"then-utf16.jsonl": utf8("u1") + wide.encode("utf-16-le"),  # no byte order mark
+             "utf16be.jsonl": wide.encode("utf-16-be"), "utf32.jsonl": wide.encode("utf-32"),
+             "then-bom.jsonl": utf8("u2") + wide.encode("utf-16")}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    res = ingest([str(tmp_path / n) for n in files], tmp_path / "shards", "c1")
+    check_counts(res)
+    assert {(os.path.basename(q["file"]), q["line"], q["reason"].split(": ")[0])
+            for q in res.quarantine} == {
+        ("then-utf16.jsonl", 0, "unreadable .jsonl file after line 1"),
+        ("then-bom.jsonl", 0, "unreadable .jsonl file after line 1"),
+        ("utf16be.jsonl", 0, "unreadable .jsonl file"), ("utf32.jsonl", 0, "unreadable .jsonl file")}
+    assert all("WrongEncoding: not UTF-8 from line" in q["reason"] for q in res.quarantine)
+    # the UTF-8 rows before the change of encoding are kept
+    assert sorted(i for s in res.shards for i in read_shard(s.path)["id"]) == ["u1", "u2"]
+
+
+MAX_LINE_BYTES = 32 * 2**20  # README's bound of a JSON line (documents.MAX_LINE_BYTES)
+
+
+def test_a_line_past_the_length_bound_is_quarantined_unparsed(tmp_path):
+    long = b'{"id": "long", "text": "' + b"x" * MAX_LINE_BYTES + b'"}'
+    unended = b'{"id": "c", "text": "' + b"y" * (MAX_LINE_BYTES + 10)  # the file's end, no newline
+    at_bound = b'{"id": "at", "text": "' + b"z" * (MAX_LINE_BYTES - 24) + b'"}'
+    res, bad, ids = ingest_lines(tmp_path, [b'{"id": "a", "text": "one"}', long, at_bound,
+                                            b'{"id": "b", "text": "two"}', unended], end=b"")
+    assert len(at_bound) == MAX_LINE_BYTES  # its newline beyond: kept
+    assert bad == [(2, f"line of {len(long):,} bytes (at most {MAX_LINE_BYTES:,})"),
+                   (5, f"line of {len(unended):,} bytes (at most {MAX_LINE_BYTES:,})")]
+    assert res.quarantine[0]["excerpt"] == '{"id": "long", "text": "' + "x" * 176
+    assert ids == ["a", "at", "b"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_inputs_that_are_not_regular_files_are_refused_before_reading(tmp_path, kind):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_documents([{"id": "a", "text": "fine"}], folder / "a.jsonl")
+    bad = folder / "b.jsonl"
+    if kind == "fifo":
+        os.mkfifo(bad)  # reading it would wait for a writer forever
+    else:
+        bad.symlink_to("/dev/zero")  # reading it would never end
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    message = re.escape(f"{bad}: not a regular file ({what})")
+    # a glob matching it among files: refused, not left out unsaid
+    for patterns in ([str(folder / "*.jsonl")], [str(bad)]):
+        with pytest.raises(InputError, match=message):
+            ingest(patterns, tmp_path / "shards", "c1")
+    assert not (tmp_path / "shards").exists() or not any((tmp_path / "shards").iterdir())
+
+
 def corrupt_row_group(path, group: int) -> None:
     """Overwrite the middle of one row group's text column chunk (compressed data)."""
     chunk = pq.ParquetFile(path).metadata.row_group(group).column(1)
@@ -472,3 +609,35 @@ def test_write_documents_to_parquet_never_drops_a_key(tmp_path):
     assert table.to_pylist() == [{"id": "a", "text": "x", "late": None, "any": "[1]"},
                                  {"id": "b", "text": "y", "late": 1, "any": '"one"'}]
     assert not (tmp_path / "inferred.parquet").exists()
+
+
+def test_write_documents_names_a_document_its_columns_cannot_hold(tmp_path):
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("n", pa.int16())])
+    docs = [{"id": "a", "text": "x", "n": 1}, {"id": "b", "text": "y", "n": 10**6},
+            {"id": "c", "text": "z", "n": 2}]
+    with pytest.raises(ValueError, match=r"^document 1: field 'n' does not fit its column \(int16\)"):
+        write_documents(docs, tmp_path / "strict.parquet", schema=schema)
+    assert not (tmp_path / "strict.parquet").exists()
+    # with a callback (`semisynth edit` names the row's line): that document left out, said
+    lost = []
+    assert write_documents(docs, tmp_path / "out.parquet", schema=schema,
+                           unwritable=lambda n, why: lost.append((n, why))) == 2
+    assert [n for n, _ in lost] == [1] and lost[0][1].startswith("field 'n' does not fit")
+    assert pq.read_table(tmp_path / "out.parquet").column("id").to_pylist() == ["a", "c"]
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".jsonl.gz"])
+def test_write_documents_writes_json_lines_that_are_json(tmp_path, ext):
+    """A NaN or infinite float (a typed column's, a score's) is null: NaN is not JSON."""
+    path = tmp_path / f"out{ext}"
+    docs = [{"id": "a", "text": "x", "score": float("nan"), "m": {"v": [float("inf"), 1.5]}},
+            {"id": "b", "text": "y", "score": 0.5}]
+    write_documents(docs, path)
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    text = (gzip.decompress(path.read_bytes()) if ext == ".jsonl.gz" else path.read_bytes()).decode()
+    assert [json.loads(line, parse_constant=refuse) for line in text.splitlines()] == [
+        {"id": "a", "text": "x", "score": None, "m": {"v": [None, 1.5]}},
+        {"id": "b", "text": "y", "score": 0.5}]

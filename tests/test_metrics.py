@@ -543,6 +543,25 @@ EXPECTED_NAMES = (
 )
 
 
+def test_a_document_too_short_to_score_is_left_out_of_the_ppl_metrics_only():
+    """A one-token document has no perplexity (null in its score file, NaN in a sample):
+    it made ppl_ks and ppl_w1 NaN, which the gate read as missing."""
+    cand_docs, cand_ppl = corpus(0)
+    ref_docs, ref_ppl = corpus(1, n_docs=300)
+    cand = InMemory([*cand_docs, np.array([7])], np.append(cand_ppl, np.nan))
+    # the budget of the whole candidate: the short document is in its sample
+    with_short = compare_corpora(cand, InMemory(ref_docs, ref_ppl), budget=cand.tokens, seed=0,
+                                 bootstrap=50)
+    assert sorted(r["metric"] for r in with_short) == sorted(EXPECTED_NAMES)
+    for r in with_short:
+        assert all(math.isfinite(r[k]) for k in ("value", "ci_low", "ci_high")
+                   if r[k] is not None), r
+    # the perplexity metrics are those of the scored documents alone
+    assert ppl_metrics(np.append(cand_ppl, np.nan), np.insert(ref_ppl, 3, np.nan)) == \
+        ppl_metrics(cand_ppl, ref_ppl)
+    assert ppl_metrics(np.array([np.nan]), ref_ppl) == {}  # none to measure: none, not NaN
+
+
 def test_compare_returns_every_metric_with_the_budget():
     cand_docs, cand_ppl = corpus(0)
     ref_docs, ref_ppl = corpus(1)

@@ -69,3 +69,12 @@ def test_perplexity_matches_a_plain_forward(prior_f32):
 def test_max_tokens_truncates(prior_f32):
     res = Scorer(prior_f32, EditConfig(), max_tokens=10).score(["a"], TEXTS[:1])[0]
     assert len(res.token_ids) == 10 and res.scored_tokens == 9
+
+
+def test_a_one_token_document_has_no_perplexity(prior_f32):
+    """No position of it is scored: its perplexity is None (null in a score file), where it
+    was NaN, which reached the metrics, the gate and `edit`'s JSON."""
+    short, other = Scorer(prior_f32, EditConfig()).score(["short", "other"], ["Hello", TEXTS[0]])
+    assert len(short.token_ids) == 1 and short.scored_tokens == 0
+    assert short.ppl is None and short.edited_tokens == 0
+    assert 5 < other.ppl < 200

@@ -141,9 +141,10 @@ class CorpusRecord:
 # rows never pass through this process.
 _SCORED = ("FROM read_parquet($paths, filename = true) AS s "
            "JOIN score_files AS f ON s.filename = f.path")
+# ppl: NULL for a document too short to score (older score files hold NaN for it)
 _DOC_SCORES = (f"INSERT INTO doc_scores (run_id, corpus, shard_hash, doc_id, doc_hash, tokens, "
                f"nll_sum, ppl) SELECT $run_id, $corpus, f.shard_hash, s.id, s.doc_hash, "
-               f"s.scored_tokens, s.nll_sum, s.ppl {_SCORED}")
+               f"s.scored_tokens, s.nll_sum, CASE WHEN isfinite(s.ppl) THEN s.ppl END {_SCORED}")
 _EDITS = (f"INSERT INTO edits (run_id, corpus, source_corpus, shard_hash, doc_id, tokens, "
           f"revised_tokens, edited_tokens, dropped_tokens, strategy, threshold, top_k, beta, "
           f"seed) SELECT $run_id, $corpus, $source, f.shard_hash, s.id, s.scored_tokens, "
