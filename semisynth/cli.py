@@ -458,7 +458,7 @@ def _good_batches(path: str, bad: list[Record]) -> Iterator[list[Record]]:
 
 @command(app, "query", 'semisynth query "SELECT run_id, status FROM runs" --format csv',
          f'semisynth query "{EXAMPLE_QUERIES[1]}"',
-         'semisynth query "SELECT * FROM doc_scores" --format csv --max-rows 1000000')
+         'semisynth query "SELECT * FROM doc_scores" --format csv --max-rows 1000000 --max-bytes 1GB')
 def cmd_query(
     ctx: typer.Context,
     sql: Annotated[str, typer.Argument(metavar="SQL", help="one read-only SQL statement")],
