@@ -49,6 +49,29 @@ CASES = [
      "stopped at --timeout (exit 2); Ctrl-C exits 130",
      ["tests/test_query.py::test_a_long_query_is_stopped_at_its_time_limit",
       "tests/test_query.py::test_ctrl_c_stops_a_long_query_of_the_command"]),
+    ("query-memory", "query: SELECT repeat('x', 2000000000) (9.9 GB against a 2 GB limit); "
+     "--max-memory 512MB on 2,000 values of 200 KB",
+     "refused, exit 2, naming --max-memory; the process tree's peak RSS stays under the limit",
+     ["tests/test_query_limits.py::test_the_memory_limit_holds_and_what_passes_it_is_refused"]),
+    ("query-rows", "query: 25,000 rows, 100 values of 1 KB with --max-bytes 10KB",
+     "at most --max-rows (10,000) rows and --max-bytes printed; a line on stderr says what was cut",
+     ["tests/test_query_limits.py::test_rows_and_bytes_are_capped_and_the_cut_is_said"]),
+    ("query-timeout", "query: 20M rows with --timeout 15 (printing took 18.5 s); a reader of "
+     "the output that never reads",
+     "the timeout covers fetching and printing: done in time, or stopped at it (exit 2)",
+     ["tests/test_query_limits.py::test_the_timeout_covers_fetching_and_printing"]),
+    ("query-timeout-values", "query --timeout nan, inf, 0, -1; --max-rows 0, --max-bytes lots, "
+     "--max-memory 1MB",
+     "exit 2 naming the option; no traceback",
+     ["tests/test_query_limits.py::test_limits_out_of_range_are_refused_naming_the_option"]),
+    ("query-spill", "query: a temporary table larger than its memory; the command killed mid-query",
+     "refused, exit 2; no spill file anywhere; the query process dies with the command",
+     ["tests/test_query_limits.py::test_nothing_spills_to_disk_and_a_killed_query_leaves_nothing"]),
+    ("query-waits-for-writer", "query while a writer holds the warehouse (a traceback, exit 3, "
+     "in about 3% of tries during a validate)",
+     "the query waits for the writer within its --timeout, then a clear error, exit 3; never a "
+     "traceback",
+     ["tests/test_query_limits.py::test_a_query_waits_for_a_writer_then_gives_a_clear_error"]),
     ("names-outside-root", "corpora named '../../x' and '/tmp/x', a config named '../evil'",
      "shards stay inside the data root; unsafe config and release names refused",
      ["tests/test_config.py::test_corpus_and_config_names_never_become_paths_outside_the_data_root"]),

@@ -491,36 +491,43 @@ def _good_batches(path: str, bad: list[Record]) -> Iterator[list[Record]]:
 
 
 @command(app, "query", 'semisynth query "SELECT run_id, status FROM runs" --format csv',
-         f'semisynth query "{EXAMPLE_QUERIES[1]}"')
+         f'semisynth query "{EXAMPLE_QUERIES[1]}"',
+         'semisynth query "SELECT * FROM doc_scores" --format csv --max-rows 1000000 --max-bytes 1GB')
 def cmd_query(
     ctx: typer.Context,
     sql: Annotated[str, typer.Argument(metavar="SQL", help="one read-only SQL statement")],
     fmt: Annotated[Literal["table", "csv", "json"], typer.Option("--format", help="output format")] = "table",
     timeout: Annotated[float, typer.Option(
-        help="seconds before the statement is stopped (exit 2)")] = 60.0,
+        help="seconds the whole command may take, waiting for a writer, fetching and printing "
+             "included (exit 2 past it)")] = 60.0,
+    max_rows: Annotated[int, typer.Option(
+        "--max-rows", help="rows printed at most; a line on stderr says when more were cut")] = 10_000,
+    max_bytes: Annotated[str, typer.Option(
+        "--max-bytes", metavar="SIZE",
+        help="size of the rows printed at most (their Arrow size: 64MB, 1GB, ...); a line on "
+             "stderr says when more were cut")] = "64MB",
+    max_memory: Annotated[str, typer.Option(
+        "--max-memory", metavar="SIZE",
+        help="memory of the query process; a statement that needs more is refused (exit 2)")] = "2GB",
 ) -> int:
     """One read-only SQL statement over the warehouse, in a sandbox: no writes, no files
-    read or written outside the warehouse, no settings changed, a time limit; Ctrl-C stops
-    it (exit 130)."""
+    read or written outside the warehouse, nothing spilled to disk, no settings changed;
+    bounded in time, memory and rows; Ctrl-C stops it (exit 130)."""
     from semisynth.warehouse import db
-    from semisynth.warehouse.query import QueryError, run_query
+    from semisynth.warehouse.query import Limits, QueryError, command, parse_size
 
     path = db.warehouse_path(ctx.obj.settings.data_root)
     try:
-        frame = run_query(path, sql, timeout=timeout)
+        limits = Limits(timeout=timeout, max_rows=max_rows,
+                        max_bytes=parse_size(max_bytes, "--max-bytes"),
+                        max_memory=parse_size(max_memory, "--max-memory"))
+        return command(path, sql, fmt, limits)
     except QueryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: stopped (Ctrl-C)", file=sys.stderr)
         return 130
-    if fmt == "csv":
-        frame.to_csv(sys.stdout, index=False)
-    elif fmt == "json":
-        print(frame.to_json(orient="records", date_format="iso"))
-    else:
-        print(frame.to_string(index=False) if len(frame) else "(no rows)")
-    return 0
 
 
 @command(release_app, "list", "semisynth release list")

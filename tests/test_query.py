@@ -6,7 +6,7 @@ import time
 import pytest
 
 from semisynth.warehouse import db
-from semisynth.warehouse.query import QueryError, QueryTimeout, run_query
+from semisynth.warehouse.query import Limits, QueryError, QueryTimeout, run_query
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def wh(tmp_path):
 
 
 def test_a_select_returns_its_rows(wh):
-    frame = run_query(wh, "SELECT run_id, status FROM runs")
+    frame = run_query(wh, "SELECT run_id, status FROM runs").frame
     assert frame.to_dict("records") == [{"run_id": "r1", "status": "COMPLETED"}]
 
 
@@ -49,7 +49,8 @@ def test_writes_files_settings_and_extensions_are_refused(wh, tmp_path, sql):
 def test_a_long_query_is_stopped_at_its_time_limit(wh):
     started = time.perf_counter()
     with pytest.raises(QueryTimeout, match="time limit of 0.5 s"):
-        run_query(wh, "SELECT count(*) FROM range(100000000000) a, range(10) b", timeout=0.5)
+        run_query(wh, "SELECT count(*) FROM range(100000000000) a, range(10) b",
+                  Limits(timeout=0.5))
     assert time.perf_counter() - started < 10
 
 
@@ -84,3 +85,4 @@ def test_the_command_says_why_a_statement_is_refused(wh, capsys):
     assert "error:" in capsys.readouterr().err
     assert cli(["--data-root", str(wh.parent), "query", "SELECT 1; SELECT 2"]) == 2
     assert "one SQL statement at a time" in capsys.readouterr().err
+
