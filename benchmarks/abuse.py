@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 Q = "tests/test_query.py::test_writes_files_settings_and_extensions_are_refused"
 CFG = "tests/test_config.py::test_out_of_range_values_are_refused_naming_file_and_key"
 EDIT = "tests/test_config.py::test_edit_command_exits_2_on_a_bad_parameter"
+U = "tests/test_usage_errors.py"
 
 # (case, what was tried, what must happen, test node ids that try it)
 CASES = [
@@ -109,6 +110,12 @@ CASES = [
      "exit 2 naming file and key", [CFG, "tests/test_config.py::test_inconsistent_values_are_refused"]),
     ("yaml-syntax", "a config with a YAML syntax error", "an error naming file:line:column",
      ["tests/test_config.py::test_yaml_syntax_error_names_file_line_and_column"]),
+    ("usage-yaml-alias-bomb", "a 342-byte billion-laughs config, an alias that holds itself",
+     "exit 2 naming file:line:column, in under 20 s and 1 GB (was 43 s, 3.2 GB)",
+     [f"{U}::test_a_yaml_alias_bomb_is_refused_at_once_in_bounded_memory"]),
+    ("usage-config-excerpts", "--set values of 100 KB: a name, a mix of 5,000 shares, a list, "
+     "an override without '='", "each error quotes at most 80 characters of the value",
+     [f"{U}::test_config_errors_quote_at_most_80_characters_of_a_value"]),
     ("huge-document", "one 10 MB document without --max-tokens",
      "bounded by prior.max_doc_tokens with a warning naming it; progress per window; Ctrl-C stops it",
      ["tests/test_toedit.py::test_a_huge_document_is_bounded_and_named",
