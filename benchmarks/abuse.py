@@ -110,6 +110,28 @@ CASES = [
      "exit 2 naming file and key", [CFG, "tests/test_config.py::test_inconsistent_values_are_refused"]),
     ("yaml-syntax", "a config with a YAML syntax error", "an error naming file:line:column",
      ["tests/test_config.py::test_yaml_syntax_error_names_file_line_and_column"]),
+    ("usage-data-root-file", "--data-root, a config's data_root, $SEMISYNTH_HOME: a regular "
+     "file (or a path under one)", "exit 2 naming the option, key or variable and the path; no "
+     "traceback",
+     [f"{U}::test_a_data_root_that_is_a_file_is_refused_naming_where_it_was_given"]),
+    ("usage-read-only-root", "validate and report on a data root the user may not write",
+     "exit 2: the data root (validate) or the report's folder (report) is not writable, with "
+     "what to do; report --out elsewhere works",
+     [f"{U}::test_a_read_only_data_root_is_refused_by_validate_and_report"]),
+    ("usage-report-out-folder", "report --out an existing folder",
+     "exit 2 naming --out and the folder, nothing written into it",
+     [f"{U}::test_report_out_an_existing_folder_is_refused"]),
+    ("usage-unreachable-model", "--set prior.model=nonexistent/model (validate), edit --model, "
+     "a model folder that is not there", "exit 2 at once naming prior.model (--model) and the "
+     "model; the Hub is never asked; a model in the local HF cache is loaded from there",
+     [f"{U}::test_a_model_that_is_not_on_disk_is_refused_at_once_without_the_hub",
+      f"{U}::test_a_model_id_in_the_local_hugging_face_cache_is_loaded_from_there"]),
+    ("usage-empty-data-root", '--data-root "" and data_root: ""',
+     "exit 2 naming --data-root (data_root); the current folder is not taken, nothing written",
+     [f"{U}::test_an_empty_data_root_is_refused_not_taken_as_the_current_folder"]),
+    ("usage-gate-suite-path", "run --set gate.suite=a/b", "exit 2 at config validation naming "
+     "gate.suite, before any run (no warehouse)",
+     [f"{U}::test_an_unknown_gate_suite_is_refused_before_the_run_starts"]),
     ("usage-yaml-alias-bomb", "a 342-byte billion-laughs config, an alias that holds itself",
      "exit 2 naming file:line:column, in under 20 s and 1 GB (was 43 s, 3.2 GB)",
      [f"{U}::test_a_yaml_alias_bomb_is_refused_at_once_in_bounded_memory"]),

@@ -35,7 +35,7 @@ from semisynth.quality import report as report_mod
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import experiment as exp
 from semisynth.tasks import train as train_mod
-from semisynth.tasks.prior import pin_precision, resolve_model
+from semisynth.tasks.prior import locate_model, pin_precision, resolve_model
 from semisynth.tasks.score import score_key
 from semisynth.warehouse import db, records
 from semisynth.warehouse.lock import data_root_lock
@@ -243,6 +243,8 @@ def run(config_path: str, overrides: list[str] | None = None) -> dict:
     root's lock, a Prefect server of its own); returns the result dict."""
     ecfg = load_experiment_config(config_path, overrides)
     pcfg = exp.pipeline_config(ecfg)
+    if pcfg.prior.model != "default":  # refused before a Prefect server and Dask start
+        locate_model(pcfg.prior.model)
     return lifecycle.run_owned(flow_for(ecfg), pcfg.root, pcfg.lock_wait_s,
                                f"semisynth experiment {config_path}", str(config_path), overrides)
 

@@ -30,7 +30,7 @@ from semisynth.quality.report import summary_markdown
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import ingest as ingest_mod
 from semisynth.tasks import release as release_mod
-from semisynth.tasks.prior import pin_precision, resolve_model
+from semisynth.tasks.prior import locate_model, pin_precision, resolve_model
 from semisynth.tasks.score import score_key, score_shard
 from semisynth.warehouse import db, records
 from semisynth.warehouse.lock import data_root_lock
@@ -225,6 +225,8 @@ def run(config_path: str, overrides: list[str] | None = None) -> dict:
     """Run the flow with the configured task runner (``lifecycle.run_owned``: the data
     root's lock, a Prefect server of its own); returns the result dict."""
     cfg = load_config(config_path, overrides)
+    if cfg.prior.model != "default":  # refused before a Prefect server and Dask start
+        locate_model(cfg.prior.model)
     return lifecycle.run_owned(flow_for(cfg), cfg.root, cfg.lock_wait_s,
                                f"semisynth run {config_path}", str(config_path), overrides)
 

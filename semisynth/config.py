@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -27,6 +28,9 @@ FILE_CORPORA = "file_corpora"
 Strategy = Literal["up_revise", "low_drop_up_revise", "filtering"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 Compile = Literal["auto", True, False]
+# The GX suites quality.suite builds. A name is a folder of GX's store: one not built would
+# let a run score everything, then crash at its gate (``a/b``, a typo).
+Suite = Literal["coverage"]
 Ratio = Annotated[float, Field(ge=0)]
 MAX_DOC_TOKENS = 100_000  # the default bound on one document's tokens (PriorConfig)
 DEFAULT_BUDGET_TOKENS = 2_000_000  # metrics.budget_tokens: tokens a side, at most
@@ -238,7 +242,8 @@ class GateConfig(_Strict):
     only the fixed slacks apply, which are too tight for budgets this small.
     """
 
-    suite: str = "coverage"
+    suite: Suite = Field("coverage", description=(
+        "The Great Expectations suite of the gate; `coverage` is the one semisynth builds."))
     ppl_low_frac_max_excess: float = Field(0.15, ge=0, description=(
         "ppl_low_frac <= Y + max(this, noise). Human Y is about 0.25; a corpus with a "
         "quarter of its documents from a collapsed source (all below the 25th percentile) "
@@ -324,6 +329,16 @@ class Config(_Strict):
     corpora: dict[str, CorpusConfig]
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+
+    @field_validator("data_root")
+    @classmethod
+    def _a_folder(cls, value: str | None) -> str | None:
+        from semisynth.settings import data_root_problem
+
+        problem = None if value is None else data_root_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _names_and_references(self, info: ValidationInfo) -> Config:

@@ -1,5 +1,6 @@
 """Errors every layer raises and the command line maps to exit codes."""
 
+import errno
 import reprlib
 
 
@@ -15,6 +16,23 @@ class KeyedInputError(InputError):
     def __init__(self, key: str, problem: str):
         self.key, self.problem = key, problem
         super().__init__(f"{clip(key, 2 * EXCERPT_CHARS)}: {problem}")
+
+
+class NotWritable(InputError):
+    """A place semisynth must write (the data root, a report's file) refuses it: permission
+    denied, or a read-only filesystem. The user's to fix (another folder, or the rights),
+    not a crash. ``hint`` says what to do instead."""
+
+    def __init__(self, what: str, path: object, exc: OSError, hint: str = ""):
+        self.path = path
+        super().__init__(f"{what} {path} is not writable ({exc.strerror or exc}: "
+                         f"{exc.filename or path}){'; ' + hint if hint else ''}")
+
+
+def write_refused(exc: OSError) -> bool:
+    """Whether ``exc`` says a place may not be written: permissions or a read-only
+    filesystem (not a full disk or a missing folder)."""
+    return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 # At most this many characters of a bad value in an error message. A YAML alias expands a
