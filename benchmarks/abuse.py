@@ -138,6 +138,11 @@ CASES = [
     ("usage-config-excerpts", "--set values of 100 KB: a name, a mix of 5,000 shares, a list, "
      "an override without '='", "each error quotes at most 80 characters of the value",
      [f"{U}::test_config_errors_quote_at_most_80_characters_of_a_value"]),
+    ("usage-refused-run-status", "validate an input with no usable document; run a config whose "
+     "source matches no file", "the run is REFUSED (not CRASHED) with why, out of the views, its "
+     "report says so; the Prefect flow run is Failed named Refused",
+     ["tests/test_commands.py::test_refused_input_keeps_its_quarantine_rows_and_the_run_says_why",
+      f"{U}::test_a_flow_run_refused_for_its_input_says_so_in_the_warehouse_and_in_prefect"]),
     ("huge-document", "one 10 MB document without --max-tokens",
      "bounded by prior.max_doc_tokens with a warning naming it; progress per window; Ctrl-C stops it",
      ["tests/test_toedit.py::test_a_huge_document_is_bounded_and_named",

@@ -26,6 +26,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 
 from semisynth.config import Config, ExperimentConfig, load_experiment_config
+from semisynth.errors import REFUSALS
 from semisynth.flows import lifecycle
 from semisynth.flows.nightly import derive_task, ingest_task, record_corpora_task, score_task
 from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
@@ -142,11 +143,15 @@ def report_task(ecfg: ExperimentConfig, pcfg: Config, run_id: str) -> str:
 def collapse_experiment(config_path: str, overrides: list[str] | None = None):
     """Build every arm's corpus at one token budget, measure it against the human pool,
     train a small LM on it per seed, and evaluate each on held-out human (and synthetic)
-    documents."""
-    ecfg = load_experiment_config(config_path, overrides)
-    pcfg = pin_precision(exp.pipeline_config(ecfg))
-    with data_root_lock(pcfg.root, pcfg.lock_wait_s, f"flow run {flow_run.get_name() or 'local'}"):
-        return _experiment(ecfg, pcfg)
+    documents. A run stopped by its input ends Refused (``lifecycle.refused``)."""
+    try:
+        ecfg = load_experiment_config(config_path, overrides)
+        pcfg = pin_precision(exp.pipeline_config(ecfg))
+        with data_root_lock(pcfg.root, pcfg.lock_wait_s,
+                            f"flow run {flow_run.get_name() or 'local'}"):
+            return _experiment(ecfg, pcfg)
+    except REFUSALS as exc:
+        return lifecycle.refused(exc)
 
 
 def _experiment(ecfg: ExperimentConfig, pcfg: Config):

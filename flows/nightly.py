@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from semisynth.config import Config, load_config
+from semisynth.errors import REFUSALS
 from semisynth.flows import lifecycle
 from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
 from semisynth.quality import gate as gate_mod
@@ -163,7 +164,15 @@ def recover_task(cfg: Config, closed: dict[str, str | None]) -> None:
 @flow(name="nightly_refresh", log_prints=True, task_runner=task_runner())
 def nightly_refresh(config_path: str, overrides: list[str] | None = None):
     """Ingest every source, score and edit with the prior, measure each corpus against
-    its human reference, gate the release candidates, release those that pass."""
+    its human reference, gate the release candidates, release those that pass. A run
+    stopped by its input ends Refused (``lifecycle.refused``)."""
+    try:
+        return _refresh(config_path, overrides)
+    except REFUSALS as exc:
+        return lifecycle.refused(exc)
+
+
+def _refresh(config_path: str, overrides: list[str] | None):
     cfg = pin_precision(load_config(config_path, overrides))
     with data_root_lock(cfg.root, cfg.lock_wait_s, f"flow run {flow_run.get_name() or 'local'}"):
         wh = db.init(db.warehouse_path(cfg.root))

@@ -242,7 +242,11 @@ def build_report(root: Path, run_id: str, out: Path | None = None) -> Path:
         _e(run_id), _e(run.status), _e(run.config_name), _e(run.model), _e(started),
         _e(run.finished_at),
         _e(run.flow_run_id or "—"), _e(run.message or "")]], left=8)
-    if run.status not in ("COMPLETED", "FAILED"):  # the views leave such a run out, too
+    if run.status == "REFUSED":  # the views leave such a run out, too
+        overview += ('<p class="warn"><strong>This run is REFUSED</strong>: it stopped on its '
+                     "input (the message above says why), so its rows below are partial. They "
+                     "are not the warehouse's results (its views show finished runs only).</p>")
+    elif run.status not in ("COMPLETED", "FAILED"):
         overview += (f'<p class="warn"><strong>This run is {_e(run.status)}</strong>: it did not '
                      "finish, so its rows below may be partial. They are not the warehouse's "
                      "results (its views show finished runs only).</p>")

@@ -35,6 +35,12 @@ def write_refused(exc: OSError) -> bool:
     return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
+# What a run refuses rather than crashes on: exit 2, and a tracked run ends REFUSED
+# (warehouse.records) and its flow run "Refused" (flows.lifecycle). FileNotFoundError is
+# here because the command line has always answered it with 2 (a document file or config
+# that is not there), so the run's status and the exit code agree.
+REFUSALS = (InputError, FileNotFoundError)
+
 # At most this many characters of a bad value in an error message. A YAML alias expands a
 # 1 KB config to gigabytes of repr: never build a value's whole repr for a message.
 EXCERPT_CHARS = 80

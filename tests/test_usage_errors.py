@@ -1,5 +1,5 @@
 """Plain user errors (issue 19): each exits 2 with a message naming the path or key it is
-about, at once and without a traceback.
+about, at once and without a traceback; a run stopped by its input is recorded REFUSED.
 The commands run for real: in this process through ``main`` where nothing else is needed,
 as the console script where the exit, the time, the memory or the user it runs as is the
 point."""
@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -285,3 +286,27 @@ def test_config_errors_quote_at_most_80_characters_of_a_value(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and len(err) < 600, (len(err), err[:600])
         assert "..." in err
+
+
+def test_a_flow_run_refused_for_its_input_says_so_in_the_warehouse_and_in_prefect(
+        prefect_server, tmp_path, capsys):
+    from prefect.client.orchestration import get_client
+
+    model = tmp_path / "model"
+    model.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"name": "refused", "prior": {"model": str(model)},
+                                      "corpora": {"ref": {"role": "reference",
+                                                          "paths": ["nowhere/*.jsonl"]}}}))
+    root = tmp_path / "root"
+    assert cli(["--data-root", str(root), "run", str(config)]) == 2
+    assert f"no document files match {root / 'nowhere'}" in capsys.readouterr().err
+    wh = db.warehouse_path(root)
+    run = db.query(wh, "SELECT flow_run_id, status, message FROM runs").iloc[0]
+    assert run.status == "REFUSED", run
+    assert run.message.startswith(f"input refused: no document files match {root / 'nowhere'}")
+    assert db.query(wh, "SELECT count(*) AS n FROM finished_runs").n[0] == 0
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(uuid.UUID(run.flow_run_id)).state
+    assert (state.type.value, state.name) == ("FAILED", "Refused")
+    assert state.message.startswith("input refused: no document files match")
