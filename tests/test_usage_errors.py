@@ -235,10 +235,13 @@ def test_an_unknown_gate_suite_is_refused_before_the_run_starts(tmp_path):
 
 def _peak(*args: str, timeout: float) -> tuple[subprocess.CompletedProcess, float, float]:
     """``semisynth ARGS`` through ``main`` in a process of its own: its result, seconds,
-    and the process's peak resident memory in MB."""
-    code = ("import resource, sys\nfrom semisynth.cli import main\n"
+    and the process's peak resident memory in MB. That is VmHWM, the peak of its own memory
+    map: getrusage's ru_maxrss outlives exec, so it would report a large parent's (pytest's,
+    after the prior was loaded) peak."""
+    code = ("import re, sys\nfrom pathlib import Path\nfrom semisynth.cli import main\n"
             f"rc = main({list(args)!r})\n"
-            "print(f'peak-rss-kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', "
+            "status = Path('/proc/self/status').read_text()\n"
+            "print('peak-rss-kb=' + re.search(r'VmHWM:\\s*(\\d+) kB', status).group(1), "
             "file=sys.stderr)\nsys.exit(rc)")
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
