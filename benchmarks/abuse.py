@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 Q = "tests/test_query.py::test_writes_files_settings_and_extensions_are_refused"
 CFG = "tests/test_config.py::test_out_of_range_values_are_refused_naming_file_and_key"
 EDIT = "tests/test_config.py::test_edit_command_exits_2_on_a_bad_parameter"
+U = "tests/test_usage_errors.py"
 
 # (case, what was tried, what must happen, test node ids that try it)
 CASES = [
@@ -190,6 +191,39 @@ CASES = [
      "exit 2 naming file and key", [CFG, "tests/test_config.py::test_inconsistent_values_are_refused"]),
     ("yaml-syntax", "a config with a YAML syntax error", "an error naming file:line:column",
      ["tests/test_config.py::test_yaml_syntax_error_names_file_line_and_column"]),
+    ("usage-data-root-file", "--data-root, a config's data_root, $SEMISYNTH_HOME: a regular "
+     "file (or a path under one)", "exit 2 naming the option, key or variable and the path; no "
+     "traceback",
+     [f"{U}::test_a_data_root_that_is_a_file_is_refused_naming_where_it_was_given"]),
+    ("usage-read-only-root", "validate and report on a data root the user may not write",
+     "exit 2: the data root (validate) or the report's folder (report) is not writable, with "
+     "what to do; report --out elsewhere works",
+     [f"{U}::test_a_read_only_data_root_is_refused_by_validate_and_report"]),
+    ("usage-report-out-folder", "report --out an existing folder",
+     "exit 2 naming --out and the folder, nothing written into it",
+     [f"{U}::test_report_out_an_existing_folder_is_refused"]),
+    ("usage-unreachable-model", "--set prior.model=nonexistent/model (validate), edit --model, "
+     "a model folder that is not there", "exit 2 at once naming prior.model (--model) and the "
+     "model; the Hub is never asked; a model in the local HF cache is loaded from there",
+     [f"{U}::test_a_model_that_is_not_on_disk_is_refused_at_once_without_the_hub",
+      f"{U}::test_a_model_id_in_the_local_hugging_face_cache_is_loaded_from_there"]),
+    ("usage-empty-data-root", '--data-root "" and data_root: ""',
+     "exit 2 naming --data-root (data_root); the current folder is not taken, nothing written",
+     [f"{U}::test_an_empty_data_root_is_refused_not_taken_as_the_current_folder"]),
+    ("usage-gate-suite-path", "run --set gate.suite=a/b", "exit 2 at config validation naming "
+     "gate.suite, before any run (no warehouse)",
+     [f"{U}::test_an_unknown_gate_suite_is_refused_before_the_run_starts"]),
+    ("usage-yaml-alias-bomb", "a 342-byte billion-laughs config, an alias that holds itself",
+     "exit 2 naming file:line:column, in under 20 s and 1 GB (was 43 s, 3.2 GB)",
+     [f"{U}::test_a_yaml_alias_bomb_is_refused_at_once_in_bounded_memory"]),
+    ("usage-config-excerpts", "--set values of 100 KB: a name, a mix of 5,000 shares, a list, "
+     "an override without '='", "each error quotes at most 80 characters of the value",
+     [f"{U}::test_config_errors_quote_at_most_80_characters_of_a_value"]),
+    ("usage-refused-run-status", "validate an input with no usable document; run a config whose "
+     "source matches no file", "the run is REFUSED (not CRASHED) with why, out of the views, its "
+     "report says so; the Prefect flow run is Failed named Refused",
+     ["tests/test_commands.py::test_refused_input_keeps_its_quarantine_rows_and_the_run_says_why",
+      f"{U}::test_a_flow_run_refused_for_its_input_says_so_in_the_warehouse_and_in_prefect"]),
     ("huge-document", "one 10 MB document without --max-tokens",
      "bounded by prior.max_doc_tokens with a warning naming it; progress per window; Ctrl-C stops it",
      ["tests/test_toedit.py::test_a_huge_document_is_bounded_and_named",

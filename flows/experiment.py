@@ -26,6 +26,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 
 from semisynth.config import Config, ExperimentConfig, load_experiment_config
+from semisynth.errors import REFUSALS
 from semisynth.flows import lifecycle
 from semisynth.flows.nightly import derive_task, ingest_task, record_corpora_task, score_task
 from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
@@ -35,7 +36,7 @@ from semisynth.quality import report as report_mod
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import experiment as exp
 from semisynth.tasks import train as train_mod
-from semisynth.tasks.prior import pin_precision, resolve_model
+from semisynth.tasks.prior import locate_model, pin_precision, resolve_model
 from semisynth.tasks.score import score_key
 from semisynth.warehouse import db, records
 from semisynth.warehouse.lock import data_root_lock
@@ -142,11 +143,15 @@ def report_task(ecfg: ExperimentConfig, pcfg: Config, run_id: str) -> str:
 def collapse_experiment(config_path: str, overrides: list[str] | None = None):
     """Build every arm's corpus at one token budget, measure it against the human pool,
     train a small LM on it per seed, and evaluate each on held-out human (and synthetic)
-    documents."""
-    ecfg = load_experiment_config(config_path, overrides)
-    pcfg = pin_precision(exp.pipeline_config(ecfg))
-    with data_root_lock(pcfg.root, pcfg.lock_wait_s, f"flow run {flow_run.get_name() or 'local'}"):
-        return _experiment(ecfg, pcfg)
+    documents. A run stopped by its input ends Refused (``lifecycle.refused``)."""
+    try:
+        ecfg = load_experiment_config(config_path, overrides)
+        pcfg = pin_precision(exp.pipeline_config(ecfg))
+        with data_root_lock(pcfg.root, pcfg.lock_wait_s,
+                            f"flow run {flow_run.get_name() or 'local'}"):
+            return _experiment(ecfg, pcfg)
+    except REFUSALS as exc:
+        return lifecycle.refused(exc)
 
 
 def _experiment(ecfg: ExperimentConfig, pcfg: Config):
@@ -243,6 +248,8 @@ def run(config_path: str, overrides: list[str] | None = None) -> dict:
     root's lock, a Prefect server of its own); returns the result dict."""
     ecfg = load_experiment_config(config_path, overrides)
     pcfg = exp.pipeline_config(ecfg)
+    if pcfg.prior.model != "default":  # refused before a Prefect server and Dask start
+        locate_model(pcfg.prior.model)
     return lifecycle.run_owned(flow_for(ecfg), pcfg.root, pcfg.lock_wait_s,
                                f"semisynth experiment {config_path}", str(config_path), overrides)
 

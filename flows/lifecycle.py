@@ -78,6 +78,21 @@ def run_owned(flow, root: Path, lock_wait_s: float, holder: str, *args) -> dict:
     return result
 
 
+REFUSED_STATE = "Refused"
+
+
+def refused(exc: BaseException):
+    """The final state of a flow run that stopped on its input (``errors.REFUSALS``): Failed,
+    named Refused (Prefect's UI and API show the name), the error as its data, which
+    ``run_owned`` raises to the command (exit 2). Logged as one line: the error is the
+    user's to read, not a traceback."""
+    from prefect import get_run_logger
+    from prefect.states import Failed
+
+    get_run_logger().error("input refused: %s", exc)
+    return Failed(name=REFUSED_STATE, message=f"input refused: {exc}", data=exc)
+
+
 def mark_crashed(flow_run_ids: Iterable[str | None], message: str) -> list[str]:
     """Set the Prefect flow runs of runs found dead (``records.close_dead_runs``) to
     Crashed with ``message``, where this API knows them and they are not final yet.

@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from semisynth.config import Config, load_config
+from semisynth.errors import REFUSALS
 from semisynth.flows import lifecycle
 from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
 from semisynth.quality import gate as gate_mod
@@ -30,7 +31,7 @@ from semisynth.quality.report import summary_markdown
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import ingest as ingest_mod
 from semisynth.tasks import release as release_mod
-from semisynth.tasks.prior import pin_precision, resolve_model
+from semisynth.tasks.prior import locate_model, pin_precision, resolve_model
 from semisynth.tasks.score import score_key, score_shard
 from semisynth.warehouse import db, records
 from semisynth.warehouse.lock import data_root_lock
@@ -166,7 +167,15 @@ def recover_task(cfg: Config, closed: dict[str, str | None]) -> None:
 @flow(name="nightly_refresh", log_prints=True, task_runner=task_runner())
 def nightly_refresh(config_path: str, overrides: list[str] | None = None):
     """Ingest every source, score and edit with the prior, measure each corpus against
-    its human reference, gate the release candidates, release those that pass."""
+    its human reference, gate the release candidates, release those that pass. A run
+    stopped by its input ends Refused (``lifecycle.refused``)."""
+    try:
+        return _refresh(config_path, overrides)
+    except REFUSALS as exc:
+        return lifecycle.refused(exc)
+
+
+def _refresh(config_path: str, overrides: list[str] | None):
     cfg = pin_precision(load_config(config_path, overrides))
     with data_root_lock(cfg.root, cfg.lock_wait_s, f"flow run {flow_run.get_name() or 'local'}"):
         wh = db.init(db.warehouse_path(cfg.root))
@@ -228,6 +237,8 @@ def run(config_path: str, overrides: list[str] | None = None) -> dict:
     """Run the flow with the configured task runner (``lifecycle.run_owned``: the data
     root's lock, a Prefect server of its own); returns the result dict."""
     cfg = load_config(config_path, overrides)
+    if cfg.prior.model != "default":  # refused before a Prefect server and Dask start
+        locate_model(cfg.prior.model)
     return lifecycle.run_owned(flow_for(cfg), cfg.root, cfg.lock_wait_s,
                                f"semisynth run {config_path}", str(config_path), overrides)
 

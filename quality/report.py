@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from semisynth.documents import atomic_path
+from semisynth.errors import NotWritable, write_refused
 from semisynth.quality import plots
 from semisynth.warehouse import db
 
@@ -184,7 +185,13 @@ def _data_docs(root: Path, run_id: str, has_validations: bool) -> str:
         return "<p>No Great Expectations results for this run.</p>"
     from semisynth.quality import suite
 
-    index = suite.build_data_docs(gx_root)
+    try:
+        index = suite.build_data_docs(gx_root)
+    except OSError as exc:  # a read-only data root: the report itself can go elsewhere
+        if not write_refused(exc):
+            raise
+        return (f"<p>Data Docs not built: <code>{_e(gx_root)}</code> is not writable "
+                f"({_e(exc.strerror)}).</p>")
     site = index.parent
     pages = sorted(p for p in (site / "validations").rglob("*.html") if run_id in p.parts)
     items = [f'<li><a href="{index.resolve().as_uri()}">Data Docs index</a> '
@@ -206,7 +213,8 @@ def _release_candidates(config_json) -> set[str]:
 
 
 def build_report(root: Path, run_id: str, out: Path | None = None) -> Path:
-    """Write the report of ``run_id`` (default ``<root>/runs/<run_id>/report.html``)."""
+    """Write the report of ``run_id`` (default ``<root>/runs/<run_id>/report.html``); a
+    place it may not write is a NotWritable error."""
     root = Path(root)
     wh = db.warehouse_path(root)
     run = db.query(wh, "SELECT * FROM runs WHERE run_id = ?", [run_id])
@@ -234,7 +242,11 @@ def build_report(root: Path, run_id: str, out: Path | None = None) -> Path:
         _e(run_id), _e(run.status), _e(run.config_name), _e(run.model), _e(started),
         _e(run.finished_at),
         _e(run.flow_run_id or "—"), _e(run.message or "")]], left=8)
-    if run.status not in ("COMPLETED", "FAILED"):  # the views leave such a run out, too
+    if run.status == "REFUSED":  # the views leave such a run out, too
+        overview += ('<p class="warn"><strong>This run is REFUSED</strong>: it stopped on its '
+                     "input (the message above says why), so its rows below are partial. They "
+                     "are not the warehouse's results (its views show finished runs only).</p>")
+    elif run.status not in ("COMPLETED", "FAILED"):
         overview += (f'<p class="warn"><strong>This run is {_e(run.status)}</strong>: it did not '
                      "finish, so its rows below may be partial. They are not the warehouse's "
                      "results (its views show finished runs only).</p>")
@@ -279,8 +291,14 @@ def build_report(root: Path, run_id: str, out: Path | None = None) -> Path:
 </body></html>
 """
     out = Path(out) if out else folder / "report.html"
-    with atomic_path(out) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+    try:
+        with atomic_path(out) as tmp:
+            tmp.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        if write_refused(exc):
+            raise NotWritable("the report's folder", out.parent, exc,
+                              "--out FILE writes the report elsewhere") from exc
+        raise
     return out
 
 

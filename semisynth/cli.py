@@ -60,15 +60,19 @@ class Invocation:
     """The global options of one main() call, and its command's exit code once that ran.
     Each call makes its own: --data-root never reaches a later call in the process."""
 
-    data_root: Path | None = None
+    data_root: str | Path | None = None  # as given: "" must not become Path("."), the cwd
     exit_code: int | None = None
 
     @cached_property
     def settings(self) -> Settings:
         """The environment's settings with --data-root as their home; read when a command
-        first needs them (a bad variable is then an input error of that command)."""
-        from semisynth.settings import read_settings
+        first needs them (a bad variable, or a --data-root that is empty or not a folder, is
+        then an input error of that command, exit 2)."""
+        from semisynth.errors import KeyedInputError
+        from semisynth.settings import data_root_problem, read_settings
 
+        if self.data_root is not None and (problem := data_root_problem(self.data_root)):
+            raise KeyedInputError("--data-root", problem)
         return read_settings(home=self.data_root)
 
     def overrides(self, sets: list[str] | None) -> list[str]:
@@ -127,7 +131,7 @@ def command(group: typer.Typer, name: str, *examples: str) -> Callable:
 @app.callback()
 def global_options(
     ctx: typer.Context,
-    data_root: Annotated[Path | None, typer.Option(
+    data_root: Annotated[str | None, typer.Option(
         "--data-root", metavar="DIR",
         help="the data root of this command where the config names none "
              "(default: $SEMISYNTH_HOME, else ./var)")] = None,
@@ -360,7 +364,7 @@ def cmd_edit(
     from semisynth import documents, fields
     from semisynth.config import validation_message
     from semisynth.progress import progress
-    from semisynth.tasks.prior import load_prior
+    from semisynth.tasks.prior import load_prior, locate_model
     from semisynth.tasks.toedit import Scorer
 
     try:  # the options are checked as the config checks them
@@ -369,6 +373,8 @@ def cmd_edit(
                                 batch_tokens=batch_tokens)
     except ValidationError as exc:
         raise ValueError(validation_message(exc, "edit")) from exc
+    if model != "default":  # before the input is read: a model not there is refused at once
+        locate_model(model, "--model")
     # the file is read once more for the ETA's total, its fields' names and Parquet's column
     # types: cheap next to the model's work
     total, rejected, names = 0, [], set()
@@ -777,8 +783,12 @@ def cmd_report(
         help="default: <data root>/runs/RUN_ID/report.html")] = None,
 ) -> int:
     """A self-contained HTML report of a run; prints its path."""
+    from semisynth.errors import KeyedInputError
     from semisynth.quality.report import UnknownRun, build_report
 
+    if out is not None and Path(out).is_dir():  # checked first: the report takes a while
+        raise KeyedInputError("--out", f"{out} is a folder; name the report's file, e.g. "
+                                       f"{Path(out) / 'report.html'}")
     try:
         path = build_report(ctx.obj.settings.data_root, run_id, out)
     except UnknownRun as exc:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from semisynth.config import (
     FILE_CORPORA,
     Config,
     CorpusConfig,
+    Suite,
     config_from_tree,
     find_demo_config,
     load_config,
@@ -29,7 +31,7 @@ from semisynth.config import (
 from semisynth.documents import expand_paths
 from semisynth.errors import InputError
 
-SUITES = ("coverage",)  # the GX suites semisynth.quality.suite builds
+SUITES = get_args(Suite)  # the GX suites semisynth.quality.suite builds
 
 
 def new_run_id(kind: str) -> str:

@@ -15,10 +15,11 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
-from semisynth.errors import KeyedInputError
+from semisynth.errors import EXCERPT_CHARS, KeyedInputError, clip, excerpt
 from semisynth.names import check_name, is_plain_name
 
 # Config.model_validate's context key: corpora a command made from files or globs, named by
@@ -27,6 +28,9 @@ FILE_CORPORA = "file_corpora"
 Strategy = Literal["up_revise", "low_drop_up_revise", "filtering"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 Compile = Literal["auto", True, False]
+# The GX suites quality.suite builds. A name is a folder of GX's store: one not built would
+# let a run score everything, then crash at its gate (``a/b``, a typo).
+Suite = Literal["coverage"]
 Ratio = Annotated[float, Field(ge=0)]
 MAX_DOC_TOKENS = 100_000  # the default bound on one document's tokens (PriorConfig)
 DEFAULT_BUDGET_TOKENS = 2_000_000  # metrics.budget_tokens: tokens a side, at most
@@ -173,7 +177,7 @@ class CorpusConfig(_Strict):
         if self.hf is not None:
             self._fields_from_hf()
         if self.mix is not None and any(not 0 <= share <= 1 for share in self.mix.values()):
-            raise ValueError(f"mix shares must lie in [0, 1], got {self.mix}")
+            raise ValueError(f"mix shares must lie in [0, 1], got {excerpt(self.mix)}")
         if self.mix is not None and abs(sum(self.mix.values()) - 1.0) > 1e-6:
             raise ValueError(f"mix shares must add up to 1, got {sum(self.mix.values())}")
         return self
@@ -238,7 +242,8 @@ class GateConfig(_Strict):
     only the fixed slacks apply, which are too tight for budgets this small.
     """
 
-    suite: str = "coverage"
+    suite: Suite = Field("coverage", description=(
+        "The Great Expectations suite of the gate; `coverage` is the one semisynth builds."))
     ppl_low_frac_max_excess: float = Field(0.15, ge=0, description=(
         "ppl_low_frac <= Y + max(this, noise). Human Y is about 0.25; a corpus with a "
         "quarter of its documents from a collapsed source (all below the 25th percentile) "
@@ -324,6 +329,16 @@ class Config(_Strict):
     corpora: dict[str, CorpusConfig]
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+
+    @field_validator("data_root")
+    @classmethod
+    def _a_folder(cls, value: str | None) -> str | None:
+        from semisynth.settings import data_root_problem
+
+        problem = None if value is None else data_root_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _names_and_references(self, info: ValidationInfo) -> Config:
@@ -416,7 +431,8 @@ def _set_dotted(tree: dict, dotted: str, value: object) -> None:
     for key in parents:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {dotted}: {key} is not a section (it is {node!r})")
+            raise ValueError(f"override {dotted}: {key} is not a section (it is "
+                             f"{excerpt(node)})")
     node[leaf] = value
 
 
@@ -425,27 +441,83 @@ def validation_message(error: ValidationError, source: str) -> str:
     greater than or equal to 1 (got 0)``."""
     lines = []
     for e in error.errors(include_url=False):
-        loc = [str(part) for part in e["loc"]]
+        loc = [clip(str(part)) for part in e["loc"]]  # a corpus key is the user's, any length
         keyed = (e.get("ctx") or {}).get("error")
         if isinstance(keyed, KeyedInputError):  # a model's validator named the key itself
-            lines.append(f"{source}: {'.'.join([*loc, keyed.key])}: {keyed.problem}")
+            key = clip(keyed.key, 2 * EXCERPT_CHARS)
+            lines.append(f"{source}: {'.'.join([*loc, key])}: {keyed.problem}")
             continue
         # an error of a model's own validator has the model itself as its input
-        got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r:.80})"
+        got = "" if isinstance(e.get("input"), dict) else f" (got {excerpt(e.get('input'))})"
         lines.append(f"{source}: {'.'.join(loc) or '(config)'}: {e['msg']}{got}")
     return "\n".join(lines)
 
 
+# Values a config may hold once its YAML aliases are expanded. A real config holds a few
+# hundred (a long list of paths, thousands); a "billion laughs" config of 1 KB (nine
+# aliases of nine aliases, nine deep) expands to 10^9, which validation and its error
+# message would walk: 43 s and 3.2 GB before this bound.
+MAX_YAML_VALUES = 100_000
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_expansion(root: yaml.Node, limit: int = MAX_YAML_VALUES) -> None:
+    """Refuse (a MarkedYAMLError at the node) a document whose aliases expand it past
+    ``limit`` values, or make a value hold itself. The count is taken on the composed
+    nodes, where an alias is one shared node, each node once: no value is built and the
+    time is linear in the text."""
+    sizes: dict[int, int] = {}  # node id -> its values once expanded, itself included
+    open_nodes: set[int] = set()  # ancestors of the node at hand: an alias to one is a cycle
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in _children(node))
+            if sizes[id(node)] > limit:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"its aliases expand this value to more than {limit:,} values "
+                    "(an alias bomb?); a config is refused past that", node.start_mark)
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to a value that holds it (a cycle)", node.start_mark)
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, which checks the composed document with
+    ``_check_expansion`` before it builds any value."""
+
+    def construct_document(self, node: yaml.Node):
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
 def _yaml_value(text: str, source: str, located: bool = True):
-    """YAML, or a ValueError naming ``source:line:column`` (``located``, as for a file) or
-    ``source`` (a one-line override) and the syntax error."""
+    """YAML (as ``yaml.safe_load``, aliases bounded by MAX_YAML_VALUES), or a ValueError
+    naming ``source:line:column`` (``located``, as for a file) or ``source`` (a one-line
+    override) and the problem."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark and located else source
         raise ValueError(f"{where}: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
+        raise ValueError(f"{source}: {e}") from None
+    except RecursionError:  # PyYAML composes and builds nested values recursively
+        raise ValueError(f"{source}: values nested too deeply") from None
+    except ValueError as e:  # an integer past Python's 4300 digits
         raise ValueError(f"{source}: {e}") from None
 
 
@@ -457,9 +529,9 @@ def _validated(model: type[BaseModel], tree, overrides: list[str] | None, source
                          f"{type(tree).__name__}")
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"override must look like key.sub=value, got {item!r}")
+            raise ValueError(f"override must look like key.sub=value, got {excerpt(item)}")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), _yaml_value(raw, f"override {item!r}", located=False))
+        _set_dotted(tree, key.strip(), _yaml_value(raw, f"override {excerpt(item)}", located=False))
     try:
         return model.model_validate(tree)
     except ValidationError as e:
@@ -642,7 +714,7 @@ class ExperimentConfig(_Strict):
                 raise KeyedInputError(f"arms.{arm}", "the name is taken by one of the "
                                       "experiment's corpora")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds repeat: {self.seeds}")
+            raise ValueError(f"seeds repeat: {excerpt(self.seeds)}")
         return self
 
 

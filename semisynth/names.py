@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from semisynth.errors import KeyedInputError
+from semisynth.errors import KeyedInputError, excerpt
 
 MAX_NAME = 128
 PLAIN_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}")
@@ -29,7 +29,7 @@ class BadName(KeyedInputError):
 
     def __init__(self, key: str, value: object):
         self.value = value
-        super().__init__(key, f"{value!r} is not {NAME_RULE}")
+        super().__init__(key, f"{excerpt(value)} is not {NAME_RULE}")
 
 
 def is_plain_name(value: object) -> bool:

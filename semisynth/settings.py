@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     gpu_workers: int | None = Field(None, ge=1, description=(
         "The tag concurrency limit `gpu`: score+edit tasks allowed at once."))
 
+    @field_validator("home", mode="before")
+    @classmethod
+    def _a_folder(cls, value: object) -> object:
+        problem = data_root_problem(value) if isinstance(value, str | Path) else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("dask_gpu", mode="before")
     @classmethod
     def _lower_case(cls, value: object) -> object:
@@ -53,6 +61,25 @@ class Settings(BaseSettings):
     @property
     def data_root(self) -> Path:
         return self.home.expanduser().resolve()
+
+
+def data_root_problem(value: str | Path) -> str | None:
+    """Why ``value`` cannot be a data root, or None. A data root is created when missing,
+    so only an empty value (which would quietly make the current folder the data root) and
+    a path that is, or lies under, something other than a folder (a file) are refused."""
+    if not str(value).strip():  # Path("") is ".": look before it becomes one
+        return "is empty; name a folder (it is created when missing)"
+    path = Path(value).expanduser().absolute()
+    try:
+        for place in (path, *path.parents):
+            if place.is_dir():
+                return None
+            if place.exists():
+                what = "is" if place == path else f"lies under {place}, which is"
+                return f"{str(value)!r} {what} not a folder (a file?)"
+    except OSError:  # a folder on the way we may not look into: writing there says so
+        return None
+    return None
 
 
 def env_name(field: str) -> str:

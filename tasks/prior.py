@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from semisynth.documents import atomic_path
+from semisynth.errors import KeyedInputError, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +139,40 @@ def fetch_default_prior(root: Path) -> Path:
     return target
 
 
-def resolve_model(model: str, root: Path) -> tuple[str, str]:
-    """(folder or hub id to load, model id recorded in the warehouse)."""
+def locate_model(model: str, key: str = "prior.model") -> str:
+    """The folder to load a prior other than the default from: ``model`` when it is a
+    folder, else the snapshot of the Hugging Face model id ``model`` in the local Hugging
+    Face cache ($HF_HUB_CACHE). Nothing is fetched from the Hub: a run never waits on it
+    (a host without it waited about 50 s on transformers' retries, then crashed), and runs
+    score with a model already on disk. Anything else is a KeyedInputError naming ``key``
+    (``prior.model``, or ``--model`` of ``edit``)."""
+    if Path(model).expanduser().is_dir():
+        return model
+    # a hub id is "name" or "owner/name"; anything else names a folder
+    if not model or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise KeyedInputError(key, f"prior model folder not found: {excerpt(model)}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(model, local_files_only=True)
+    except HFValidationError as exc:
+        raise KeyedInputError(key, f"{excerpt(model)} is neither a folder nor a Hugging Face "
+                                   "model id") from exc
+    except LocalEntryNotFoundError as exc:
+        raise KeyedInputError(key, (
+            f"{excerpt(model)} is neither a folder nor a model in the local Hugging Face "
+            f"cache ({HF_HUB_CACHE}); nothing is fetched from the Hub while semisynth runs: "
+            f"download it first (`hf download {model}`) or name a folder")) from exc
+
+
+def resolve_model(model: str, root: Path, key: str = "prior.model") -> tuple[str, str]:
+    """(folder to load, model id recorded in the warehouse); a model that is not there is
+    a KeyedInputError naming ``key`` (``locate_model``)."""
     if model == "default":
         return str(fetch_default_prior(root)), DEFAULT_MODEL_ID
-    # a hub id is "name" or "owner/name"; anything else names a folder
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
-    if looks_local and not Path(model).expanduser().is_dir():
-        raise FileNotFoundError(f"prior model folder not found: {model}")
-    return model, model
+    return locate_model(model, key), model
 
 
 _LOADED: dict[tuple, Prior] = {}

@@ -226,9 +226,16 @@ def test_refused_input_keeps_its_quarantine_rows_and_the_run_says_why(home, caps
     wh = db.warehouse_path(home)
     run = db.query(wh, "SELECT run_id, status, message FROM runs ORDER BY started_at DESC "
                        "LIMIT 1").iloc[0]
-    assert run.status == "CRASHED" and "no usable documents" in run.message
+    # refused for its input, not crashed: the user's to fix, and no result of the warehouse
+    assert run.status == "REFUSED", run
+    assert run.message.startswith("input refused: ") and "no usable documents" in run.message
+    finished = db.query(wh, "SELECT run_id FROM finished_runs").run_id
+    assert run.run_id not in set(finished)
     bad = db.query(wh, "SELECT file, line, reason FROM quarantine WHERE run_id = ?", [run.run_id])
     assert list(bad.line) == [1] and bad.file[0].endswith("empty.jsonl")
+    out = home / "refused.html"
+    assert cli(["--data-root", str(home), "report", run.run_id, "--out", str(out)]) == 0
+    assert "This run is REFUSED</strong>: it stopped on its input" in out.read_text()
 
 
 def test_missing_arguments_exit_2(home, capsys):

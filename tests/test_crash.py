@@ -98,6 +98,8 @@ def _semisynth(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_run_and_metrics_exit_3_while_another_run_holds_the_data_root(tmp_path):
+    # a folder (never loaded): a prior that is not there is refused before the lock is tried
+    (tmp_path / "no-prior-needed").mkdir()
     path = _config(tmp_path, prior={"model": str(tmp_path / "no-prior-needed")})
     root = tmp_path / "root"
     first = _child(HOLD_ROOT, str(root), "60")

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from semisynth.errors import NotWritable, write_refused
+
 LOCK_NAME = ".lock"
 _POLL_S = 0.2
 _log = logging.getLogger(__name__)
@@ -70,8 +72,15 @@ def _try_lock(fd: int) -> bool:
 
 def _acquire(path: Path, wait_s: float) -> int:
     """An open descriptor of ``path`` holding the exclusive lock, within ``wait_s``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+    except OSError as exc:  # the first write of every run: a read-only root is found here
+        if write_refused(exc):
+            raise NotWritable("the data root", path.parent, exc,
+                              "a run writes its warehouse, shards and lock there: name a "
+                              "writable one (--data-root DIR)") from exc
+        raise
     deadline = time.monotonic() + wait_s
     warned = False
     while not _try_lock(fd):

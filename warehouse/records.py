@@ -13,9 +13,13 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from semisynth.errors import REFUSALS
 from semisynth.warehouse import db
 
-RUN_STATES = ("RUNNING", "COMPLETED", "FAILED", "CRASHED")
+# REFUSED: the run stopped on its input (errors.REFUSALS: a file with no usable document, a
+# missing source), which the user fixes; CRASHED is semisynth's failure or a killed process.
+# Neither is a result: the views show COMPLETED and FAILED runs only.
+RUN_STATES = ("RUNNING", "COMPLETED", "FAILED", "CRASHED", "REFUSED")
 DEAD_RUN_MESSAGE = "its process is gone (killed or lost) while RUNNING"
 
 
@@ -40,9 +44,10 @@ def tracked_run(wh: Path, run_id: str, *, config_name: str, config_json: str, mo
                 message: str | None = None, flow_run_id: str | None = None
                 ) -> Iterator[RunHandle]:
     """The run's ``runs`` row: RUNNING with this process's host and pid while the body runs,
-    then the handle's status (COMPLETED by default), or CRASHED with the exception when the
-    body raises. A process killed outright leaves RUNNING with a pid that is gone: the next
-    tracked run marks it CRASHED (``close_dead_runs``; the handle's ``closed``)."""
+    then the handle's status (COMPLETED by default), or when the body raises: REFUSED with
+    the error for one of ``errors.REFUSALS``, else CRASHED with the exception. A process
+    killed outright leaves RUNNING with a pid that is gone: the next tracked run marks it
+    CRASHED (``close_dead_runs``; the handle's ``closed``)."""
     db.insert(wh, "runs", [{
         "run_id": run_id, "flow_run_id": flow_run_id, "config_name": config_name,
         "config_json": config_json, "started_at": db.now(), "status": "RUNNING",
@@ -51,6 +56,9 @@ def tracked_run(wh: Path, run_id: str, *, config_name: str, config_json: str, mo
     handle = RunHandle(run_id, message=message, closed=close_dead_runs(wh))
     try:
         yield handle
+    except REFUSALS as exc:
+        _finish(wh, run_id, "REFUSED", f"input refused: {exc}")
+        raise
     except BaseException as exc:
         _finish(wh, run_id, "CRASHED", f"{type(exc).__name__}: {exc}")
         raise

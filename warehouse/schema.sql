@@ -64,7 +64,8 @@ ALTER TABLE corpora ADD COLUMN IF NOT EXISTS dataset_split VARCHAR;
 ALTER TABLE corpora ADD COLUMN IF NOT EXISTS dataset_revision VARCHAR;
 
 -- Views show finished runs only (COMPLETED, or FAILED by the gate): the rows of a run that
--- is still RUNNING, or CRASHED part way, are not a run's results. The tables keep them.
+-- is still RUNNING, CRASHED part way, or REFUSED for its input are not a run's results.
+-- The tables keep them.
 CREATE OR REPLACE VIEW finished_runs AS
   SELECT * FROM runs WHERE status IN ('COMPLETED', 'FAILED');
 CREATE OR REPLACE VIEW latest_metrics AS
