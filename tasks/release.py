@@ -42,7 +42,7 @@ import fsspec
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from semisynth.documents import atomic_path
+from semisynth.documents import atomic_path, json_line
 from semisynth.fields import DocumentLayout
 from semisynth.names import check_name
 from semisynth.tasks import card
@@ -100,12 +100,6 @@ def next_version(releases_root: Path, name: str) -> str:
 RELEASE_BATCH_ROWS = 1000  # rows read from a shard and written at a time
 
 
-def _jsonl_line(row: dict) -> bytes:
-    """Dolma layout: one JSON object a line, id and text first (as ``DocumentLayout``
-    orders the columns)."""
-    return (json.dumps(row, ensure_ascii=False, default=str) + "\n").encode()
-
-
 def parquet_part_name(part: int, parts: int) -> str:
     """The Hugging Face Hub's shard naming: ``load_dataset("parquet", data_dir=<release>)``
     takes these files as the train split and leaves the release's other files alone."""
@@ -139,7 +133,10 @@ def _write_part(shard: Path, release: Path, part: int, formats: tuple[str, ...],
             if parquet is not None:
                 parquet.write_table(table)
             if jsonl is not None:
-                jsonl.writelines(_jsonl_line(row) for row in layout.rows(table))
+                # Dolma layout: one JSON object a line, id and text first (as
+                # ``DocumentLayout`` orders the columns); a field's NaN or infinite float
+                # is written null, as edit writes it: JSON has no such number
+                jsonl.writelines(json_line(row) for row in layout.rows(table))
     return documents
 
 

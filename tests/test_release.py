@@ -118,6 +118,27 @@ def test_a_release_has_one_schema_with_every_field_at_top_level(tmp_path):
     assert [[list(d) for d in part] for part in jsonl] == [[schema.names]] * 3
 
 
+def test_a_fields_nan_is_released_as_json_null(tmp_path):
+    # a Parquet input's float column may hold NaN or an infinity: JSON has no such number
+    shard = make_shard(tmp_path / "shards", [
+        {"id": "a", "text": "A", "score": float("nan")},
+        {"id": "b", "text": "B", "score": float("-inf")},
+        {"id": "c", "text": "C", "score": 0.5, "nested": {"x": [float("inf"), 1.0]}}])
+    path = release.write_release(tmp_path / "releases", "demo", "v0001", [shard], {})
+    assert release.verify_release(path) == []
+
+    def strict(name):
+        raise ValueError(f"{name} is not JSON")
+
+    with gzip.open(path / "documents" / "part-00000.jsonl.gz", "rt", encoding="utf-8") as f:
+        docs = [json.loads(line, parse_constant=strict) for line in f]
+    assert [d["score"] for d in docs] == [None, None, 0.5]
+    assert docs[2]["nested"] == {"x": [None, 1.0]}
+    # Parquet holds the float as it was
+    scores = pq.read_table(path / "data" / "train-00000-of-00001.parquet")["score"].to_pylist()
+    assert scores[0] != scores[0] and scores[1] == float("-inf") and scores[2] == 0.5
+
+
 def test_verify_reports_tampering(tmp_path, shards):
     path = release.write_release(tmp_path, "demo", "v0001", shards, {}, formats=("parquet",))
     assert sorted(p.name for p in (path / "data").iterdir()) == ["train-00000-of-00002.parquet",
