@@ -64,6 +64,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -487,11 +488,25 @@ def worker_torch_threads(client) -> dict[str, int | None]:
     return client.run(threads)
 
 
+def remove_tree(path: Path | str, ignore_errors: bool = False) -> None:
+    """``shutil.rmtree`` of a work folder that holds releases: their version folders are
+    read-only (0555), so each folder is made writable by its owner first (as ``make clean``
+    does, ``chmod -R u+w``)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        for folder, _, _ in os.walk(path):
+            with contextlib.suppress(OSError):
+                mode = os.stat(folder).st_mode
+                if not mode & stat.S_IWUSR:
+                    os.chmod(folder, mode | stat.S_IWUSR)
+    shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
 def run_size(scale: int, args, prior: Path, threshold: float, brown, tokenizer, client,
              api_url: str, dask_address: str, work: Path) -> dict:
     root = work / f"size-{scale}x"
-    if root.exists():  # never a previous run's shards, scores or warehouse
-        shutil.rmtree(root)
+    if root.exists():  # never a previous run's shards, scores, releases or warehouse
+        remove_tree(root)
     started = time.perf_counter()
     sides = write_corpus(brown, tokenizer, root / "corpus", scale * args.base_tokens,
                          tuple(args.doc_words), args.shard_docs, args.seed)
@@ -735,7 +750,7 @@ def main(argv=None) -> None:
         report(args, work)
     finally:
         if tmp and not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp, ignore_errors=True)
 
 
 def report(args, work: Path) -> None:
@@ -790,7 +805,7 @@ def report(args, work: Path) -> None:
                 if entry["status"] != "finished":
                     break
                 if not args.keep:
-                    shutil.rmtree(work / f"size-{scale}x", ignore_errors=True)
+                    remove_tree(work / f"size-{scale}x", ignore_errors=True)
     finally:
         server.stop()
     check = checks(sizes)
