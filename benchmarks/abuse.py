@@ -74,8 +74,11 @@ CASES = [
      "traceback",
      ["tests/test_query_limits.py::test_a_query_waits_for_a_writer_then_gives_a_clear_error"]),
     ("names-outside-root", "corpora named '../../x' and '/tmp/x', a config named '../evil'",
-     "shards stay inside the data root; unsafe config and release names refused",
-     ["tests/test_config.py::test_corpus_and_config_names_never_become_paths_outside_the_data_root"]),
+     "refused, exit 2 naming the key, before any work (no shard folder, no warehouse); unsafe "
+     "release names and versions refused",
+     ["tests/test_names.py::test_a_config_name_outside_the_rule_exits_2_naming_its_key_before_any_work",
+      "tests/test_names.py::test_release_names_and_versions_follow_the_rule",
+      "tests/test_names.py::test_release_verify_refuses_a_name_outside_the_rule"]),
     ("release-forged-manifest", "edit a released file and rewrite its checksum in manifest.json",
      "verify (function and command) FAILED: the manifest differs from the warehouse's record",
      ["tests/test_release.py::test_verify_checks_the_manifest_against_the_warehouse_record",
