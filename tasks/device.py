@@ -13,6 +13,11 @@ import torch
 
 CPU_BATCH_TOKENS = 4096  # on 2 cores one 512-token document already runs the matmuls at peak
 CPU_LOGITS_CHUNK = 1024
+# oneDNN's bf16 matmuls keep heap memory for every new shape they meet: a worker scoring
+# flow_scale's shards at each batch's own width and each chunk's own row count grew from
+# 641 to 847 MB RSS over 40 shards; with both rounded up to a multiple of 64, 582 to 615 MB,
+# at the same speed (issue 17's note). float32 (MKL) did not grow either way.
+CPU_SHAPE_STEP = 64
 MAX_BATCH_TOKENS = 262_144  # beyond it an H200 gained little (295k tokens/s at 64k, 328k at 256k)
 MIN_BATCH_TOKENS = 1024
 MIN_LOGITS_CHUNK = 256
@@ -37,12 +42,16 @@ class EngineChoices:
       (``torch.where``), with no data-dependent host sync; the sparse path computes the
       top-k only for the positions to redraw, which is cheaper where a sync is free (CPU);
     depth: forward batches in flight before the host reads the oldest back (0: one at a
-      time; 1: the device runs batch k+1 while the host unpacks batch k).
+      time; 1: the device runs batch k+1 while the host unpacks batch k);
+    shape_step: an eager batch's width and a head chunk's rows are rounded up to a multiple
+      of it (1: not rounded), so the matmuls see a set of shapes bounded by the batch and
+      chunk sizes, not one new shape per batch.
     """
 
     compile: bool
     dense: bool
     depth: int
+    shape_step: int = 1
 
 
 def engine_choices(device_type: str, compile_setting: bool | str = "auto") -> EngineChoices:
@@ -54,7 +63,12 @@ def engine_choices(device_type: str, compile_setting: bool | str = "auto") -> En
     it on a long one."""
     cuda = device_type == "cuda"
     compile_ = cuda if compile_setting == "auto" else bool(compile_setting)
-    return EngineChoices(compile=compile_, dense=cuda, depth=1 if cuda else 0)
+    return EngineChoices(compile=compile_, dense=cuda, depth=1 if cuda else 0,
+                         shape_step=1 if cuda else CPU_SHAPE_STEP)
+
+
+def round_up(size: int, step: int) -> int:
+    return -(-size // step) * step
 
 
 @dataclass(frozen=True)

