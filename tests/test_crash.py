@@ -217,14 +217,21 @@ KILLED_AFTER_RELEASE = """
 """
 
 
-def test_release_without_its_row_after_a_kill_is_recorded_by_the_next_run(tmp_path):
+def _release_then_kill(tmp_path, script: str):
+    """A two-document shard released to releases/demo/v0001 by a child running ``script``,
+    killed once it printed the version's path: (releases root, warehouse, shard, path)."""
     shard = tmp_path / "shard.parquet"
     pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", "two"]}), shard)
     root, wh = tmp_path / "releases", db.init(tmp_path / "warehouse.duckdb")
-    killed = _child(KILLED_AFTER_RELEASE, str(root), str(shard), str(wh))
+    killed = _child(script, str(root), str(shard), str(wh))
     path = root / "demo" / "v0001"
     assert _ready(killed) == str(path)
     assert killed.wait(60) == -signal.SIGKILL
+    return root, wh, shard, path
+
+
+def test_release_without_its_row_after_a_kill_is_recorded_by_the_next_run(tmp_path):
+    root, wh, shard, path = _release_then_kill(tmp_path, KILLED_AFTER_RELEASE)
     assert release.verify_release(path) == []  # whole on disk ...
     assert records.recorded_releases(wh) == set()  # ... and unknown to the warehouse
     assert release.release(root, "demo", [shard], "m", {}, {}).new is False  # "unchanged"
@@ -255,13 +262,7 @@ KILLED_RUN_AFTER_RELEASE = """
 
 def test_a_killed_runs_release_is_recorded_only_once_its_run_is_crashed_and_as_intended(
         tmp_path, caplog):
-    shard = tmp_path / "shard.parquet"
-    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", "two"]}), shard)
-    root, wh = tmp_path / "releases", db.init(tmp_path / "warehouse.duckdb")
-    killed = _child(KILLED_RUN_AFTER_RELEASE, str(root), str(shard), str(wh))
-    path = root / "demo" / "v0001"
-    assert _ready(killed) == str(path)
-    assert killed.wait(60) == -signal.SIGKILL
+    root, wh, shard, path = _release_then_kill(tmp_path, KILLED_RUN_AFTER_RELEASE)
 
     def recover() -> tuple[list[dict], str]:
         caplog.clear()
