@@ -382,7 +382,7 @@ class Scorer:
                         head, hidden[at], targets[at])
                 else:
                     token_logp, top_logits, top_idx = head_log_probs(
-                        head, hidden[at], targets[at], top_k)
+                        head, hidden[at], targets[at], top_k, self.choices.shape_step)
                 chosen, revise, dropping = decisions_from_top(
                     token_logp, top_logits, top_idx, targets[at], doc_keys[at], positions[at],
                     self.edit)
@@ -461,11 +461,12 @@ def head_rows(head: torch.nn.Module, hidden: torch.Tensor, step: int) -> torch.T
 
 
 def head_log_probs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                   top_k: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                   top_k: int, step: int = 1,
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The head with its log-normaliser for a chunk of positions: each target's log-prob
     and (top_k > 0) the top-k logits and their token ids. Compiled on CUDA, where the
-    float32 logits then never leave the kernels that reduce them."""
-    logits = head(hidden).float()
+    float32 logits then never leave the kernels that reduce them. ``step``: as head_rows."""
+    logits = head_rows(head, hidden, step).float()
     log_norm = torch.logsumexp(logits, dim=-1)
     token_logp = logits.gather(1, targets[:, None]).squeeze(1) - log_norm
     if not top_k:
