@@ -242,8 +242,10 @@ def test_ctrl_c_stops_serve_and_its_server(served, finished_run):
     proc = served["proc"]
     before = len(served["log"].read_text())
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(90) == 0
+    exit_code = proc.wait(90)
     after = served["log"].read_text()[before:]
+    # The log is the only witness of why serve exited badly; show it.
+    assert exit_code == 0, after
     assert "semisynth serve stopped" in after
     assert "Traceback" not in after, after
     with pytest.raises(OSError):
