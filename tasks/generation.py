@@ -1,0 +1,203 @@
+"""Sampling text from the prior: a decode loop for Llama-shaped models with a static KV
+cache and continuous batching.
+
+``model.generate`` pads a batch to its longest prompt, keeps finished rows in the batch
+until the last one ends and sorts the whole vocabulary at every step for top-p. Here:
+
+- every slot of the batch advances one token per step at its own position, so a prompt
+  is read token by token through the same step as generation, and a slot whose document
+  ended takes the next prompt at once (continuous batching);
+- the KV cache is one preallocated tensor per layer, written in place; attention reads
+  only the columns up to the longest live position, rounded to ``WIDTH_STEP``;
+- top-p is computed over the ``TOP_K`` most likely tokens, with the log-normaliser of the
+  whole vocabulary, and falls back to a full sort only for a row whose ``TOP_K`` tokens
+  hold less than ``top_p`` of the mass;
+- the draw at (document, position) uses a uniform number hashed from the seed, the
+  document's index and the position (``toedit.position_uniforms``), so the same prompts,
+  seed and slot count give the same texts, and no document's draws depend on which
+  documents shared its batch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from semisynth.tasks.toedit import doc_key, position_uniforms
+
+SLOTS = 48  # sequences in flight: benchmarks/README.md (generate.py) for the choice
+TOP_K = 64  # top-p's candidates before the full-sort fallback
+# attention reads the cache up to the longest live position rounded up to this: few
+# distinct shapes for oneDNN, at most this many masked columns read in vain
+WIDTH_STEP = 64
+
+
+def supports(model: torch.nn.Module) -> bool:
+    """Whether ``decode`` knows this architecture (Llama's layout of modules)."""
+    return getattr(model.config, "model_type", None) in {"llama"} and not getattr(
+        model.config, "attention_bias", False)
+
+
+@dataclass
+class _Slot:
+    document: int
+    prompt: list[int]
+    key: int
+    position: int = 0  # the position of the token this slot feeds at the next step
+    written: list[int] = field(default_factory=list)
+
+    def next_input(self) -> int:
+        return self.prompt[self.position] if self.position < len(self.prompt) else self.written[-1]
+
+
+class KVCache:
+    """Keys and values of ``slots`` sequences of up to ``length`` tokens, per layer."""
+
+    def __init__(self, config, slots: int, length: int, dtype: torch.dtype, device) -> None:
+        kv_heads = config.num_key_value_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (config.num_hidden_layers, slots, kv_heads, length, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only the sequences at ``rows``, in that order (the batch shrinks at the end)."""
+        self.keys = self.keys[:, rows].contiguous()
+        self.values = self.values[:, rows].contiguous()
+
+
+def forward_step(model: torch.nn.Module, cache: KVCache, tokens: torch.Tensor,
+                 positions: torch.Tensor, width: int) -> torch.Tensor:
+    """One token per sequence through a Llama model: ``tokens`` and ``positions`` are (S,);
+    the keys and values are written at ``positions``; attention sees the columns
+    ``0..positions[s]`` of sequence s's cache (``width`` > every position). float32 logits
+    (S, vocab)."""
+    body = model.model
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    hidden = body.embed_tokens(tokens)[:, None, :]  # (S, 1, H)
+    cos, sin = body.rotary_emb(hidden, positions[:, None])
+    visible = (torch.arange(width, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
+    for i, layer in enumerate(body.layers):
+        attn = layer.self_attn
+        h = layer.input_layernorm(hidden)
+        q = attn.q_proj(h).view(h.shape[0], 1, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(h.shape[0], 1, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(h.shape[0], 1, -1, attn.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        cache.keys[i, rows, :, positions] = k[:, :, 0]
+        cache.values[i, rows, :, positions] = v[:, :, 0]
+        out = F.scaled_dot_product_attention(
+            q, cache.keys[i, :, :, :width], cache.values[i, :, :, :width], attn_mask=visible,
+            scale=attn.scaling, enable_gqa=True)
+        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(h.shape[0], 1, -1))
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return model.lm_head(body.norm(hidden))[:, 0].float()
+
+
+def nucleus_draw(logits: torch.Tensor, uniforms: torch.Tensor, top_p: float,
+                 top_k: int = TOP_K) -> torch.Tensor:
+    """One token per row from the smallest set of most likely tokens whose mass reaches
+    ``top_p`` (HF's top-p: a token is kept while the mass before it is below ``top_p``),
+    picked by inverse CDF at ``uniforms`` (S,) in [0, 1). ``logits`` are already tempered."""
+    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+    values, index = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+    probs = (values - log_norm).exp()
+    picked = _inverse_cdf(probs, index, uniforms, top_p)
+    short = probs.sum(-1) < top_p
+    if bool(short.any()):  # rare: a flat distribution; these rows are sorted whole
+        full_values, full_index = logits[short].sort(dim=-1, descending=True)
+        picked[short] = _inverse_cdf((full_values - log_norm[short]).exp(), full_index,
+                                     uniforms[short], top_p)
+    return picked
+
+
+def _inverse_cdf(probs: torch.Tensor, index: torch.Tensor, uniforms: torch.Tensor,
+                 top_p: float) -> torch.Tensor:
+    before = probs.cumsum(-1) - probs
+    kept = torch.where(before < top_p, probs, 0.0)
+    kept[:, 0] = probs[:, 0]  # the most likely token is always kept
+    cdf = kept.cumsum(-1)
+    target = uniforms[:, None].to(cdf.dtype) * cdf[:, -1:]
+    choice = (cdf <= target).sum(-1).clamp(max=probs.shape[-1] - 1)
+    return index.gather(-1, choice[:, None])[:, 0]
+
+
+@torch.inference_mode()
+def decode(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    seed: int,
+    *,
+    eos_token_id: int | None,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    min_new_tokens: int = 0,
+    slots: int = SLOTS,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[int]]:
+    """The tokens written after each prompt (token ids, without the prompt; the EOS that
+    ended a document is not included). ``prompts`` are token ids, none empty. A document
+    ends at EOS (not before ``min_new_tokens``) or after ``max_new_tokens``.
+    ``progress(documents, tokens)`` as documents finish (their count and the tokens
+    written for them)."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("decode: every prompt needs at least one token")
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    length = max(len(p) for p in prompts) + max_new_tokens
+    if length > getattr(model.config, "max_position_embeddings", length):
+        raise ValueError(f"decode: {length} positions exceed the model's context "
+                         f"({model.config.max_position_embeddings})")
+    queue = deque(range(len(prompts)))
+    width = min(slots, len(prompts))
+    cache = KVCache(model.config, width, length, dtype, device)
+    keys = [doc_key(seed, str(d)) for d in range(len(prompts))]
+
+    def start(document: int) -> _Slot:
+        return _Slot(document, list(prompts[document]), keys[document])
+
+    live: list[_Slot | None] = [start(queue.popleft()) for _ in range(width)]
+    results: list[list[int]] = [[] for _ in prompts]
+    while any(s is not None for s in live):
+        active = [i for i, s in enumerate(live) if s is not None]
+        if not queue and len(active) <= len(live) // 2:  # the tail: drop the finished rows
+            cache.keep(torch.tensor(active, device=device))
+            live = [live[i] for i in active]
+        tokens = torch.tensor([s.next_input() if s else 0 for s in live], device=device)
+        positions = torch.tensor([s.position if s else 0 for s in live], device=device)
+        top = int(positions.max()) + 1
+        span = min(length, -(-top // WIDTH_STEP) * WIDTH_STEP)
+        logits = forward_step(model, cache, tokens, positions, span) / temperature
+        if eos_token_id is not None and min_new_tokens > 0:
+            early = torch.tensor([bool(s) and len(s.written) < min_new_tokens for s in live],
+                                 device=device)
+            logits[early, eos_token_id] = float("-inf")
+        uniforms = position_uniforms(
+            torch.tensor([s.key if s else 0 for s in live], device=device), positions + 1)
+        drawn = nucleus_draw(logits, uniforms, top_p).tolist()
+        done_docs = done_tokens = 0
+        for i, slot in enumerate(live):
+            if slot is None:
+                continue
+            slot.position += 1
+            if slot.position < len(slot.prompt):
+                continue  # still reading its prompt: the draw is not used
+            token = drawn[i]
+            ended = token == eos_token_id
+            if not ended:
+                slot.written.append(token)
+            if ended or len(slot.written) >= max_new_tokens:
+                results[slot.document] = slot.written
+                done_docs, done_tokens = done_docs + 1, done_tokens + len(slot.written)
+                live[i] = start(queue.popleft()) if queue else None
+        if progress and done_docs:
+            progress(done_docs, done_tokens)
+    return results
