@@ -334,14 +334,17 @@ def cmd_demo(
         if synthetic.exists():
             print(f"[3/4] {name} corpus: cached at {synthetic}", flush=True)
             continue
-        print(f"[3/4] {name} corpus: {synthetic_docs} documents written by the prior from the "
+        print(f"[3/4] {name} corpus: {synthetic_docs} documents of up to {synthetic_tokens} tokens written by the prior from the "
               "first words of Brown documents (once, cached)", flush=True)
         prior = prior or load_prior(cfg.prior.model, root, cfg.prior.precision)
         seeds = brown if name == "synthetic" else brown[::-1]
-        with progress("generated", total=synthetic_docs, unit="documents", also="tokens") as bar:
+        # counted in tokens: with every document in flight at once, documents end only in
+        # the last third, so a count of them would give no ETA until then
+        with progress("generated", total=synthetic_docs * synthetic_tokens, unit="tokens",
+                      also="documents") as bar:
             assets.synthesize(prior, seeds, synthetic, synthetic_docs, synthetic_tokens,
                               seed=cfg.seed if name == "synthetic" else cfg.seed + 1,
-                              progress=bar.advance)
+                              progress=lambda docs, tokens: bar.advance(tokens, docs))
     for extra in (cfg.corpora["synthetic"].paths[1:] if "synthetic" in cfg.corpora else []):
         if extra.endswith("damaged-batch.jsonl"):
             assets.damaged_batch(Path(cfg.resolve(extra)))

@@ -161,7 +161,8 @@ def generate(
     prompts, seed and ``slots`` give the same texts on the same device, precision and
     library versions. Any other prior goes through ``model.generate``, ``slots`` prompts at
     a time, left-padded, batch k seeded by ``batch_seed(seed, k)``.
-    ``progress(documents, tokens)`` as documents end: their count and the tokens written."""
+    ``progress(documents, tokens)``: documents ended and tokens written since the last call
+    (after each decoding step, or each batch of ``model.generate``)."""
     tok = prior.tokenizer
     if generation.supports(prior.model):
         start = tok.bos_token_id if tok.bos_token_id is not None else pad_id(tok)

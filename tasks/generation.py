@@ -144,8 +144,8 @@ def decode(
     """The tokens written after each prompt (token ids, without the prompt; the EOS that
     ended a document is not included). ``prompts`` are token ids, none empty. A document
     ends at EOS (not before ``min_new_tokens``) or after ``max_new_tokens``.
-    ``progress(documents, tokens)`` as documents finish (their count and the tokens
-    written for them)."""
+    ``progress(documents, tokens)`` after each step: the documents that ended in it and the
+    tokens it wrote."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("decode: every prompt needs at least one token")
     if not prompts:
@@ -183,7 +183,7 @@ def decode(
         uniforms = position_uniforms(
             torch.tensor([s.key if s else 0 for s in live], device=device), positions + 1)
         drawn = nucleus_draw(logits, uniforms, top_p).tolist()
-        done_docs = done_tokens = 0
+        ended_docs = step_tokens = 0
         for i, slot in enumerate(live):
             if slot is None:
                 continue
@@ -194,10 +194,11 @@ def decode(
             ended = token == eos_token_id
             if not ended:
                 slot.written.append(token)
+                step_tokens += 1
             if ended or len(slot.written) >= max_new_tokens:
                 results[slot.document] = slot.written
-                done_docs, done_tokens = done_docs + 1, done_tokens + len(slot.written)
+                ended_docs += 1
                 live[i] = start(queue.popleft()) if queue else None
-        if progress and done_docs:
-            progress(done_docs, done_tokens)
+        if progress and (ended_docs or step_tokens):
+            progress(ended_docs, step_tokens)
     return results
