@@ -1,7 +1,10 @@
 """The nightly_refresh flow end to end on a small slice: real prior, real Prefect server,
 real DuckDB, real Great Expectations, a real (local) Dask cluster."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -221,3 +224,15 @@ def test_release_attributes_equal_the_runs_warehouse_rows(flow_run):
     assert sum(e[2] for e in got_edits) > 0  # the edit changed tokens
     assert manifest["tokens"] == doc_scores.tokens.sum()
     assert (path / "README.md").read_text().startswith("---\n")
+
+
+def test_a_cli_run_ends_clean(flow_run):
+    """`semisynth run` with a Prefect server of its own: the run's logs reach that server
+    before it stops, so none is shipped at exit to a server that is gone."""
+    home, path, _ = flow_run
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run([sys.executable, "-m", "semisynth.cli", "run", str(path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr  # mix50 blocked: the flow run ends Failed
+    assert "not released mix50: blocked by the gate" in done.stdout
+    assert "Error logging to API" not in done.stdout + done.stderr, done.stderr[-2000:]
