@@ -4,6 +4,11 @@ decisions, batches in flight, compiled bucketed batches, each against the CPU's 
 
 No test here runs on a GPU: the device's free memory and type are passed in as numbers."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +16,7 @@ from transformers import GPT2Config, LlamaConfig
 
 from semisynth.config import EditConfig, PriorConfig
 from semisynth.tasks.device import (
+    CPU_COLD_COMPILE_SECONDS,
     CPU_VOCAB_CHUNK,
     MAX_BATCH_TOKENS,
     MEMORY_SHARE,
@@ -83,10 +89,15 @@ def test_auto_batch_on_an_h200():
 
 def test_choices_by_device():
     assert engine_choices("cuda") == EngineChoices(compile=True, dense=True, depth=1)
-    assert engine_choices("cpu") == EngineChoices(compile=False, dense=False, depth=0, shape_step=64,
-                                                  vocab_chunk=CPU_VOCAB_CHUNK)
+    # a CPU compiles for dynamic shapes, and with 'auto' only after as long eagerly
+    assert engine_choices("cpu") == EngineChoices(
+        compile=True, dense=False, depth=0, shape_step=64, vocab_chunk=CPU_VOCAB_CHUNK,
+        dynamic=True, compile_after=CPU_COLD_COMPILE_SECONDS)
     assert engine_choices("cuda", False).compile is False
-    assert engine_choices("cpu", True).compile is True
+    forced = engine_choices("cpu", True)
+    assert forced.compile and forced.dynamic and forced.compile_after is None
+    never = engine_choices("cpu", False)
+    assert not never.compile and not never.dynamic and never.vocab_chunk == CPU_VOCAB_CHUNK
 
 
 def test_width_buckets_are_few():
@@ -216,8 +227,8 @@ def test_the_gpu_path_gives_the_cpu_paths_results(prior_f32):
 
     edit = EditConfig(strategy="low_drop_up_revise", beta=8.0)
     cpu = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128)
-    assert cpu.choices == EngineChoices(compile=False, dense=False, depth=0, shape_step=64,
-                                        vocab_chunk=CPU_VOCAB_CHUNK)
+    assert cpu.choices == engine_choices("cpu")
+    assert cpu.compile_after == CPU_COLD_COMPILE_SECONDS  # 13 short texts: never reached
     gpu_like = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128,
                       choices=EngineChoices(compile=False, dense=True, depth=1, shape_step=64))
     windows = []
@@ -266,6 +277,100 @@ def test_compiled_bucketed_batches_give_the_eager_results(tiny_prior):
                    choices=EngineChoices(compile=True, dense=True, depth=1))
     same_results(b, again.score(IDS, TEXTS))
     assert again.compile_seconds == 0  # compiled once per process and shape
+
+
+def fresh(prior, cache_dir=None):
+    """The same model in a Prior of its own: no compile state, eager seconds or record."""
+    from semisynth.tasks.prior import Prior
+
+    return Prior(prior.model, prior.tokenizer, prior.model_id, prior.context, prior.device,
+                 cache_dir=cache_dir)
+
+
+def test_the_dynamic_compiled_body_gives_the_eager_results_unpadded(tiny_prior, tmp_path):
+    from semisynth.tasks.toedit import Scorer
+
+    edit = EditConfig(threshold=2.03e-5, beta=4.0)
+    prior = fresh(tiny_prior, tmp_path)
+    eager = Scorer(prior, edit, seed=3, batch_tokens=512, window=64,
+                   choices=EngineChoices(compile=False, dense=False, depth=0, shape_step=64,
+                                         vocab_chunk=CPU_VOCAB_CHUNK))
+    compiled = Scorer(prior, edit, seed=3, batch_tokens=512, window=64,
+                      choices=engine_choices("cpu", True))
+    planned = compiled.plan(IDS, *compiled.tokenize(TEXTS))
+    assert not any(b.compiled for b in planned.batches)  # no static shapes, no buckets
+    # padded to the shape step only, not to a power of two
+    assert all(b.width - max(s.stop - s.start for s in b.segments) < 64 for b in planned.batches)
+    a = eager.score(IDS, TEXTS)
+    assert prior.eager_seconds > 0 and not prior.dynamic_compiled
+    b = compiled.run(planned)
+    assert sum(r.revised_tokens for r in a) > 100
+    same_results(a, b, rel=1e-5)
+    assert prior.dynamic_compiled and compiled.compile_seconds > 0
+    # the compile's time is recorded in the cache for the next process's estimate
+    assert fresh(tiny_prior, tmp_path).expected_compile_seconds(99.0) == pytest.approx(
+        compiled.compile_seconds, abs=0.06)
+    assert fresh(tiny_prior, tmp_path / "empty").expected_compile_seconds(99.0) == 99.0
+
+
+def test_auto_compiles_on_a_cpu_only_after_as_long_eagerly(tiny_prior, tmp_path):
+    from semisynth.tasks.toedit import HostBatch, Scorer
+
+    prior = fresh(tiny_prior, tmp_path)
+    prior.record_compile_seconds(2.0)  # what an earlier process measured on this host
+    scorer = Scorer(prior, None, batch_tokens=512, window=64, choices=engine_choices("cpu"))
+    assert scorer.compile_after == 2.0
+
+    def batch(rows):
+        return HostBatch([], rows, 64, 0, False, torch.zeros(0, dtype=torch.long))
+
+    prior.eager_seconds = 1.9
+    assert not scorer._dynamic_due(batch(8))
+    prior.eager_seconds = 2.0
+    assert scorer._dynamic_due(batch(8))
+    assert not scorer._dynamic_due(batch(1))  # one row: a compile of its own, eager instead
+    prior.compile_failed = True
+    assert not scorer._dynamic_due(batch(8))
+    never = Scorer(prior, None, batch_tokens=512, window=64, choices=engine_choices("cpu", False))
+    assert never.compile_after is None and not never._dynamic_due(batch(8))
+
+
+def test_the_compile_cache_is_under_the_data_root(assets_root, prior_folder, monkeypatch):
+    from semisynth.tasks.prior import INDUCTOR_CACHE_ENV, _load
+
+    monkeypatch.delenv(INDUCTOR_CACHE_ENV, raising=False)
+    prior = _load("default", assets_root, "float32", "cpu")
+    assert prior.cache_dir == assets_root / "cache" / "inductor"
+    assert os.environ[INDUCTOR_CACHE_ENV] == str(prior.cache_dir)
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, "/elsewhere")  # a user's own setting wins
+    assert _load("default", assets_root, "float32", "cpu").cache_dir == Path("/elsewhere")
+
+
+COMPILE_CHILD = """
+import sys, torch
+from torch._dynamo.utils import counters
+from transformers import LlamaConfig, LlamaForCausalLM
+from semisynth.tasks.prior import Prior
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+prior = Prior(LlamaForCausalLM(config).eval(), None, "tiny", 64, torch.device("cpu"))
+with torch.inference_mode():
+    prior.dynamic_body(input_ids=torch.randint(0, 256, (2, 16)), use_cache=False)
+print(counters["inductor"]["fxgraph_cache_hit"])
+"""
+
+
+def test_a_second_process_reuses_the_compiled_body(tmp_path):
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache" / "inductor")}
+
+    def hits() -> int:
+        out = subprocess.run([sys.executable, "-c", COMPILE_CHILD], env=env, check=True,
+                             capture_output=True, text=True)
+        return int(out.stdout.split()[-1])
+
+    assert hits() == 0 and (tmp_path / "cache" / "inductor").is_dir()
+    assert hits() > 0
 
 
 def test_batch_tokens_auto_is_the_default_and_refuses_nonsense():
