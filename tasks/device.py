@@ -28,9 +28,10 @@ CPU_VOCAB_CHUNK = 8192
 # run's length, it then takes at most about twice the time of the better choice made with
 # hindsight, and a short run, one document, never waits for a compile). The expectation is
 # the last compile's measured time on this host (``Prior.expected_compile_seconds``: a warm
-# cache under the data root makes it short), else this: a first compile of the default prior
-# on a 2-core host, which took 47-90 s per process (benchmarks/README.md).
-CPU_COLD_COMPILE_SECONDS = 60.0
+# cache under the data root makes it short, 4 s for the default prior on 2 cores), else this:
+# a first compile of the default prior's decoder layers on a 2-core host (19 s measured,
+# ``Prior.dynamic_body``).
+CPU_COLD_COMPILE_SECONDS = 20.0
 MAX_BATCH_TOKENS = 262_144  # beyond it an H200 gained little (295k tokens/s at 64k, 328k at 256k)
 MIN_BATCH_TOKENS = 1024
 MIN_LOGITS_CHUNK = 256

@@ -7,6 +7,7 @@ once to a safetensors folder under the data root, which then loads in under a se
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import json
@@ -112,11 +113,23 @@ class Prior:
 
     @functools.cached_property
     def dynamic_body(self) -> torch.nn.Module:
-        """The body compiled once for any batch shape (a CPU's batches have many widths:
-        dynamic shapes spare both the padding to a few static ones and a compile per shape).
-        A batch of one row would be a second compile (dynamo specializes sizes of 1): the
-        Scorer runs those eagerly."""
-        return torch.compile(self.model.base_model, dynamic=True)
+        """The body with its decoder layers compiled once for any batch shape (a CPU's
+        batches have many widths: dynamic shapes spare both the padding to a few static ones
+        and a compile per shape). The layers share their code, so one compiled graph serves
+        them all (regional compilation): on 2 cores the default prior's compile took 19 s
+        cold and 4 s from the cache, against 79 s and 33 s for the whole body compiled at
+        once, for 1.36x against 1.47x on the body (benchmarks/README.md). A body without a
+        list of layers is compiled whole. A batch of one row would be a second compile
+        (dynamo specializes sizes of 1): the Scorer runs those eagerly. The eager body stays
+        as it was: this is a shallow copy with compiled wrappers of the same layers."""
+        base = self.model.base_model
+        layers = getattr(base, "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList):
+            return torch.compile(base, dynamic=True)
+        body = copy.copy(base)
+        body._modules = dict(base._modules)  # copy.copy shares it: the layers would be replaced in both
+        body.layers = torch.nn.ModuleList([torch.compile(layer, dynamic=True) for layer in layers])
+        return body
 
     def _record_key(self) -> str:
         dtype = next(self.model.parameters()).dtype
