@@ -46,7 +46,20 @@ COMPILE_RECORD = "semisynth-compile-seconds.json"  # in the cache: the last comp
 
 
 def compile_cache_dir(root: Path) -> Path:
-    return Path(root) / "cache" / "inductor"
+    return Path(root).resolve() / "cache" / "inductor"
+
+
+def use_compile_cache(root: Path) -> Path:
+    """Point torch.compile's cache at the data root's, unless the user named one; return
+    the cache in use. Inductor writes its own default into the variable the first time it
+    asks for the cache (importing transformers can be that time): that value counts as
+    unset."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get(INDUCTOR_CACHE_ENV)
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ[INDUCTOR_CACHE_ENV] = str(compile_cache_dir(root))
+    return Path(os.environ[INDUCTOR_CACHE_ENV])
 
 
 @functools.cache  # the CPU does not change while a process runs
@@ -266,8 +279,7 @@ def _load(model: str, root: Path, precision: str, device: str) -> Prior:
     folder, model_id = resolve_model(model, root)
     if device == "cpu":
         os.environ.setdefault(ONEDNN_CACHE_ENV, ONEDNN_CACHE_DEFAULT)
-    os.environ.setdefault(INDUCTOR_CACHE_ENV, str(compile_cache_dir(root)))
-    cache_dir = Path(os.environ[INDUCTOR_CACHE_ENV])
+    cache_dir = use_compile_cache(root)
     dtype = DTYPES[precision]
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     lm = AutoModelForCausalLM.from_pretrained(

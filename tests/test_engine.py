@@ -336,12 +336,17 @@ def test_auto_compiles_on_a_cpu_only_after_as_long_eagerly(tiny_prior, tmp_path)
 
 
 def test_the_compile_cache_is_under_the_data_root(assets_root, prior_folder, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
     from semisynth.tasks.prior import INDUCTOR_CACHE_ENV, _load
 
     monkeypatch.delenv(INDUCTOR_CACHE_ENV, raising=False)
     prior = _load("default", assets_root, "float32", "cpu")
-    assert prior.cache_dir == assets_root / "cache" / "inductor"
-    assert os.environ[INDUCTOR_CACHE_ENV] == str(prior.cache_dir)
+    assert prior.cache_dir == assets_root.resolve() / "cache" / "inductor"
+    assert cache_dir() == str(prior.cache_dir)  # where inductor writes
+    # inductor's own default, written into the variable when it first looked: not a choice
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, default_cache_dir())
+    assert _load("default", assets_root, "float32", "cpu").cache_dir == prior.cache_dir
     monkeypatch.setenv(INDUCTOR_CACHE_ENV, "/elsewhere")  # a user's own setting wins
     assert _load("default", assets_root, "float32", "cpu").cache_dir == Path("/elsewhere")
 
