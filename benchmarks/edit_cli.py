@@ -53,10 +53,11 @@ def official_child(args) -> None:
     print(json.dumps({"scored_tokens": scored, "docs": len(rows)}))
 
 
-def timed_process(cmd: list[str], env: dict) -> tuple[float, str]:
+def timed_process(cmd: list[str], env: dict) -> tuple[float, str, str]:
+    """Seconds from the process's start to its exit, its stdout and its stderr."""
     start = time.perf_counter()
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-    return time.perf_counter() - start, out.stdout + out.stderr
+    return time.perf_counter() - start, out.stdout, out.stderr
 
 
 def main() -> None:
@@ -87,15 +88,15 @@ def main() -> None:
         env = {**os.environ, "SEMISYNTH_HOME": str(root)}
         if args.cold:
             env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")
-        official_s, official_out = timed_process(
+        official_s, official_out, _ = timed_process(
             [sys.executable, __file__, "--official-child", str(docs), "--out", str(tmp / "official.jsonl"),
              "--tokens", str(args.tokens), "--data-root", str(root)], env)
         scored = json.loads(official_out.strip().splitlines()[-1])["scored_tokens"]
-        edit_s, edit_out = timed_process(
+        edit_s, _, edit_log = timed_process(
             [semisynth, "-v", "edit", str(docs), str(tmp / "edited.jsonl"), "--max-tokens", str(args.tokens)],
             env)
-        compiled = [line for line in edit_out.splitlines() if "compiled the prior" in line]
-        one_s, _ = timed_process([semisynth, "edit", str(one), str(tmp / "one-out.jsonl")], env)
+        compiled = [line for line in edit_log.splitlines() if "compiled the prior" in line]
+        one_s, _, _ = timed_process([semisynth, "edit", str(one), str(tmp / "one-out.jsonl")], env)
     summary = {
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__, "precision": resolve_precision("auto"), "docs": args.docs,
