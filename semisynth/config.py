@@ -77,9 +77,12 @@ class PriorConfig(_Strict):
         "take hours: only its first N tokens are scored, with a warning naming it "
         "(unset: no bound)."))
     compile: Compile = Field("auto", description=(
-        "torch.compile the prior's body (static shapes: full batches of a few widths) and "
-        "its head; 'auto': on CUDA only (on a CPU its 47-90 s per process outweigh what it "
-        "saves on a demo-sized run)."))
+        "torch.compile the prior's body: on CUDA for static shapes (full batches of a few "
+        "widths) and its head too, from the first batch; on a CPU for dynamic shapes, and "
+        "with 'auto' only once the process has spent as long in eager forward passes as "
+        "the compile is expected to take (the last compile's time on this host, recorded "
+        "in the compile cache under the data root; else 20 s), so a short run never waits "
+        "for it."))
 
 
 class EditConfig(_Strict):

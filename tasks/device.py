@@ -18,6 +18,20 @@ CPU_LOGITS_CHUNK = 1024
 # 641 to 847 MB RSS over 40 shards; with both rounded up to a multiple of 64, 582 to 615 MB,
 # at the same speed (issue 17's note). float32 (MKL) did not grow either way.
 CPU_SHAPE_STEP = 64
+# Columns of the vocabulary per head matmul on a CPU: 1024 rows x 8192 columns of float32
+# logits (32 MB) are reduced before the next chunk is computed. On 2 cores, 8 x 512
+# positions of the default prior (49,152 tokens): head and log-normaliser 0.54 s in chunks
+# of 8192 columns, 0.70 s in chunks of 4096 columns for 4096 rows, 0.86 s unchunked.
+CPU_VOCAB_CHUNK = 8192
+# On a CPU, compile 'auto' compiles the body once this process has spent as many seconds in
+# eager forward passes as the compile is expected to take (the ski-rental rule: whatever the
+# run's length, it then takes at most about twice the time of the better choice made with
+# hindsight, and a short run, one document, never waits for a compile). The expectation is
+# the last compile's measured time on this host (``Prior.expected_compile_seconds``: a warm
+# cache under the data root makes it short, 4 s for the default prior on 2 cores), else this:
+# a first compile of the default prior's decoder layers on a 2-core host (19 s measured,
+# ``Prior.dynamic_body``).
+CPU_COLD_COMPILE_SECONDS = 20.0
 MAX_BATCH_TOKENS = 262_144  # beyond it an H200 gained little (295k tokens/s at 64k, 328k at 256k)
 MIN_BATCH_TOKENS = 1024
 MIN_LOGITS_CHUNK = 256
@@ -45,26 +59,41 @@ class EngineChoices:
       time; 1: the device runs batch k+1 while the host unpacks batch k);
     shape_step: an eager batch's width and a head chunk's rows are rounded up to a multiple
       of it (1: not rounded), so the matmuls see a set of shapes bounded by the batch and
-      chunk sizes, not one new shape per batch.
+      chunk sizes, not one new shape per batch;
+    vocab_chunk: the sparse path's head runs over this many vocabulary columns at a time,
+      reducing each to its logsumexp at once (``toedit.vocab_chunked_log_probs``); None:
+      the whole vocabulary's logits at once;
+    dynamic: the body is compiled once for any batch shape (``Prior.dynamic_body``) and every
+      batch of two rows or more goes through it, padded only to shape_step: no width buckets,
+      no padding to them (CPU);
+    compile_after: with ``dynamic``, the seconds of eager forward passes this process runs
+      before it compiles (None: from the first batch; see CPU_COLD_COMPILE_SECONDS).
     """
 
     compile: bool
     dense: bool
     depth: int
     shape_step: int = 1
+    vocab_chunk: int | None = None
+    dynamic: bool = False
+    compile_after: float | None = None
 
 
 def engine_choices(device_type: str, compile_setting: bool | str = "auto") -> EngineChoices:
     """The engine's choices on a device of this type: on CUDA the device must never wait for
     the host (dense decisions, one batch in flight ahead), and compile pays back its first
-    minute on a corpus. On a CPU every call is synchronous anyway, and the compile (47-90 s
-    per process for the default prior) bought 1.13-1.41x on the body alone (RECIPES.md,
-    benchmarks/README.md): less than it costs on a demo-sized run; ``compile=True`` asks for
-    it on a long one."""
+    minute on a corpus: static shapes, from the first full batch. On a CPU every call is
+    synchronous anyway; the body is compiled for dynamic shapes (one compile, no padding to
+    buckets), and 'auto' compiles it only once the process has run as long eagerly as the
+    compile is expected to take (CPU_COLD_COMPILE_SECONDS); ``compile=True`` compiles from
+    the first batch."""
     cuda = device_type == "cuda"
-    compile_ = cuda if compile_setting == "auto" else bool(compile_setting)
-    return EngineChoices(compile=compile_, dense=cuda, depth=1 if cuda else 0,
-                         shape_step=1 if cuda else CPU_SHAPE_STEP)
+    compile_ = True if compile_setting == "auto" else bool(compile_setting)
+    if cuda:
+        return EngineChoices(compile=compile_, dense=True, depth=1)
+    return EngineChoices(compile=compile_, dense=False, depth=0, shape_step=CPU_SHAPE_STEP,
+                         vocab_chunk=CPU_VOCAB_CHUNK, dynamic=compile_,
+                         compile_after=CPU_COLD_COMPILE_SECONDS if compile_setting == "auto" else None)
 
 
 def round_up(size: int, step: int) -> int:

@@ -47,7 +47,8 @@ SCORE_SCHEMA = pa.schema(
 
 
 # Bump when a change to the engine changes what it writes: old caches then miss.
-ENGINE_VERSION = 3  # 2: the truncated column, prior.max_doc_tokens; 3: CPU shapes rounded to 64
+ENGINE_VERSION = 4  # 2: the truncated column, prior.max_doc_tokens; 3: CPU shapes rounded to 64;
+# 4: the CPU head in vocabulary chunks (log-normalisers differ in their last bits)
 
 
 def score_key(model_id: str, prior: PriorConfig, edit: EditConfig, seed: int) -> str:

