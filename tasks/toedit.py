@@ -384,6 +384,8 @@ class Scorer:
         except Exception as exc:  # noqa: BLE001 - any failure of a CPU compile: run eagerly
             if not (dynamic and first_compile):
                 raise
+            if _interrupted(exc):  # Ctrl-C during the compile, wrapped by dynamo: not a failure
+                raise KeyboardInterrupt from exc
             # 'auto' now compiles on hosts that never did (a CPU without a C++ compiler,
             # say): a failed compile costs its time once, not the run
             log.warning("torch.compile of the prior failed, scoring eagerly: %s", exc)
@@ -446,6 +448,17 @@ class Scorer:
         if not self.choices.dynamic or batch.rows < 2 or self.prior.compile_failed:
             return False
         return self.compile_after is None or self.prior.eager_seconds >= self.compile_after
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in ``exc``'s chain of causes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @dataclass
