@@ -498,14 +498,20 @@ class _InFlight:
         return self.out.numpy()
 
 
-def head_rows(head: torch.nn.Module, hidden: torch.Tensor, step: int) -> torch.Tensor:
-    """The head's logits for ``hidden``'s rows, computed on zero rows padded to a multiple
-    of ``step`` (``EngineChoices.shape_step``) and cut back."""
+def pad_rows(hidden: torch.Tensor, step: int) -> torch.Tensor:
+    """``hidden`` with zero rows added up to a multiple of ``step``
+    (``EngineChoices.shape_step``): the head's matmuls see a bounded set of shapes."""
     rows = hidden.shape[0]
     padded = round_up(rows, step)
     if padded == rows:
-        return head(hidden)
-    return head(torch.cat([hidden, hidden.new_zeros(padded - rows, hidden.shape[1])]))[:rows]
+        return hidden
+    return torch.cat([hidden, hidden.new_zeros(padded - rows, hidden.shape[1])])
+
+
+def head_rows(head: torch.nn.Module, hidden: torch.Tensor, step: int) -> torch.Tensor:
+    """The head's logits for ``hidden``'s rows, computed on rows padded by ``pad_rows``
+    and cut back."""
+    return head(pad_rows(hidden, step))[: hidden.shape[0]]
 
 
 def head_log_probs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
@@ -531,11 +537,9 @@ def vocab_chunked_log_probs(head: torch.nn.Module, hidden: torch.Tensor, targets
     is the logsumexp of the chunks' ones. The full-vocabulary float32 logits, and the pass
     over them in memory, are never made: on 2 CPU cores that pass cost about 40% of the
     head (8 x 512 positions of the default prior: 0.86 s against 0.54 s). ``step``: the
-    rows are padded as in head_rows, for the same bounded set of matmul shapes."""
+    rows are padded by ``pad_rows``, as in head_rows."""
     rows = hidden.shape[0]
-    padded = round_up(rows, step)
-    if padded != rows:
-        hidden = torch.cat([hidden, hidden.new_zeros(padded - rows, hidden.shape[1])])
+    hidden = pad_rows(hidden, step)
     weight, bias = head.weight, head.bias
     norms, target_logits = [], torch.zeros(rows, dtype=torch.float32, device=hidden.device)
     for lo in range(0, weight.shape[0], vocab_chunk):
