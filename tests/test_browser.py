@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect_helpers import free_port, prefect_client
+from terminal import default_sigint
 
 pytestmark = pytest.mark.slow
 
@@ -142,6 +143,7 @@ def served(tmp_path_factory, prior_folder, brown_shards):
     proc = subprocess.Popen(
         [str(SEMISYNTH), "serve", "--config", str(config_path), "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=tmp,
+        preexec_fn=default_sigint,  # the test stops it with Ctrl-C
     )
     api_url, ui_url = f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}"
 

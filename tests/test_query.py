@@ -4,6 +4,7 @@ hostile user tries are refused, the warehouse is unchanged, a long query is stop
 import time
 
 import pytest
+from terminal import default_sigint
 
 from semisynth.warehouse import db
 from semisynth.warehouse.query import Limits, QueryError, QueryTimeout, run_query
@@ -69,8 +70,7 @@ def test_ctrl_c_stops_a_long_query_of_the_command(wh):
         [sys.executable, "-m", "semisynth.cli", "--data-root", str(wh.parent), "query",
          "SELECT count(*) FROM range(100000000000) a, range(10) b", "--timeout", "600"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        # a shell's background job inherits SIGINT ignored: give the child a terminal's
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=default_sigint)
     time.sleep(8)  # imports done and the statement running, even on a loaded machine
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)

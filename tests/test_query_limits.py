@@ -4,7 +4,6 @@ warehouse; memory as the kernel measured it (the largest resident set of the com
 the query process it starts)."""
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 
 import psutil
 import pytest
+from terminal import default_sigint
 
 from semisynth.warehouse import db
 
@@ -56,17 +56,12 @@ def _query(root, *args, guard=0, env=None, stdout=subprocess.PIPE, timeout=120) 
         [sys.executable, "-c", MEASURED, str(guard), sys.executable, "-m", "semisynth.cli",
          "--data-root", str(root), "query", *args],
         stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout,
-        env=env, preexec_fn=_default_sigint)
+        env=env, preexec_fn=default_sigint)
     seconds = time.monotonic() - started
     err, _, peak = done.stderr.rstrip("\n").rpartition("\n")
     if not peak.startswith("peak_rss_mb="):  # the whole stderr was the peak line
         err, peak = "", done.stderr.strip()
     return Done(done.returncode, done.stdout or "", err, float(peak.split("=")[1]), seconds)
-
-
-def _default_sigint():
-    # a shell's background job inherits SIGINT ignored, and the child would too
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _in_process(wh, capsys, *args) -> tuple[int, str, str]:
@@ -131,7 +126,7 @@ def test_the_timeout_covers_fetching_and_printing(wh):
     proc = subprocess.Popen(
         [sys.executable, "-m", "semisynth.cli", "--data-root", str(wh.parent), "query",
          "SELECT range, repeat('x', 100) FROM range(100000)", "--timeout", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     started = time.monotonic()
     try:
         code = proc.wait(timeout=30)

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from terminal import sigint_raises_keyboard_interrupt
 
 from semisynth.config import EditConfig
 from semisynth.tasks.toedit import (
@@ -261,7 +262,7 @@ def test_ctrl_c_stops_a_long_document_between_windows(prior_f32, assets_root, lo
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
 
     out = tmp_path / "scores" / "s.parquet"
-    with pytest.raises(KeyboardInterrupt):
+    with sigint_raises_keyboard_interrupt(), pytest.raises(KeyboardInterrupt):
         score_shard(long_shard, out, assets_root, cfg, EditConfig(), seed=1,
                     window_progress=interrupt_at_the_second_window)
     assert len(windows) == 2  # no further window was scored
