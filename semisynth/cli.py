@@ -299,7 +299,7 @@ def cmd_demo(
     from semisynth.flows.nightly import run
     from semisynth.progress import duration, progress
     from semisynth.tasks import assets
-    from semisynth.tasks.prior import default_prior_folder, fetch_default_prior, load_prior
+    from semisynth.tasks.prior import default_prior_fetched, fetch_default_prior, load_prior
 
     config = Path(config) if config else demo_config()
     overrides = ctx.obj.overrides(set_)
@@ -311,7 +311,7 @@ def cmd_demo(
     synthetic_corpora = [(name, Path(cfg.resolve(cfg.corpora[name].paths[0])))
                          for name in ("synthetic", "synthetic_ref") if name in cfg.corpora]
     print(demo_budget(
-        prior_cached=(default_prior_folder(root) / "model.safetensors").exists(),
+        prior_cached=default_prior_fetched(root),
         brown_cached=all(p.exists() for p in assets.brown_shard_paths(root)),
         documents_to_write=synthetic_docs * sum(not p.exists() for _, p in synthetic_corpora),
         new_tokens=synthetic_tokens), flush=True)
@@ -451,7 +451,7 @@ def cmd_edit(
         print(f"field {key!r} written to {output} as {name!r}: edit's own column has its name",
               file=sys.stderr)
     prior = load_prior(model, ctx.obj.settings.data_root, precision)
-    scorer = Scorer.from_config(prior, prior_cfg, edit, seed)
+    scorer = Scorer.from_config(prior, prior_cfg, edit, seed, expected_documents=total)
     bad: list[Record] = []
     stats = {"documents": 0, "tokens": 0, "edited": 0, "dropped": 0}
     lines = array("q")  # the input line of each document given to the writer, in order

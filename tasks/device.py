@@ -32,6 +32,12 @@ CPU_VOCAB_CHUNK = 8192
 # a first compile of the default prior's decoder layers on a 2-core host (19 s measured,
 # ``Prior.dynamic_body``).
 CPU_COLD_COMPILE_SECONDS = 20.0
+# Where the caller knows how much work the process has left (`semisynth edit` knows its
+# file's documents), 'auto' compiles only if the eager seconds the compiled body would save
+# on it exceed the expected compile time, at this speedup of the compiled engine over the
+# eager one: 1.51x against 1.31x of the official shape, bf16, 2 cores (benchmarks/README,
+# 2026-12-06). The ski-rental rule alone compiles in a 1-minute run, at a cold cache's cost.
+CPU_COMPILED_SPEEDUP = 1.15
 MAX_BATCH_TOKENS = 262_144  # beyond it an H200 gained little (295k tokens/s at 64k, 328k at 256k)
 MIN_BATCH_TOKENS = 1024
 MIN_LOGITS_CHUNK = 256
@@ -67,7 +73,9 @@ class EngineChoices:
       batch of two rows or more goes through it, padded only to shape_step: no width buckets,
       no padding to them (CPU);
     compile_after: with ``dynamic``, the seconds of eager forward passes this process runs
-      before it compiles (None: from the first batch; see CPU_COLD_COMPILE_SECONDS).
+      before it compiles (None: from the first batch; see CPU_COLD_COMPILE_SECONDS), or,
+      where the Scorer knows its work (``expected_documents``), the compile time the eager
+      seconds it would save must exceed (CPU_COMPILED_SPEEDUP).
     """
 
     compile: bool

