@@ -11,8 +11,10 @@ prior, reading, scoring, editing, writing):
       documents as JSON lines;
   (b) `semisynth edit IN OUT --max-tokens 512`, with the data root's compile cache as it is
       (``--cold``: an empty one, as on a host's first run);
-  (c) `semisynth edit` on one of the documents (the target: at most 5 s).
-Prints the figures and one JSON line.
+  (c) `semisynth edit` on one of the documents (the target: at most 5 s), first,
+      ``--one-doc-runs`` times (the median is the figure; ``--one-doc-only``: only this).
+The host's matmul rate in the auto precision is measured first: the same host ran a third
+slower at some hours. Prints the figures and one JSON line.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,17 +69,24 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--data-root", default=str(data_root()))
     parser.add_argument("--cold", action="store_true", help="semisynth edit with an empty compile cache")
+    parser.add_argument("--one-doc-runs", type=int, default=3,
+                        help="times the one-document edit runs (the median is the figure)")
+    parser.add_argument("--one-doc-only", action="store_true",
+                        help="only the one-document edit (and the host's matmul rate)")
     parser.add_argument("--official-child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.official_child:
         return official_child(args)
-    from score_edit import human_documents
+    from score_edit import human_documents, matmul_gflops
     from transformers import AutoTokenizer
 
     from semisynth.tasks.prior import default_prior_folder, resolve_precision
 
     root = Path(args.data_root).resolve()
+    precision = resolve_precision("auto")
+    # the host's speed in this run: it varied by a third within a day on the same host
+    gflops = matmul_gflops(torch.bfloat16 if precision == "bfloat16" else torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(default_prior_folder(root))
     ids, texts = human_documents(root, args.docs, args.tokens, tokenizer)
     semisynth = str(Path(sys.executable).parent / "semisynth")
@@ -88,29 +98,38 @@ def main() -> None:
         env = {**os.environ, "SEMISYNTH_HOME": str(root)}
         if args.cold:
             env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")
-        official_s, official_out, _ = timed_process(
-            [sys.executable, __file__, "--official-child", str(docs), "--out", str(tmp / "official.jsonl"),
-             "--tokens", str(args.tokens), "--data-root", str(root)], env)
-        scored = json.loads(official_out.strip().splitlines()[-1])["scored_tokens"]
-        edit_s, _, edit_log = timed_process(
-            [semisynth, "-v", "edit", str(docs), str(tmp / "edited.jsonl"), "--max-tokens", str(args.tokens)],
-            env)
-        compiled = [line for line in edit_log.splitlines() if "compiled the prior" in line]
-        one_s, _, _ = timed_process([semisynth, "edit", str(one), str(tmp / "one-out.jsonl")], env)
+        one_runs = [timed_process([semisynth, "edit", str(one), str(tmp / "one-out.jsonl")], env)[0]
+                    for _ in range(args.one_doc_runs)]
+        one_s = statistics.median(one_runs)
+        official_s = edit_s = scored = None
+        compiled = []
+        if not args.one_doc_only:
+            official_s, official_out, _ = timed_process(
+                [sys.executable, __file__, "--official-child", str(docs), "--out", str(tmp / "official.jsonl"),
+                 "--tokens", str(args.tokens), "--data-root", str(root)], env)
+            scored = json.loads(official_out.strip().splitlines()[-1])["scored_tokens"]
+            edit_s, _, edit_log = timed_process(
+                [semisynth, "-v", "edit", str(docs), str(tmp / "edited.jsonl"), "--max-tokens", str(args.tokens)],
+                env)
+            compiled = [line for line in edit_log.splitlines() if "compiled the prior" in line]
     summary = {
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__, "precision": resolve_precision("auto"), "docs": args.docs,
-        "tokens_per_doc": args.tokens, "scored_tokens": scored, "cold_cache": args.cold,
-        "official_process_seconds": official_s, "edit_process_seconds": edit_s,
-        "edit_speedup_vs_official_auto": official_s / edit_s,
-        "official_tokens_per_s": scored / official_s, "edit_tokens_per_s": scored / edit_s,
-        "edit_compiled": compiled[-1].strip() if compiled else None,
-        "one_doc_edit_seconds": one_s,
+        "torch": torch.__version__, "precision": precision, "auto_matmul_gflops": gflops,
+        "one_doc_edit_seconds": one_s, "one_doc_edit_runs": one_runs,
     }
-    print(f"official shape, own process: {official_s:.1f} s ({scored / official_s:.0f} tokens/s)")
-    print(f"semisynth edit, whole process: {edit_s:.1f} s ({scored / edit_s:.0f} tokens/s): "
-          f"{official_s / edit_s:.2f}x; compiled: {summary['edit_compiled'] or 'no'}")
-    print(f"semisynth edit on one document: {one_s:.1f} s")
+    print(f"host: {gflops:.0f} GFLOP/s in {precision} matmuls")
+    print(f"semisynth edit on one document: {one_s:.1f} s (median of {', '.join(f'{r:.1f}' for r in one_runs)})")
+    if not args.one_doc_only:
+        summary.update({
+            "docs": args.docs, "tokens_per_doc": args.tokens, "scored_tokens": scored,
+            "cold_cache": args.cold, "official_process_seconds": official_s,
+            "edit_process_seconds": edit_s, "edit_speedup_vs_official_auto": official_s / edit_s,
+            "official_tokens_per_s": scored / official_s, "edit_tokens_per_s": scored / edit_s,
+            "edit_compiled": compiled[-1].strip() if compiled else None,
+        })
+        print(f"official shape, own process: {official_s:.1f} s ({scored / official_s:.0f} tokens/s)")
+        print(f"semisynth edit, whole process: {edit_s:.1f} s ({scored / edit_s:.0f} tokens/s): "
+              f"{official_s / edit_s:.2f}x; compiled: {summary['edit_compiled'] or 'no'}")
     print(json.dumps(summary))
 
 
