@@ -128,7 +128,8 @@ class Metric:
 
     ``compute(inputs, n) -> float`` (n is None without ``per_order``) is called by
     ``compare`` with a ``MetricInputs``; ``reads="perplexity"``: the metric is left out when
-    a side has no document with a perplexity. ``compute=None`` (``reads=None``): measured
+    a side has no document with a perplexity; ``reads="ngrams"``: it reads the count tables
+    or the token ids, which every sample has. ``compute=None`` (``reads=None``): measured
     outside ``compare`` (``quality/measure.py``: edit_rate, synthetic_share), declared here
     for its rule and place. ``ci(inputs, n) -> (low, high)``: its bootstrap 95% interval,
     stored with the value and widening a relative bound to the noise it measures, for the

@@ -59,9 +59,10 @@ def thresholds(yardstick: dict[str, float], gate: GateConfig, metric_names: list
     Each bound is the split-half value y moved by max(fixed slack, noise[metric]) in the
     direction collapse goes (see ``GateConfig``); ``noise`` is ``noise_slack`` per metric
     with CIs (missing: 0). Metrics without a rule, or whose split-half value is missing from
-    ``yardstick``, are left out; ``edit_rate`` is gated (whether listed or not) for edited
-    corpora only, ``synthetic_share`` (at most ``gate.synthetic_share_max``) for corpora with
-    a synthetic reference only (``synthetic_share``)."""
+    ``yardstick``, are left out. A metric with fixed bounds (``Fixed``) is gated by its
+    condition: ``edit_rate`` (whether listed or not) for edited corpora only,
+    ``synthetic_share`` (at most ``gate.synthetic_share_max``) for corpora with a synthetic
+    reference only (``synthetic_share``); one without a condition when listed."""
     noise = noise or {}
     bounds: dict[str, Bounds] = {}
     for metric in metric_names:
