@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from semisynth.config import Config, load_config
-from semisynth.quality import gate
+from semisynth.quality import gate, metric_registry
 from semisynth.quality.measure import Scored, measure
 from semisynth.quality.thresholds import GateResult
 from semisynth.tasks.corpora import mix_selection
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     near_50 = closest(results[mix_name(0.5)])
     fail_50 = {m: sum(any(f["metric"] == m for f in v.failures()) for v in results["mix50"])
                for m in near_h}
-    metrics = sorted(near_h, key=lambda m: (m.rstrip("0123456789"), m))
+    metrics = sorted(near_h, key=metric_registry.report_position)  # as the report orders them
     print("\nPer expectation: the human or edited candidate closest to its bound over all "
           "splits (observed, bound), and the 50% mixtures it fails.\n")
     print(table(["expectation", "human/edited, closest", "50% mixture: fails",

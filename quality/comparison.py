@@ -3,9 +3,9 @@
 ``compare`` takes each side's sample (``quality.sample``: documents in their stream's key
 order) to one equal token budget, counts each sample's n-grams (``ngrams.count_sample`` over
 the score files the documents came from, here or on a Dask cluster; in memory for a sample
-held in memory), and gives every n-gram metric (``ngram_metrics``) and perplexity metric
-(``ppl_metrics``) as rows, with bootstrap CIs (``bootstrap``) for ppl_low_frac,
-ppl_tail_frac and ref_coverage_2. ``yardstick`` is compare(R half A, R half B): how far
+held in memory), and gives every registered metric (``metric_registry``: the built-in
+perplexity and n-gram metrics of ``builtin_metrics``, then the plug-ins) as rows, with the
+bootstrap CIs the metrics declare (built-in: ppl_low_frac, ppl_tail_frac, ref_coverage_2). ``yardstick`` is compare(R half A, R half B): how far
 apart two samples of the same human source are. ``compare_corpora`` and
 ``split_half_yardstick`` draw the samples of whole corpora first (tests, benchmarks).
 """
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from semisynth.quality.bootstrap import bootstrap_ci, coverage_of_covered, covered_types_by_doc
-from semisynth.quality.ngram_metrics import NGRAM_METRICS, frequent_ref_types, metrics_of_counts
+from semisynth.quality import metric_registry
+from semisynth.quality.metric_registry import MetricInputs
 from semisynth.quality.ngrams import NgramCounts, count_ngrams, count_sample
-from semisynth.quality.ppl_metrics import ppl_low_frac, ppl_metrics, ppl_tail_frac, scored
+from semisynth.quality.ppl_metrics import scored
 from semisynth.quality.sample import Sample, comparison_streams
 
 
@@ -36,41 +36,38 @@ def sample_counts(sample: Sample, last_tokens: int, orders, client=None) -> Ngra
 def compare(cand: Sample, ref: Sample, budget: int, seed: int, orders=(1, 2, 3),
             buckets: int = 2**20, bootstrap: int = 200, *, client=None,
             names: tuple[str, str] = ("candidate", "reference")) -> list[dict]:
-    """All metrics of candidate vs reference, both samples taken to exactly ``budget`` tokens.
+    """Every registered metric (``metric_registry.computed``) of candidate vs reference, both
+    samples taken to exactly ``budget`` tokens.
 
-    Rows {metric, n, budget, value, ci_low, ci_high}; n is None for PPL metrics, ci is None where
-    not bootstrapped (only ppl_low_frac, ppl_tail_frac and ref_coverage_2 are; bootstrap=0: none).
-    The coverage CI is median-shifted (see bootstrap_ci): plain percentiles would sit below it.
+    Rows {metric, n, budget, value, ci_low, ci_high}; n is the order of a per-order metric
+    (None for the others), ci is None where the metric declares no bootstrap interval
+    (built-in: only ppl_low_frac, ppl_tail_frac and ref_coverage_2; bootstrap=0: none). A
+    metric that reads perplexities is left out when a side has no document with one.
     ``client``: a ``distributed.Client`` to count the samples' n-grams on. ``names`` name the
     two sides in the error of a sample shorter than the budget.
     """
     cand, cand_last = cand.to_budget(budget, names[0])
     ref, ref_last = ref.to_budget(budget, names[1])
-    # each sample counted once: the reference's counts serve the metrics and the coverage CI
-    ref_counts = sample_counts(ref, ref_last, orders, client)
-    cand_counts = sample_counts(cand, cand_last, orders, client)
+    orders = tuple(orders)
+    # each sample counted once: the reference's counts serve every metric and the coverage CI
+    counts = {"reference": sample_counts(ref, ref_last, orders, client),
+              "candidate": sample_counts(cand, cand_last, orders, client)}
     # a document too short to score (fewer than 2 tokens) counts for the n-grams, not here
     cand_ppl, ref_ppl = scored(cand.ppl), scored(ref.ppl)
-    values = ppl_metrics(cand_ppl, ref_ppl) | metrics_of_counts(cand_counts, ref_counts, orders,
-                                                                buckets)
-    cis = {}
-    if bootstrap:
-        if "ppl_low_frac" in values:
-            cis["ppl_low_frac"] = bootstrap_ci(ppl_low_frac, cand_ppl, ref_ppl, bootstrap, seed)
-            cis["ppl_tail_frac"] = bootstrap_ci(ppl_tail_frac, cand_ppl, ref_ppl, bootstrap, seed)
-        if 2 in orders:  # per document, in memory (the budget's tokens): a resample is a
-            # multiset of documents
-            ref_types = frequent_ref_types(*ref_counts.table(2))
-            per_doc, n_types = covered_types_by_doc(cand.token_arrays(cand_last), ref_types, 2)
-            cis["ref_coverage_2"] = bootstrap_ci(coverage_of_covered, per_doc, n_types,
-                                                 bootstrap, seed, debias=True)
-
+    inputs = MetricInputs(cand_ppl, ref_ppl, orders, buckets, bootstrap, seed,
+                          lambda side: counts[side].tables(orders),
+                          lambda: cand.token_arrays(cand_last))
+    has_ppl = bool(len(cand_ppl) and len(ref_ppl))
     rows = []
-    for metric, value in values.items():
-        n = int(metric.rsplit("_", 1)[1]) if metric.startswith(NGRAM_METRICS) else None
-        low, high = cis.get(metric, (None, None))
-        rows.append({"metric": metric, "n": n, "budget": budget, "value": value,
-                     "ci_low": low, "ci_high": high})
+    for metric, n in metric_registry.computed(orders):
+        if metric.reads == "perplexity" and not has_ppl:
+            continue  # none to measure: no row, which the gate fails as missing
+        low = high = None
+        if bootstrap and metric.ci is not None and (metric.ci_orders is None
+                                                    or n in metric.ci_orders):
+            low, high = metric.ci(inputs, n)
+        rows.append({"metric": metric.metric_name(n), "n": n, "budget": budget,
+                     "value": float(metric.compute(inputs, n)), "ci_low": low, "ci_high": high})
     return rows
 
 

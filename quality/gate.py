@@ -95,7 +95,9 @@ def validate_corpus(db_path: Path, gx_root: Path, run_id: str, corpus: str, refe
     yardstick = {m: split[m].value for m in split if m not in mismatched}
     noise = {m: noise_slack(split[m].se, stored[m].se if m in stored else 0.0, gate)
              for m in split}
-    bounds = thresholds(yardstick, gate, gated, edited, noise, synthetic_share)
+    # the stored names too: a metric with fixed bounds and no condition is gated when measured
+    bounds = thresholds(yardstick, gate, sorted({*gated, *stored}), edited, noise,
+                        synthetic_share)
     # A metric missing for this run is an all-NaN column: GX fails it with no observed
     # value, so GX's stored result (and Data Docs) agree with the gate.
     outcome = suite.validate(gx_root, gate.suite, run_id, corpus,

@@ -13,12 +13,17 @@ cluster). All give identical values.
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial.distance import jensenshannon
 
 from semisynth.quality.ngrams import NgramCounts, count_ngrams, count_sample, whole_files
 
 NGRAM_METRICS = ("distinct", "top1pct_mass", "ref_coverage", "js")
 HASH_MULT = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing constant (2**64 / golden ratio)
+
+
+def distinct_of_table(types: np.ndarray, counts: np.ndarray) -> float:
+    """Types / n-grams of a count table (0.0 for an empty one)."""
+    total = counts.sum()
+    return float(types.size / total) if total else 0.0
 
 
 def top1pct_mass(counts: np.ndarray) -> float:
@@ -60,6 +65,10 @@ def hash_buckets(keys: np.ndarray, buckets: int) -> np.ndarray:
 def js_of_tables(cand_types, cand_counts, ref_types, ref_counts, buckets: int) -> float:
     """Jensen-Shannon divergence (base 2, in [0, 1]) of two count tables' distributions,
     each hashed into ``buckets`` buckets (NaN if either table is empty)."""
+    # imported here, not with the module: loading a config imports this module (through
+    # the metrics' declarations, builtin_metrics) and scipy's import takes most of a second
+    from scipy.spatial.distance import jensenshannon
+
     if cand_types.size == 0 or ref_types.size == 0:
         return float("nan")
     # hashing types weighted by counts equals hashing every occurrence, with far fewer items
@@ -81,8 +90,7 @@ def metrics_of_counts(cand: NgramCounts, ref: NgramCounts, orders=(1, 2, 3),
     out = {}
     for n in orders:
         (cand_types, cand_counts), (ref_types, ref_counts) = cand_tables[n], ref_tables[n]
-        total = cand_counts.sum()
-        out[f"distinct_{n}"] = float(cand_types.size / total) if total else 0.0
+        out[f"distinct_{n}"] = distinct_of_table(cand_types, cand_counts)
         out[f"top1pct_mass_{n}"] = top1pct_mass(cand_counts)
         out[f"ref_coverage_{n}"] = coverage_of_types(cand_types,
                                                      frequent_ref_types(ref_types, ref_counts))

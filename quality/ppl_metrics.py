@@ -6,12 +6,12 @@ array): ``scored`` leaves such documents out, and ``ppl_metrics`` measures only 
 ``ppl_metrics`` gives the candidate's quantiles (``ppl_q01`` .. ``ppl_q99``), the shares of its
 documents below the reference's 25th and above its 90th percentile (``ppl_low_frac``,
 ``ppl_tail_frac``), and the two-sample Kolmogorov-Smirnov statistic and the Wasserstein-1
-distance of the log perplexities (``ppl_ks``, ``ppl_w1``, both by scipy.stats).
+distance of the log perplexities (``ppl_ks``, ``ppl_w1``, both by scipy.stats), each by its
+own function, which the metrics' declarations (``quality/builtin_metrics.py``) call.
 ``log_bins`` and ``ppl_histogram`` bin perplexities for the warehouse and the plots.
 """
 
 import numpy as np
-from scipy import stats
 
 PPL_QUANTILES = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
 
@@ -24,6 +24,23 @@ def ppl_low_frac(cand_ppl, ref_ppl) -> float:
 def ppl_tail_frac(cand_ppl, ref_ppl) -> float:
     """Share of candidate documents with PPL >= the reference's 90th percentile (human: ~0.10)."""
     return float(np.mean(np.asarray(cand_ppl) >= np.quantile(ref_ppl, 0.90)))
+
+
+def ppl_ks(cand_ppl, ref_ppl) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic of the log perplexities."""
+    # imported here, not with the module: loading a config imports this module (through
+    # the metrics' declarations, builtin_metrics) and scipy's import takes most of a second
+    from scipy import stats
+
+    return float(stats.ks_2samp(np.log(cand_ppl), np.log(ref_ppl)).statistic)
+
+
+def ppl_w1(cand_ppl, ref_ppl) -> float:
+    """Wasserstein-1 distance of the log perplexities (on log scale: PPL is multiplicative,
+    and the tail would otherwise dominate W1)."""
+    from scipy import stats
+
+    return float(stats.wasserstein_distance(np.log(cand_ppl), np.log(ref_ppl)))
 
 
 def scored(ppl) -> np.ndarray:
@@ -42,10 +59,8 @@ def ppl_metrics(cand_ppl, ref_ppl) -> dict[str, float]:
            for q, v in zip(PPL_QUANTILES, np.quantile(cand_ppl, PPL_QUANTILES), strict=True)}
     out["ppl_low_frac"] = ppl_low_frac(cand_ppl, ref_ppl)
     out["ppl_tail_frac"] = ppl_tail_frac(cand_ppl, ref_ppl)
-    # on log scale: PPL is multiplicative, and the tail would otherwise dominate W1
-    log_cand, log_ref = np.log(cand_ppl), np.log(ref_ppl)
-    out["ppl_ks"] = float(stats.ks_2samp(log_cand, log_ref).statistic)
-    out["ppl_w1"] = float(stats.wasserstein_distance(log_cand, log_ref))
+    out["ppl_ks"] = ppl_ks(cand_ppl, ref_ppl)
+    out["ppl_w1"] = ppl_w1(cand_ppl, ref_ppl)
     return out
 
 

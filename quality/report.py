@@ -19,7 +19,7 @@ import pandas as pd
 
 from semisynth.documents import atomic_path
 from semisynth.errors import NotWritable, write_refused
-from semisynth.quality import plots
+from semisynth.quality import metric_registry, plots
 from semisynth.warehouse import db
 
 CSS = """
@@ -39,10 +39,6 @@ code { background: #f5f5f5; padding: 0 3px; }
 """
 
 
-SUMMARY_METRICS = ("ppl_q50", "ppl_low_frac", "ppl_tail_frac", "ppl_ks", "distinct_2",
-                   "top1pct_mass_2", "ref_coverage_2", "js_2", "edit_rate", "synthetic_share")
-
-
 def summary_markdown(run_id: str, budget: int, values: dict[str, dict[str, float]],
                      gates: dict[str, dict], releases: dict[str, str],
                      blocked: list[str]) -> str:
@@ -50,7 +46,7 @@ def summary_markdown(run_id: str, budget: int, values: dict[str, dict[str, float
     reference), every gate verdict with its failing expectations, releases and blocks."""
     from semisynth.quality.thresholds import failure_reason
 
-    shown = SUMMARY_METRICS
+    shown = metric_registry.summary_metrics()  # the metrics declared `summary`
     lines = [f"# semisynth run `{run_id}`", "",
              f"Equal token budget per comparison: {budget} tokens.", "",
              "## Metrics per corpus (vs its reference)", "",
@@ -100,15 +96,6 @@ def _table(headers: list[str], rows: list[list[str]], left: int = 1,
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _metric_order(metric: str) -> tuple:
-    families = ["ppl_q", "ppl_low_frac", "ppl_tail_frac", "ppl_ks", "ppl_w1", "distinct",
-                "top1pct_mass", "ref_coverage", "js", "edit_rate"]
-    for i, f in enumerate(families):
-        if metric.startswith(f):
-            return (i, metric)
-    return (len(families), metric)
-
-
 def _metrics_section(metrics: pd.DataFrame) -> str:
     if metrics.empty:
         return "<p>No metrics were recorded for this run.</p>"
@@ -122,7 +109,8 @@ def _metrics_section(metrics: pd.DataFrame) -> str:
         budgets = sorted({int(b) for b in metrics[(metrics.metric != "edit_rate")
                                                   & (metrics.corpus.isin([ref, *cands]))].budget
                           if not _missing(b)})
-        names = sorted(set(yard.metric) | set(vs[vs.corpus.isin(cands)].metric), key=_metric_order)
+        names = sorted(set(yard.metric) | set(vs[vs.corpus.isin(cands)].metric),
+                       key=metric_registry.report_position)
         headers = ["metric", f"{_e(ref)} split-half (yardstick)"] + [_e(c) for c in cands]
 
         def cell(frame, metric):

@@ -2,35 +2,23 @@
 
 Bounds are relative to the reference's split-half yardstick Y: Y moved, in the direction
 collapse goes, by the larger of a fixed slack and the sampling noise that the stored
-bootstrap CIs measure (``GateConfig``, ``thresholds``). ``edit_rate`` has fixed bounds and
-is gated for edited corpora only. Pure functions of numbers: no warehouse, no GX.
+bootstrap CIs measure (``GateConfig``, ``thresholds``). Each metric's rule (its direction,
+its slack's key, or its fixed bounds) is its declaration's (``metric_registry``; the
+built-ins in ``builtin_metrics``): ``edit_rate`` has fixed bounds and is gated for edited
+corpora only, ``synthetic_share`` for corpora with a synthetic reference only. Pure
+functions of numbers: no warehouse, no GX.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from semisynth.config import GateConfig
+from semisynth.quality import metric_registry
+from semisynth.quality.metric_registry import Fixed, Relative
 
 Bounds = tuple[float | None, float | None]
-
-# How each metric family is gated: the direction collapse moves it ("max": the metric
-# grows, bounded above by Y + slack; "min": it shrinks, bounded below by Y - slack) and its
-# fixed slack from Y and the order n (distinct_2 belongs to "distinct"). edit_rate has fixed
-# bounds and no yardstick.
-_RULES = {
-    "ppl_low_frac": ("max", lambda y, n, g: g.ppl_low_frac_max_excess),
-    "ppl_tail_frac": ("min", lambda y, n, g: g.ppl_tail_frac_max_deficit),
-    "ppl_ks": ("max", lambda y, n, g: g.ppl_ks_max_excess),
-    "ppl_w1": ("max", lambda y, n, g: g.ppl_w1_max_excess),
-    "distinct": ("min", lambda y, n, g: (1 - g.distinct_min_ratio) * y),
-    "top1pct_mass": ("max", lambda y, n, g: (g.top1pct_mass_max_ratio - 1) * y),
-    "ref_coverage": ("min", lambda y, n, g: (1 - g.coverage_ratio(n)) * y),
-    "js": ("max", lambda y, n, g: g.js_max_excess),
-}
-_NGRAM_METRIC = re.compile(r"(distinct|top1pct_mass|ref_coverage|js)_(\w+)")
 NO_YARDSTICK = "no split-half yardstick"
 BUDGET_MISMATCH = "budget differs from the yardstick's"
 VALIDATION_COLUMNS = ("run_id", "corpus", "suite", "expectation", "metric", "observed",
@@ -38,17 +26,11 @@ VALIDATION_COLUMNS = ("run_id", "corpus", "suite", "expectation", "metric", "obs
 Z_95 = 1.959964  # a 95% interval is +- this many standard errors
 
 
-def _family(metric: str) -> str | None:
-    if metric in _RULES or metric == "edit_rate":
-        return metric
-    match = _NGRAM_METRIC.fullmatch(metric)
-    return match.group(1) if match else None
-
-
 def has_rule(metric: str) -> bool:
     """Whether ``metric`` is gated relative to the yardstick (``edit_rate``, with its fixed
     bounds, is not)."""
-    return _family(metric) in _RULES
+    found = metric_registry.lookup(metric)
+    return found is not None and isinstance(found[0].rule, Relative)
 
 
 def standard_error(ci_low: float | None, ci_high: float | None) -> float:
@@ -77,27 +59,31 @@ def thresholds(yardstick: dict[str, float], gate: GateConfig, metric_names: list
     Each bound is the split-half value y moved by max(fixed slack, noise[metric]) in the
     direction collapse goes (see ``GateConfig``); ``noise`` is ``noise_slack`` per metric
     with CIs (missing: 0). Metrics without a rule, or whose split-half value is missing from
-    ``yardstick``, are left out; ``edit_rate`` is gated (whether listed or not) for edited
-    corpora only, ``synthetic_share`` (at most ``gate.synthetic_share_max``) for corpora with
-    a synthetic reference only (``synthetic_share``)."""
+    ``yardstick``, are left out. A metric with fixed bounds (``Fixed``) is gated by its
+    condition: ``edit_rate`` (whether listed or not) for edited corpora only,
+    ``synthetic_share`` (at most ``gate.synthetic_share_max``) for corpora with a synthetic
+    reference only (``synthetic_share``); one without a condition when listed."""
     noise = noise or {}
     bounds: dict[str, Bounds] = {}
     for metric in metric_names:
-        family = _family(metric)
-        if family not in _RULES or metric not in yardstick:
+        found = metric_registry.lookup(metric)
+        if found is None or not isinstance(found[0].rule, Relative) or metric not in yardstick:
             continue
-        direction, fixed = _RULES[family]
-        match = _NGRAM_METRIC.fullmatch(metric)
-        order = int(match.group(2)) if match and match.group(2).isdigit() else None
+        rule, order = found[0].rule, found[1]
         y = yardstick[metric]
+        fixed = rule.fixed_slack(y, gate.setting(rule.slack.key, order))
         # a relative hair of slack: a candidate exactly at the bound (small samples give
         # exact ratios, e.g. 9/368 vs 1.5 * 6/368) must not fail on the last float bit
-        slack = max(fixed(y, order, gate), noise.get(metric, 0.0)) + 1e-12 * abs(y)
-        bounds[metric] = (None, y + slack) if direction == "max" else (y - slack, None)
-    if edited:
-        bounds["edit_rate"] = (gate.edit_rate_min, gate.edit_rate_max)
-    if synthetic_share:
-        bounds["synthetic_share"] = (None, gate.synthetic_share_max)
+        slack = max(fixed, noise.get(metric, 0.0)) + 1e-12 * abs(y)
+        bounds[metric] = (None, y + slack) if rule.collapse == "up" else (y - slack, None)
+    applies = {"edited": edited, "synthetic_reference": synthetic_share}
+    for declared in metric_registry.metrics():
+        rule = declared.rule
+        if not isinstance(rule, Fixed) or declared.per_order:
+            continue
+        if applies[rule.when] if rule.when else declared.name in metric_names:
+            bounds[declared.name] = tuple(None if s is None else gate.setting(s.key)
+                                          for s in (rule.low, rule.high))
     return bounds
 
 

@@ -199,6 +199,11 @@ class CorpusConfig(_Strict):
 
 
 class MetricsConfig(_Strict):
+    plugins: list[str] = Field(default_factory=list, description=(
+        "Python modules that declare more metrics (semisynth.quality.metric_registry; README, "
+        "'Adding a metric'), imported when the config is loaded, before its gate section "
+        "is read: their metrics are measured, gated and reported like the built-in ones, "
+        "and their gate keys are valid in `gate`."))
     ngram_orders: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [1, 2, 3], min_length=1)
     budget_tokens: int | None = Field(DEFAULT_BUDGET_TOKENS, ge=1, description=(
@@ -221,6 +226,18 @@ class MetricsConfig(_Strict):
         "ref_coverage_2. The gate widens those metrics' slack to the sampling noise the CIs "
         "measure (GateConfig.ci_z); 0 stores no CIs and leaves only the fixed slacks."))
 
+    @field_validator("plugins")
+    @classmethod
+    def _import_plugins(cls, modules: list[str]) -> list[str]:
+        from semisynth.quality import metric_registry
+
+        for module in modules:
+            try:
+                metric_registry.import_plugins([module])
+            except ImportError as exc:
+                raise ValueError(f"cannot import the plug-in module {module!r}: {exc}") from exc
+        return modules
+
 
 class GateConfig(_Strict):
     """Thresholds of the ``coverage`` suite, relative to the reference's split-half
@@ -231,83 +248,83 @@ class GateConfig(_Strict):
     metrics that grow with collapse, ``>= Y - slack`` for those that shrink. The slack is
     the larger of
 
-    - the fixed slack below: the smallest change that counts (``*_excess``/``*_deficit``
-      add to Y, ``*_ratio`` scale it: ``distinct_n >= 0.85 Y`` is a slack of 0.15 Y), and
+    - the fixed slack of the metric's key: the smallest change that counts
+      (``*_excess``/``*_deficit`` add to Y, ``*_ratio`` scale it: ``distinct_n >= 0.85 Y``
+      is a slack of 0.15 Y), and
     - the sampling noise, for the metrics stored with a bootstrap 95% CI (ppl_low_frac,
       ppl_tail_frac, ref_coverage_2): ``ci_z * 2 * se``, se = the larger CI half-width of
       Y and of the candidate, divided by 1.96.
 
-    Defaults come from ``benchmarks/calibrate_gate.py`` on the demo corpora at 12k-token
-    budgets (24 documents a side, half the demo's; the figures below are the extremes over
-    120 random splits): human split-halves and the edited corpus pass, the pure synthetic
-    corpus fails, and mixtures fail from 25% synthetic in most splits and from 50% in all
-    (benchmarks/README.md, "Gate calibration"). Without CIs (``metrics.bootstrap: 0``)
-    only the fixed slacks apply, which are too tight for budgets this small.
+    The per-metric keys (their defaults, ranges and descriptions) are those the registered
+    metrics declare (``semisynth.quality.metric_registry``: the built-ins in
+    ``quality/builtin_metrics.py``, then the plug-ins of ``metrics.plugins``); any other
+    key is refused. Defaults come from ``benchmarks/calibrate_gate.py`` on the demo corpora
+    at 12k-token budgets (24 documents a side, half the demo's; the figures in the
+    descriptions are the extremes over 120 random splits): human split-halves and the
+    edited corpus pass, the pure synthetic corpus fails, and mixtures fail from 25%
+    synthetic in most splits and from 50% in all (benchmarks/README.md, "Gate
+    calibration"). Without CIs (``metrics.bootstrap: 0``) only the fixed slacks apply,
+    which are too tight for budgets this small.
     """
+
+    # the per-metric keys are validated by the registry's model and kept as extra fields
+    # (read as attributes, dumped with the rest): they are known only once the plug-ins
+    # are imported, after this class is built
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     suite: Suite = Field("coverage", description=(
         "The Great Expectations suite of the gate; `coverage` is the one semisynth builds."))
-    ppl_low_frac_max_excess: float = Field(0.15, ge=0, description=(
-        "ppl_low_frac <= Y + max(this, noise). Human Y is about 0.25; a corpus with a "
-        "quarter of its documents from a collapsed source (all below the 25th percentile) "
-        "reaches about 0.44."))
-    ppl_tail_frac_max_deficit: float = Field(0.08, ge=0, description=(
-        "ppl_tail_frac >= Y - max(this, noise). Human Y is about 0.10, so at most this asks "
-        "for a non-empty tail; with few documents the noise term makes it vacuous (24 human "
-        "documents have none above the 90th percentile 8% of the time)."))
-    ppl_ks_max_excess: float = Field(0.30, ge=0, description=(
-        "ppl_ks <= Y + this. KS of 24 against 24 documents moves in steps of 1/24 and "
-        "differed from Y by up to 0.21 between human samples."))
-    ppl_w1_max_excess: float = Field(0.35, ge=0, description=(
-        "ppl_w1 <= Y + this (log-PPL units). Human samples: within 0.19 of Y; the 25% "
-        "mixture: 0.10 to 1.05 above it, the 50% mixture at least 0.49."))
-    distinct_min_ratio: float = Field(0.85, ge=0, description=(
-        "distinct_n >= Y * this. Human samples: at least 0.90 Y (n = 1), 0.96 Y (n = 2), "
-        "0.98 Y (n = 3); the 50% mixture: 0.66 Y to 0.94 Y."))
-    top1pct_mass_max_ratio: float = Field(1.5, ge=0, description=(
-        "top1pct_mass_n <= Y * this. Human samples: at most 1.23 Y (n = 3, the noisiest: the "
-        "top 1% of trigram types is about a hundred types); the 50% mixture: at least 1.51 Y "
-        "(n = 3)."))
-    ref_coverage_min_ratio: Ratio | dict[int, Ratio] = Field(
-        default_factory=lambda: {1: 0.85, 2: 0.85, 3: 0.5}, description=(
-            "ref_coverage_n >= Y * this, per n-gram order (one number: every order; an "
-            "order not listed: the lowest ratio given). Coverage gets noisier with n: few "
-            "reference trigrams occur twice in a small budget and which ones depends on a few "
-            "documents; human samples reached 0.94 Y (n = 1), 0.82 Y (n = 2, widened by its "
-            "CI) and 0.59 Y (n = 3)."))
-    js_max_excess: float = Field(0.10, ge=0, description=(
-        "js_n <= Y + this. At small budgets JS of hashed n-grams saturates near its maximum "
-        "for any pair of samples (the bound can exceed 1 and then never fails)."))
     ci_z: float = Field(3.5, ge=0, description=(
         "Noise slack in standard errors of the difference between the candidate's value and "
         "Y. Each value is one draw with noise from both its samples; the bootstrap resamples "
         "only one, so the difference's standard error is taken as 2 se. 3.5: no false alarm "
         "over 120 random human split-halves of the demo corpus."))
-    # ToEdit changes few tokens: only p > 0.99 positions are redrawn, and the top token
-    # usually wins the redraw again (the demo measures about 0.03%).
-    edit_rate_min: float = Field(0.00001, ge=0, le=1)
-    edit_rate_max: float = Field(0.25, ge=0, le=1)
-    synthetic_share_max: float = Field(0.25, ge=0, le=1, description=(
-        "synthetic_share <= this, for corpora with a synthetic_reference: the estimated share "
-        "of model-written documents (quality/share.py). The paper's damage starts at 25% "
-        "synthetic (GPT-2: avg PPL 20.99 human, 22.06 at 25%, 23.48 at 50%). The calibration "
-        "(benchmarks/synthetic_share.py: max error 0.018 at 10% and 0.006 at 25% on 40 "
-        "documents) keeps 10% clearly below it and 50% clearly above."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_settings(cls, data: object) -> object:
+        """The registered metrics' keys, validated (defaults filled in) by the registry's
+        settings model: a bad value or an unknown key is an error at ``gate.<key>``."""
+        from semisynth.quality import metric_registry
+
+        if not isinstance(data, dict):
+            return data  # pydantic refuses it as it is
+        own = {k: v for k, v in data.items() if k in cls.model_fields}
+        given = {k: v for k, v in data.items() if k not in cls.model_fields}
+        return {**own, **metric_registry.settings_model().model_validate(given).model_dump()}
+
+    def setting(self, key: str, n: int | None = None) -> float:
+        """The value of a metric's key; for a per-order key, order n's (an order not
+        listed, or None: the loosest value given, as the rule declaring it reads values)."""
+        from semisynth.quality import metric_registry
+
+        value = getattr(self, key)
+        if not isinstance(value, dict):
+            return value
+        if n in value:
+            return value[n]
+        [rule] = [m.rule for m in metric_registry.metrics() if m.rule is not None
+                  and key in {s.key for s in m.settings}]
+        return rule.loosest(value.values())
 
     def coverage_ratio(self, n: int | None) -> float:
         """ref_coverage_min_ratio for n-gram order n (None: an order not known)."""
-        ratio = self.ref_coverage_min_ratio
-        if isinstance(ratio, dict):
-            return ratio.get(n, min(ratio.values()))
-        return ratio
+        return self.setting("ref_coverage_min_ratio", n)
 
     @model_validator(mode="after")
-    def _coverage_ratios(self) -> GateConfig:
-        if isinstance(self.ref_coverage_min_ratio, dict) and not self.ref_coverage_min_ratio:
-            raise ValueError("ref_coverage_min_ratio needs at least one order")
-        if self.edit_rate_min > self.edit_rate_max:
-            raise ValueError(f"edit_rate_min ({self.edit_rate_min}) is above edit_rate_max "
-                             f"({self.edit_rate_max}): no corpus could pass")
+    def _consistent_settings(self) -> GateConfig:
+        from semisynth.quality import metric_registry
+
+        for metric in metric_registry.metrics():
+            for s in metric.settings:
+                if s.per_order and getattr(self, s.key) == {}:
+                    raise ValueError(f"{s.key} needs at least one order")
+            rule = metric.rule
+            if getattr(rule, "low", None) and getattr(rule, "high", None):
+                low, high = getattr(self, rule.low.key), getattr(self, rule.high.key)
+                if low > high:
+                    raise ValueError(f"{rule.low.key} ({low}) is above {rule.high.key} "
+                                     f"({high}): no corpus could pass")
         return self
 
 
