@@ -779,7 +779,7 @@ def report(args, work: Path) -> None:
 
     from distributed import Client, LocalCluster
 
-    from semisynth.serve import PrefectServer
+    from semisynth.flows.lifecycle import PrefectServer
 
     server = PrefectServer(free_port(), work / "prefect-server.log")
     started = time.perf_counter()

@@ -1,5 +1,5 @@
 """The collapse experiment's training step: the prior's whole vocabulary against the
-experiment's remapped one (``tasks.experiment.remap``).
+experiment's remapped one (``tasks.vocabulary.remap``).
 
 Times optimizer steps of the demo's model (configs/experiment-demo.yaml) on random tokens
 at both output sizes, one torch thread (as each of the demo's two Dask workers), and prints

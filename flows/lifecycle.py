@@ -5,7 +5,7 @@ Without ``PREFECT_API_URL`` Prefect starts a temporary server (a ``uvicorn`` sub
 about 225 MB) in whichever process first needs one: the CLI, and again each Dask worker
 process, whose tasks carry no API URL to use. A CLI killed with SIGKILL leaves them all
 running. ``temporary_server`` starts one server itself instead
-(``semisynth.serve.PrefectServer``, which gets SIGTERM from the kernel when the thread that
+(``PrefectServer``, which gets SIGTERM from the kernel when the thread that
 started it dies: PR_SET_PDEATHSIG) and points this process and its subprocesses at it.
 """
 
@@ -13,12 +13,117 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 API_URL_ENV = "PREFECT_API_URL"
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is fine
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _die_with_parent() -> None:
+    """In the server's process (Linux): get SIGTERM when `semisynth serve` dies, even by
+    SIGKILL, so that no orphaned server keeps the port."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: the finally clause of serve() still stops it
+        pass
+
+
+def _prefect_command() -> list[str]:
+    exe = Path(sys.executable).with_name("prefect")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
+
+
+class PrefectServer:
+    """``prefect server start --host 127.0.0.1 --port PORT`` as a subprocess."""
+
+    def __init__(self, port: int, log_path: Path):
+        self.port = port
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        self.ui_url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180.0) -> None:
+        if not _port_free(self.port):
+            raise ValueError(f"port {self.port} on 127.0.0.1 is in use: pass --port, or set "
+                             "PREFECT_API_URL to use a running Prefect server")
+        env = dict(os.environ)
+        env.pop("PREFECT_API_URL", None)
+        env.update({
+            "PREFECT_UI_API_URL": self.api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.port),
+        })
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the server writes it while it runs
+        try:
+            # its own session: a Ctrl-C in the terminal reaches only `semisynth serve`,
+            # which stops the runner first and the server after it
+            self.process = subprocess.Popen(
+                [*_prefect_command(), "server", "start", "--host", "127.0.0.1",
+                 "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Prefect server exited with code {self.process.returncode}"
+                                   f" while starting:\n{self.log_tail()}")
+            if healthy(self.api_url):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the Prefect server did not answer {self.api_url}/health within "
+                           f"{timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _free_port() -> int:
@@ -38,8 +143,6 @@ def temporary_server(log_dir: Path) -> Iterator[str | None]:
     from prefect.logging import get_logger
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from semisynth.serve import PrefectServer
 
     if PREFECT_API_URL.value():
         yield None

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from semisynth.quality.bootstrap import bootstrap_ci, coverage_of_covered, covered_types_by_doc
-from semisynth.quality.metric_registry import (
+from semisynth.metric_registry import (
     Fixed,
     Metric,
     MetricInputs,
@@ -18,6 +17,7 @@ from semisynth.quality.metric_registry import (
     Setting,
     register,
 )
+from semisynth.quality.bootstrap import bootstrap_ci, coverage_of_covered, covered_types_by_doc
 from semisynth.quality.ngram_metrics import (
     coverage_of_types,
     distinct_of_table,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from semisynth.quality import metric_registry
-from semisynth.quality.metric_registry import MetricInputs
+from semisynth import metric_registry
+from semisynth.metric_registry import MetricInputs
 from semisynth.quality.ngrams import NgramCounts, count_ngrams, count_sample
 from semisynth.quality.ppl_metrics import scored
 from semisynth.quality.sample import Sample, comparison_streams

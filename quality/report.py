@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from semisynth import metric_registry, plots
 from semisynth.documents import atomic_path
 from semisynth.errors import NotWritable, write_refused
-from semisynth.quality import metric_registry, plots
 from semisynth.warehouse import db
 
 CSS = """

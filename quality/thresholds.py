@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from semisynth import metric_registry
 from semisynth.config import GateConfig
-from semisynth.quality import metric_registry
-from semisynth.quality.metric_registry import Fixed, Relative
+from semisynth.metric_registry import Fixed, Relative
 
 Bounds = tuple[float | None, float | None]
 NO_YARDSTICK = "no split-half yardstick"

@@ -200,7 +200,7 @@ class CorpusConfig(_Strict):
 
 class MetricsConfig(_Strict):
     plugins: list[str] = Field(default_factory=list, description=(
-        "Python modules that declare more metrics (semisynth.quality.metric_registry; README, "
+        "Python modules that declare more metrics (semisynth.metric_registry; README, "
         "'Adding a metric'), imported when the config is loaded, before its gate section "
         "is read: their metrics are measured, gated and reported like the built-in ones, "
         "and their gate keys are valid in `gate`."))
@@ -229,7 +229,7 @@ class MetricsConfig(_Strict):
     @field_validator("plugins")
     @classmethod
     def _import_plugins(cls, modules: list[str]) -> list[str]:
-        from semisynth.quality import metric_registry
+        from semisynth import metric_registry
 
         for module in modules:
             try:
@@ -256,7 +256,7 @@ class GateConfig(_Strict):
       Y and of the candidate, divided by 1.96.
 
     The per-metric keys (their defaults, ranges and descriptions) are those the registered
-    metrics declare (``semisynth.quality.metric_registry``: the built-ins in
+    metrics declare (``semisynth.metric_registry``: the built-ins in
     ``quality/builtin_metrics.py``, then the plug-ins of ``metrics.plugins``); any other
     key is refused. Defaults come from ``benchmarks/calibrate_gate.py`` on the demo corpora
     at 12k-token budgets (24 documents a side, half the demo's; the figures in the
@@ -285,7 +285,7 @@ class GateConfig(_Strict):
     def _metric_settings(cls, data: object) -> object:
         """The registered metrics' keys, validated (defaults filled in) by the registry's
         settings model: a bad value or an unknown key is an error at ``gate.<key>``."""
-        from semisynth.quality import metric_registry
+        from semisynth import metric_registry
 
         if not isinstance(data, dict):
             return data  # pydantic refuses it as it is
@@ -296,7 +296,7 @@ class GateConfig(_Strict):
     def setting(self, key: str, n: int | None = None) -> float:
         """The value of a metric's key; for a per-order key, order n's (an order not
         listed, or None: the loosest value given, as the rule declaring it reads values)."""
-        from semisynth.quality import metric_registry
+        from semisynth import metric_registry
 
         value = getattr(self, key)
         if not isinstance(value, dict):
@@ -313,7 +313,7 @@ class GateConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent_settings(self) -> GateConfig:
-        from semisynth.quality import metric_registry
+        from semisynth import metric_registry
 
         for metric in metric_registry.metrics():
             for s in metric.settings:

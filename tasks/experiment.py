@@ -25,7 +25,7 @@ documents are checked to be in no arm (by text hash).
 
 The vocabulary every model of the experiment uses is the sorted set of token ids that occur
 in any arm's stream or held-out stream; a token id is replaced by its rank in that set. The
-remap is one-to-one on the experiment's text, shared by every arm and the evaluation, and
+remap (tasks/vocabulary.py) is one-to-one on the experiment's text, shared by every arm and the evaluation, and
 cuts the output layer from the prior's 49,152 rows to the few thousand types the corpora
 hold, which on a CPU is most of a step's cost. Perplexities are over this vocabulary.
 """
@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 from semisynth.config import EXPERIMENT_SOURCES, Config, ExperimentConfig
 from semisynth.documents import atomic_path
 from semisynth.tasks.corpora import picked_shards
+from semisynth.tasks.vocabulary import vocabulary
 
 HUMAN, SYNTHETIC, HELDOUT, HELDOUT_SYNTHETIC = EXPERIMENT_SOURCES
 EVAL_CORPORA = (HELDOUT, HELDOUT_SYNTHETIC)
@@ -254,19 +255,6 @@ def save_array(array: np.ndarray, folder: Path) -> tuple[Path, str]:
         with atomic_path(path, keep_existing=True) as tmp, open(tmp, "wb") as f:
             np.save(f, array)
     return path, sha
-
-
-def vocabulary(streams: Sequence[np.ndarray]) -> np.ndarray:
-    """The sorted token ids that occur in any of the streams."""
-    return np.unique(np.concatenate(list(streams))).astype(np.int32)
-
-
-def remap(stream: np.ndarray, vocab: np.ndarray) -> np.ndarray:
-    """Each token id replaced by its rank in ``vocab``; an id outside it is an error."""
-    ranks = np.searchsorted(vocab, stream)
-    if len(stream) and (ranks.max() >= len(vocab) or not np.array_equal(vocab[ranks], stream)):
-        raise ValueError("the stream holds token ids outside the experiment's vocabulary")
-    return ranks.astype(np.int64)
 
 
 @dataclass

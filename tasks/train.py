@@ -3,7 +3,7 @@
 In the spirit of nanoGPT, with the model from a transformers config:
 
 - model: ``LlamaConfig`` (or ``GPT2Config``) of ``LMConfig``'s size over the experiment's
-  remapped vocabulary (``tasks.experiment.remap``), input and output embeddings tied,
+  remapped vocabulary (``tasks.vocabulary.remap``), input and output embeddings tied,
   weights drawn after ``torch.manual_seed(seed)``;
 - data: the stream as sequences of ``context`` tokens whose targets are the stream shifted
   by one; the last sequence is shorter and its missing targets are ignored, so every token
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from semisynth.config import LMConfig
 from semisynth.documents import atomic_path
+from semisynth.tasks.vocabulary import remap
 
 # Bump when a change here changes what a run computes: old results then miss.
 TRAIN_VERSION = 1
@@ -238,7 +239,6 @@ def train_and_evaluate(stream_path: Path, vocab_path: Path, evals: Mapping[str, 
     """One (arm, seed): train on the stream, evaluate on each held-out stream, keep the
     result as ``results_dir/<key>.json``; when that file exists, read it instead (``cached``
     says which)."""
-    from semisynth.tasks.experiment import remap
 
     arith = device_arithmetic(m)
     key = result_key(stream_path, vocab_path, evals, m, seed, arith)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prefect_helpers import free_port, prefect_client
 
-from semisynth.serve import PrefectServer
+from semisynth.flows.lifecycle import PrefectServer
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENTS = REPO / "deployments"

@@ -15,6 +15,7 @@ from semisynth.cli import main as cli
 from semisynth.config import ExperimentConfig, LMConfig
 from semisynth.tasks import experiment as exp
 from semisynth.tasks import train as train_mod
+from semisynth.tasks.vocabulary import remap, vocabulary
 from semisynth.warehouse import db
 
 TRAIN_TOKENS = 200
@@ -93,11 +94,11 @@ def test_an_arm_may_not_take_a_source_corpus_name():
 
 
 def test_remap_is_one_to_one_and_refuses_unknown_ids():
-    vocab = exp.vocabulary([np.array([7, 3, 3, 900]), np.array([42])])
+    vocab = vocabulary([np.array([7, 3, 3, 900]), np.array([42])])
     assert vocab.tolist() == [3, 7, 42, 900]
-    assert exp.remap(np.array([900, 3, 42]), vocab).tolist() == [3, 0, 2]
+    assert remap(np.array([900, 3, 42]), vocab).tolist() == [3, 0, 2]
     with pytest.raises(ValueError, match="outside"):
-        exp.remap(np.array([5]), vocab)
+        remap(np.array([5]), vocab)
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():

@@ -11,7 +11,7 @@ add a metric (README, "Adding a metric").
 
 import numpy as np
 
-from semisynth.quality.metric_registry import Metric, MetricInputs, Relative, Setting, register
+from semisynth.metric_registry import Metric, MetricInputs, Relative, Setting, register
 
 
 def ngram_entropy(inputs: MetricInputs, n: int) -> float:
