@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semisynth import metric_registry, plots
+from semisynth import metric_registry
 from semisynth.documents import atomic_path
-from semisynth.errors import NotWritable, write_refused
+from semisynth.errors import NotWritable, UnknownRun, write_refused
+from semisynth.quality import plots
 from semisynth.warehouse import db
 
 CSS = """
@@ -62,10 +63,6 @@ def summary_markdown(run_id: str, budget: int, values: dict[str, dict[str, float
     lines += [f"- {c}: `{p}`" for c, p in releases.items()] or ["- none"]
     lines += [f"- {c}: blocked by the gate, not released" for c in blocked]
     return "\n".join(lines)
-
-
-class UnknownRun(LookupError):
-    pass
 
 
 def _missing(v) -> bool:

@@ -26,7 +26,7 @@ import typer
 from pydantic.fields import FieldInfo
 
 from semisynth.config import Config, EditConfig, Precision, PriorConfig, Strategy
-from semisynth.warehouse.lock import LockHeld
+from semisynth.errors import LockHeld, VerificationFailed
 
 if TYPE_CHECKING:
     from semisynth.documents import Record
@@ -565,8 +565,9 @@ def cmd_query(
     """One read-only SQL statement over the warehouse, in a sandbox: no writes, no files
     read or written outside the warehouse, nothing spilled to disk, no settings changed;
     bounded in time, memory and rows; Ctrl-C stops it (exit 130)."""
+    from semisynth.errors import QueryError
     from semisynth.warehouse import db
-    from semisynth.warehouse.query import Limits, QueryError, command, parse_size
+    from semisynth.warehouse.query import Limits, command, parse_size
 
     path = db.warehouse_path(ctx.obj.settings.data_root)
     try:
@@ -713,7 +714,7 @@ def cmd_release_push(
                 plan.copy(copied.advance)
         with progress(f"read back {plan.url}", total=plan.bytes, unit="bytes") as checked:
             pushed = plan.check(checked.advance)
-    except push.VerificationFailed as exc:
+    except VerificationFailed as exc:
         print(f"error: {exc.what}:", file=sys.stderr)
         for p in exc.problems:
             print(f"  - {p}", file=sys.stderr)
@@ -829,8 +830,8 @@ def cmd_report(
         help="default: <data root>/runs/RUN_ID/report.html")] = None,
 ) -> int:
     """A self-contained HTML report of a run; prints its path."""
-    from semisynth.errors import KeyedInputError
-    from semisynth.quality.report import UnknownRun, build_report
+    from semisynth.errors import KeyedInputError, UnknownRun
+    from semisynth.quality.report import build_report
 
     if out is not None and Path(out).is_dir():  # checked first: the report takes a while
         raise KeyedInputError("--out", f"{out} is a folder; name the report's file, e.g. "

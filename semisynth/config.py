@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from semisynth import metric_registry
 from semisynth.errors import EXCERPT_CHARS, KeyedInputError, clip, excerpt
 from semisynth.names import check_name, is_plain_name
 
@@ -229,8 +230,6 @@ class MetricsConfig(_Strict):
     @field_validator("plugins")
     @classmethod
     def _import_plugins(cls, modules: list[str]) -> list[str]:
-        from semisynth import metric_registry
-
         for module in modules:
             try:
                 metric_registry.import_plugins([module])
@@ -285,8 +284,6 @@ class GateConfig(_Strict):
     def _metric_settings(cls, data: object) -> object:
         """The registered metrics' keys, validated (defaults filled in) by the registry's
         settings model: a bad value or an unknown key is an error at ``gate.<key>``."""
-        from semisynth import metric_registry
-
         if not isinstance(data, dict):
             return data  # pydantic refuses it as it is
         own = {k: v for k, v in data.items() if k in cls.model_fields}
@@ -296,8 +293,6 @@ class GateConfig(_Strict):
     def setting(self, key: str, n: int | None = None) -> float:
         """The value of a metric's key; for a per-order key, order n's (an order not
         listed, or None: the loosest value given, as the rule declaring it reads values)."""
-        from semisynth import metric_registry
-
         value = getattr(self, key)
         if not isinstance(value, dict):
             return value
@@ -313,8 +308,6 @@ class GateConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent_settings(self) -> GateConfig:
-        from semisynth import metric_registry
-
         for metric in metric_registry.metrics():
             for s in metric.settings:
                 if s.per_order and getattr(self, s.key) == {}:

@@ -40,7 +40,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
 
 from semisynth import fields
-from semisynth.errors import InputError
+from semisynth.errors import InputError, WrongEncoding
 
 FORMATS = (".jsonl.gz", ".jsonl", ".parquet")  # longest first: ".jsonl.gz" ends in neither other
 EXCERPT_CHARS = 200
@@ -59,10 +59,6 @@ MAX_DEPTH = 32
 # Beyond 64 bits an integer is kept as JSON text, but Python refuses to turn one of more
 # than 4,300 digits into text at all: 1,000 digits is far past any numeric type.
 MAX_INT_DIGITS = 1000
-
-
-class WrongEncoding(ValueError):
-    """A jsonl file that is not UTF-8 at all (UTF-16 or UTF-32) from some line on."""
 
 
 class _Refused(ValueError):

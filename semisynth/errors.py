@@ -1,4 +1,6 @@
-"""Errors every layer raises and the command line maps to exit codes."""
+"""Errors every layer raises and the command line maps to exit codes: every exception class
+of semisynth is here, but for a module's private control-flow signals (``documents._Refused``,
+``serve._Stop``)."""
 
 import errno
 import reprlib
@@ -18,6 +20,16 @@ class KeyedInputError(InputError):
         super().__init__(f"{clip(key, 2 * EXCERPT_CHARS)}: {problem}")
 
 
+class BadName(KeyedInputError):
+    """A name that is not a plain name (``rule``: ``names.NAME_RULE``); ``key`` says where it
+    was given (a config key such as ``corpora.x.edited_from``, or a command-line argument
+    such as ``NAME``)."""
+
+    def __init__(self, key: str, value: object, rule: str):
+        self.value = value
+        super().__init__(key, f"{excerpt(value)} is not {rule}")
+
+
 class NotWritable(InputError):
     """A place semisynth must write (the data root, a report's file) refuses it: permission
     denied, or a read-only filesystem. The user's to fix (another folder, or the rights),
@@ -27,6 +39,42 @@ class NotWritable(InputError):
         self.path = path
         super().__init__(f"{what} {path} is not writable ({exc.strerror or exc}: "
                          f"{exc.filename or path}){'; ' + hint if hint else ''}")
+
+
+class WrongEncoding(ValueError):
+    """A jsonl file that is not UTF-8 at all (UTF-16 or UTF-32) from some line on."""
+
+
+class VerificationFailed(RuntimeError):
+    """The release, or its copy, does not match its manifest (exit code 1)."""
+
+    def __init__(self, what: str, problems: list[str]):
+        super().__init__(f"{what}: " + "; ".join(problems))
+        self.what, self.problems = what, problems
+
+
+class DestinationTaken(InputError):
+    """The destination holds another release's copy, or other files (exit code 2)."""
+
+
+class UnknownRun(LookupError):
+    """A run id the warehouse does not hold (``semisynth report``: exit code 2)."""
+
+
+class LockHeld(RuntimeError):
+    """Another process holds a lock semisynth needs, past the wait allowed (exit code 3)."""
+
+
+class DataRootLocked(LockHeld):
+    """Another run holds the data root's lock."""
+
+
+class QueryError(ValueError):
+    """The statement was refused or failed (exit code 2)."""
+
+
+class QueryTimeout(QueryError):
+    """The statement ran past its time limit and was interrupted."""
 
 
 def write_refused(exc: OSError) -> bool:

@@ -15,21 +15,12 @@ from __future__ import annotations
 
 import re
 
-from semisynth.errors import KeyedInputError, excerpt
+from semisynth.errors import BadName
 
 MAX_NAME = 128
 PLAIN_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}")
 NAME_RULE = (f"a plain name: letters, digits, '_', '-' and '.', at most {MAX_NAME} "
              "characters, not starting with '.' or '-'")
-
-
-class BadName(KeyedInputError):
-    """A name that is not a plain name; ``key`` says where it was given (a config key such
-    as ``corpora.x.edited_from``, or a command-line argument such as ``NAME``)."""
-
-    def __init__(self, key: str, value: object):
-        self.value = value
-        super().__init__(key, f"{excerpt(value)} is not {NAME_RULE}")
 
 
 def is_plain_name(value: object) -> bool:
@@ -40,5 +31,5 @@ def check_name(value: object, key: str) -> str:
     """``value`` when it is a plain name; else BadName (an InputError: exit 2) naming
     ``key``, where the name was given."""
     if not is_plain_name(value):
-        raise BadName(key, value)
+        raise BadName(key, value, NAME_RULE)
     return value

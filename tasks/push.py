@@ -21,7 +21,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from semisynth.documents import atomic_path
-from semisynth.errors import InputError
+from semisynth.errors import DestinationTaken, VerificationFailed
 from semisynth.tasks.release import (
     MANIFEST,
     READ_CHUNK,
@@ -30,18 +30,6 @@ from semisynth.tasks.release import (
     verify_release,
 )
 from semisynth.warehouse import db
-
-
-class VerificationFailed(RuntimeError):
-    """The release, or its copy, does not match its manifest (exit code 1)."""
-
-    def __init__(self, what: str, problems: list[str]):
-        super().__init__(f"{what}: " + "; ".join(problems))
-        self.what, self.problems = what, problems
-
-
-class DestinationTaken(InputError):
-    """The destination holds another release's copy, or other files (exit code 2)."""
 
 
 @dataclass

@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from semisynth.errors import DataRootLocked
 from semisynth.tasks import release
 from semisynth.warehouse import db, records
-from semisynth.warehouse.lock import DataRootLocked, data_root_lock, holder
+from semisynth.warehouse.lock import data_root_lock, holder
 
 RUN = {"config_name": "t", "config_json": "{}", "model": "m"}
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from semisynth import metric_registry, report, thresholds
+from semisynth import metric_registry
 from semisynth.cli import main as cli
 from semisynth.config import load_config
+from semisynth.quality import report, thresholds
 from semisynth.warehouse import db
 
 PLUGIN = "metric_plugins.ngram_entropy"

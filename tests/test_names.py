@@ -12,7 +12,8 @@ import yaml
 from semisynth.cli import main as cli
 from semisynth.commands import narrowed_config
 from semisynth.config import load_config, load_experiment_config
-from semisynth.names import BadName, check_name, is_plain_name
+from semisynth.errors import BadName
+from semisynth.names import check_name, is_plain_name
 from semisynth.tasks import release
 from semisynth.warehouse import db, records
 

@@ -6,8 +6,9 @@ import time
 import pytest
 from terminal import default_sigint
 
+from semisynth.errors import QueryError, QueryTimeout
 from semisynth.warehouse import db
-from semisynth.warehouse.query import Limits, QueryError, QueryTimeout, run_query
+from semisynth.warehouse.query import Limits, run_query
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from semisynth.warehouse.lock import LockHeld
+from semisynth.errors import LockHeld
 
 TABLES = (
     "runs", "corpora", "shards", "quarantine", "doc_scores", "edits", "metrics",

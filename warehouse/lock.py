@@ -21,19 +21,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from semisynth.errors import NotWritable, write_refused
+from semisynth.errors import DataRootLocked, NotWritable, write_refused
 
 LOCK_NAME = ".lock"
 _POLL_S = 0.2
 _log = logging.getLogger(__name__)
-
-
-class LockHeld(RuntimeError):
-    """Another process holds a lock semisynth needs, past the wait allowed (exit code 3)."""
-
-
-class DataRootLocked(LockHeld):
-    """Another run holds the data root's lock."""
 
 
 # Lock files this process holds -> [open descriptor, how many `with` blocks hold it]: the

@@ -50,8 +50,8 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from semisynth.errors import LockHeld, QueryError, QueryTimeout
 from semisynth.warehouse import db
-from semisynth.warehouse.lock import LockHeld
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_ROWS = 10_000
@@ -73,14 +73,6 @@ _CHILD_MARGIN_S = 0.25
 _CHILD_GRACE_S = 1.0
 _STDERR_KEEP = 64 * 1024
 EXIT_REFUSED, EXIT_LOCKED, EXIT_CRASH = 2, 3, 3
-
-
-class QueryError(ValueError):
-    """The statement was refused or failed (exit code 2)."""
-
-
-class QueryTimeout(QueryError):
-    """The statement ran past its time limit and was interrupted."""
 
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
