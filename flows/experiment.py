@@ -36,6 +36,7 @@ from semisynth.quality import report as report_mod
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import experiment as exp
 from semisynth.tasks import train as train_mod
+from semisynth.tasks.assets import fetch_brown
 from semisynth.tasks.prior import locate_model, pin_precision, resolve_model
 from semisynth.tasks.score import score_key
 from semisynth.warehouse import db, records
@@ -45,8 +46,6 @@ from semisynth.warehouse.lock import data_root_lock
 @task(name="fetch-assets", cache_policy=NO_CACHE)
 def fetch_task(ecfg: ExperimentConfig, root: Path) -> None:
     if ecfg.embedded_default:
-        from semisynth.tasks.assets import fetch_brown
-
         get_run_logger().info("Brown Corpus under %s", fetch_brown(root)[0].parent)
 
 

@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from semisynth.warehouse.lock import data_root_lock
+
 API_URL_ENV = "PREFECT_API_URL"
 
 
@@ -173,8 +175,6 @@ def run_owned(flow, root: Path, lock_wait_s: float, holder: str, *args) -> dict:
     PREFECT_API_URL, a Prefect server that ends with this process; returns the flow's result
     dict with its final ``state`` and ``flow_run_id``. A crash of the flow is raised, not
     returned."""
-    from semisynth.warehouse.lock import data_root_lock
-
     with data_root_lock(root, lock_wait_s, holder), temporary_server(Path(root) / "logs"):
         state = flow(*args, return_state=True)
     result = state.result(raise_on_failure=False)

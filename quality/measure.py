@@ -28,8 +28,10 @@ import numpy as np
 
 from semisynth.config import Config, MetricsConfig
 from semisynth.errors import InputError
+from semisynth.quality import plots, share
 from semisynth.quality.comparison import compare, sample_counts, yardstick
 from semisynth.quality.ngrams import top_of_table, unpack_ngram
+from semisynth.quality.plots import rank_frequency_curve
 from semisynth.quality.ppl_metrics import log_bins, ppl_histogram, scored
 from semisynth.quality.sample import CorpusScan, InMemory, Sample, ScoreFiles, comparison_streams
 from semisynth.warehouse import db
@@ -161,8 +163,6 @@ def shown_of(sample: Sample, orders: tuple[int, ...], client=None) -> Shown:
     """What the tables and plots keep of a corpus's sample: its perplexities, and per order
     the top n-grams and the rank-frequency curve of its counts (counted on ``client``'s
     cluster when given)."""
-    from semisynth.quality.plots import rank_frequency_curve
-
     last = int(sample.lengths[-1]) if len(sample) else 0
     tables = sample_counts(sample, last, orders, client).tables(orders) if len(sample) else {}
     top, curves = {}, {}
@@ -180,8 +180,6 @@ def share_rows(scans: Mapping[str, CorpusScan], pairs: Mapping[str, str],
     (candidate -> synthetic reference): its mixture share between its reference (human) and
     that corpus (``quality.share``), over the first ``documents`` of each one's sample (up
     to the cap), taken in corpus order."""
-    from semisynth.quality import share
-
     rows = []
     for candidate, syn in synthetic.items():
         reference = pairs[candidate]
@@ -221,8 +219,6 @@ def store(wh: Path, root: Path, run_id: str, measured: Measurement,
           pairs: Mapping[str, str]) -> list[Path]:
     """A measurement's rows in the warehouse (``metrics``, ``ppl_histograms``,
     ``ngram_top``) and its plots in the run folder; returns the PNGs."""
-    from semisynth.quality import plots
-
     hist_rows, top_rows = distribution_rows(run_id, measured.shown)
     # one transaction: a kill between the tables leaves none of them, not a half measurement
     db.insert_tables(wh, {"metrics": [{**r, "run_id": run_id} for r in measured.rows],

@@ -21,6 +21,8 @@ from semisynth import metric_registry
 from semisynth.documents import atomic_path
 from semisynth.errors import NotWritable, UnknownRun, write_refused
 from semisynth.quality import plots
+from semisynth.quality.plots import PAPER_GPT2_PPL
+from semisynth.quality.thresholds import failure_reason
 from semisynth.warehouse import db
 
 CSS = """
@@ -45,8 +47,6 @@ def summary_markdown(run_id: str, budget: int, values: dict[str, dict[str, float
                      blocked: list[str]) -> str:
     """The flow run's markdown summary artifact: the main metrics per corpus (vs its
     reference), every gate verdict with its failing expectations, releases and blocks."""
-    from semisynth.quality.thresholds import failure_reason
-
     shown = metric_registry.summary_metrics()  # the metrics declared `summary`
     lines = [f"# semisynth run `{run_id}`", "",
              f"Equal token budget per comparison: {budget} tokens.", "",
@@ -334,8 +334,6 @@ def experiment_table(wh: Path, run_id: str) -> tuple[list[str], list[list[str]]]
     """(headers, rows) of the run's experiment: per arm its held-out PPL (mean [95% CI] over
     seeds) on each held-out corpus, relative to the human-only arm beside the paper's
     GPT-2 curve, and its training corpus's gate metrics against the human pool."""
-    from semisynth.quality.plots import PAPER_GPT2_PPL
-
     summary = experiment_summary(wh, run_id)
     if summary.empty:
         return [], []

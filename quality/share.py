@@ -52,6 +52,7 @@ import numpy as np
 from scipy import sparse
 
 from semisynth.errors import InputError
+from semisynth.quality.sample import ScoreFiles, Stream
 
 FEATURES = ("log_ppl", "token_occurrence")
 METRIC = "synthetic_share"
@@ -97,8 +98,6 @@ def scored_docs(sample) -> ScoredDocs:
 
 def read_scored_docs(paths: Sequence[Path]) -> ScoredDocs:
     """Every document of a corpus's score files (``tasks/score.py``), in order."""
-    from semisynth.quality.sample import ScoreFiles, Stream
-
     whole = ScoreFiles(paths).scan({"all": Stream(0)}, None).samples["all"]
     return scored_docs(whole.in_corpus_order())
 

@@ -30,6 +30,15 @@ from semisynth.config import (
 )
 from semisynth.documents import expand_paths
 from semisynth.errors import InputError
+from semisynth.hf import open_dataset
+from semisynth.progress import progress
+from semisynth.quality import gate, measure
+from semisynth.tasks import corpora, ingest
+from semisynth.tasks.corpora import corpus_records
+from semisynth.tasks.prior import pin_precision, resolve_model
+from semisynth.tasks.score import score_key, score_shard
+from semisynth.warehouse import db, records
+from semisynth.warehouse.lock import data_root_lock
 
 SUITES = get_args(Suite)  # the GX suites semisynth.quality.suite builds
 
@@ -113,8 +122,6 @@ def narrowed_config(cfg: Config, reference: str, others: dict[str, str],
                 except (FileNotFoundError, ValueError) as exc:
                     raise InputError(f"corpus {name!r}: {exc}") from exc
             if c.hf is not None:
-                from semisynth.hf import open_dataset
-
                 try:
                     open_dataset(c.hf, cfg.resolve)  # it exists and has the split
                 except InputError as exc:
@@ -158,10 +165,6 @@ def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[s
     flow records them; returns (shards, scores, ingest counts, model work tokens)."""
     import pyarrow.parquet as pq
 
-    from semisynth.progress import progress
-    from semisynth.tasks import corpora, ingest
-    from semisynth.tasks.score import score_shard
-    from semisynth.warehouse import records
 
     shards, scores, counts, work = {}, {}, {}, 0
 
@@ -211,13 +214,6 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
     its synthetic share against ``reference`` and that too; with ``suite``, also gate it
     (the run ends FAILED when the gate fails). Returns the Measurement, and with ``suite``
     the gate's result too."""
-    from semisynth.quality import gate, measure
-    from semisynth.tasks.corpora import corpus_records
-    from semisynth.tasks.prior import pin_precision, resolve_model
-    from semisynth.tasks.score import score_key
-    from semisynth.warehouse import db, records
-    from semisynth.warehouse.lock import data_root_lock
-
     if budget is not None and budget <= 0:
         raise InputError(f"--budget must be a positive number of tokens, got {budget}")
     if suite is not None and suite not in SUITES:
@@ -268,8 +264,6 @@ def run_estimate(cfg: Config, candidate: str, human: str, synthetic: str, comman
     """The synthetic share of ``candidate`` between ``human`` and ``synthetic`` (each a
     corpus, file or glob), measured as a metrics run of its own (every metric is stored,
     the share among them); returns the estimate with its CI and the run."""
-    from semisynth.warehouse import db
-
     result = run_metrics(cfg, candidate, human, None, "estimate", command, say, synthetic=synthetic)
     if candidate in result.unestimated:
         raise InputError(f"no synthetic share for {candidate}: {result.unestimated[candidate]} "

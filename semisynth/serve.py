@@ -19,7 +19,10 @@ import os
 import signal
 from pathlib import Path
 
+from semisynth.config import load_config
+from semisynth.flows import runner
 from semisynth.flows.lifecycle import PrefectServer, healthy
+from semisynth.flows.nightly import flow_for
 from semisynth.flows.runner import GPU_TAG
 from semisynth.settings import Settings
 
@@ -46,8 +49,6 @@ def gpu_slots(cfg, settings: Settings, explicit: int | None = None) -> int:
     --gpu-workers, else ``settings.gpu_workers``, else: on the Dask cluster at
     ``settings.dask_address`` its workers with the GPU resource (all its workers when none
     has it), on the LocalCluster its ``dask_workers``."""
-    from semisynth.flows import runner
-
     if explicit is not None:
         return max(1, explicit)
     if settings.gpu_workers is not None:
@@ -93,9 +94,6 @@ def serve(config_path: str, settings: Settings, overrides: list[str] | None = No
           port: int = 4200, cron: str | None = None, gpu_workers: int | None = None) -> int:
     """Serve until Ctrl-C or SIGTERM; ``cron`` and ``gpu_workers`` (the command's options)
     take precedence over ``settings``."""
-    from semisynth.config import load_config
-    from semisynth.flows.nightly import flow_for
-
     overrides = list(overrides or [])
     config_path = str(Path(config_path).resolve())
     cfg = load_config(config_path, overrides)  # fail early on a bad config
@@ -123,8 +121,8 @@ def serve(config_path: str, settings: Settings, overrides: list[str] | None = No
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             slots = gpu_slots(cfg, settings, gpu_workers)
             set_gpu_limit(slots)
-            runner = Runner(name="semisynth-serve", pause_on_shutdown=True)
-            deployment_id = runner.add_flow(flow_for(cfg),
+            prefect_runner = Runner(name="semisynth-serve", pause_on_shutdown=True)
+            deployment_id = prefect_runner.add_flow(flow_for(cfg),
                                             **deployment_options(config_path, overrides, cron))
             _say(f"Prefect UI: {ui_url}\n"
                  f"serving {FLOW}/{DEPLOYMENT}: cron '{cron}' (UTC), config {config_path}"
@@ -138,7 +136,7 @@ def serve(config_path: str, settings: Settings, overrides: list[str] | None = No
             # the runner installs its own SIGTERM handler: it pauses the schedule, stops
             # the runs in flight and returns
             try:
-                asyncio.run(runner.start())
+                asyncio.run(prefect_runner.start())
             except TerminationSignal:
                 pass
     except (KeyboardInterrupt, _Stop):

@@ -42,8 +42,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from semisynth.config import EXPERIMENT_SOURCES, Config, ExperimentConfig
-from semisynth.documents import atomic_path
+from semisynth.documents import atomic_path, expand_paths
+from semisynth.quality import dsir
+from semisynth.tasks import assets
 from semisynth.tasks.corpora import picked_shards
+from semisynth.tasks.prior import load_prior, resolve_model
+from semisynth.tasks.score import read_scores, token_arrays
+from semisynth.tasks.train import use_worker_threads
 from semisynth.tasks.vocabulary import vocabulary
 
 HUMAN, SYNTHETIC, HELDOUT, HELDOUT_SYNTHETIC = EXPERIMENT_SOURCES
@@ -112,8 +117,6 @@ class Pool:
 
 def scored_pool(name: str, score_paths: Sequence[Path]) -> Pool:
     """A scored corpus's documents, from its score files."""
-    from semisynth.tasks.score import read_scores, token_arrays
-
     table = read_scores(list(score_paths), ["id", "doc_hash", "token_ids"])
     return Pool(name, table.column("id").to_pylist(), table.column("doc_hash").to_pylist(),
                 token_arrays(table))
@@ -207,9 +210,8 @@ def arm_pieces(ecfg: ExperimentConfig, arm: str, pools: Mapping[str, Pool],
         if synthetic.lengths.sum() <= budget:
             raise ValueError(f"DSIR needs a synthetic pool of more than {budget} tokens to choose "
                              f"from; it holds {int(synthetic.lengths.sum())}")
-        if dsir_select is None:
-            from semisynth.quality.dsir import dsir_select
-        order = dsir_select(texts[HUMAN], texts[SYNTHETIC], synthetic.lengths, budget, ecfg.seed)
+        select = dsir_select or dsir.dsir_select
+        order = select(texts[HUMAN], texts[SYNTHETIC], synthetic.lengths, budget, ecfg.seed)
         return take_tokens(synthetic, order, budget)
     return mixture_pieces(human, synthetic, human_order, synthetic_order, a.share, budget)
 
@@ -373,11 +375,6 @@ def generation_jobs(ecfg: ExperimentConfig, pcfg: Config) -> list:
 def generate_source(pcfg: Config, gen, seed: int, progress: Callable | None = None) -> Path:
     """Write one ``generate`` entry's file with the prior (``tasks.assets.synthesize``),
     seeded by the experiment's seed and the file's name."""
-    from semisynth.documents import expand_paths
-    from semisynth.tasks import assets
-    from semisynth.tasks.prior import load_prior
-    from semisynth.tasks.train import use_worker_threads
-
     prior = load_prior(pcfg.prior.model, pcfg.root, pcfg.prior.precision)
     if prior.device.type == "cpu":
         use_worker_threads()  # two workers with every core each would thrash them
@@ -391,8 +388,6 @@ def generate_source(pcfg: Config, gen, seed: int, progress: Callable | None = No
 def prior_tokenizer(pcfg: Config):
     """The prior's tokenizer (the experiment's models use its token ids, remapped)."""
     from transformers import AutoTokenizer
-
-    from semisynth.tasks.prior import resolve_model
 
     folder, _ = resolve_model(pcfg.prior.model, pcfg.root)
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)

@@ -43,6 +43,8 @@ import torch.nn.functional as F
 
 from semisynth.config import LMConfig
 from semisynth.documents import atomic_path
+from semisynth.settings import read_settings
+from semisynth.tasks.prior import resolve_precision
 from semisynth.tasks.vocabulary import remap
 
 # Bump when a change here changes what a run computes: old results then miss.
@@ -87,8 +89,6 @@ def arithmetic(m: LMConfig, device_type: str, native_bf16: bool) -> Arithmetic:
 
 def device_arithmetic(m: LMConfig) -> Arithmetic:
     """``arithmetic`` for this process's device."""
-    from semisynth.tasks.prior import resolve_precision
-
     dev = device().type
     return arithmetic(m, dev, resolve_precision("auto", dev) == "bfloat16")
 
@@ -102,8 +102,6 @@ def autocast(arith: Arithmetic):
 def use_worker_threads() -> None:
     """On the CPU, this worker's share of the cores (``SEMISYNTH_TORCH_THREADS``, which the
     LocalCluster sets per worker), else every core: oversubscribed threads slow them all."""
-    from semisynth.settings import read_settings
-
     torch.set_num_threads(read_settings().torch_threads or os.cpu_count() or 1)
 
 
