@@ -12,6 +12,7 @@ started it dies: PR_SET_PDEATHSIG) and points this process and its subprocesses 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -51,8 +52,6 @@ def _die_with_parent() -> None:
     """In the server's process (Linux): get SIGTERM when `semisynth serve` dies, even by
     SIGKILL, so that no orphaned server keeps the port."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # not Linux: the finally clause of serve() still stops it
         pass
@@ -142,6 +141,7 @@ def temporary_server(log_dir: Path) -> Iterator[str | None]:
 
     Start it from the thread that lives as long as the process (the main thread): the
     kernel stops the server when the thread that started it ends."""
+    # lazy: prefect, loaded only when this runs
     from prefect.logging import get_logger
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -193,6 +193,7 @@ def refused(exc: BaseException):
     named Refused (Prefect's UI and API show the name), the error as its data, which
     ``run_owned`` raises to the command (exit 2). Logged as one line: the error is the
     user's to read, not a traceback."""
+    # lazy: prefect, loaded only when this runs
     from prefect import get_run_logger
     from prefect.states import Failed
 
@@ -204,6 +205,7 @@ def mark_crashed(flow_run_ids: Iterable[str | None], message: str) -> list[str]:
     """Set the Prefect flow runs of runs found dead (``records.close_dead_runs``) to
     Crashed with ``message``, where this API knows them and they are not final yet.
     Returns the ids marked."""
+    # lazy: prefect, loaded only when this runs
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
     from prefect.states import Crashed

@@ -37,6 +37,7 @@ def task_runner(cfg: Config | None = None, settings: Settings | None = None):
     """The cluster at ``settings.dask_address``, else a LocalCluster of ``cfg.dask_workers``
     (without a config, e.g. when a Prefect worker loads the flow from its entrypoint:
     ``settings.dask_workers``) worker processes. Without ``settings``: the environment's."""
+    # lazy: prefect, distributed and dask, loaded only when this runs
     from prefect_dask import DaskTaskRunner
 
     settings = settings or read_settings()
@@ -67,6 +68,7 @@ def gpu_workers(client) -> list[str]:
 
 def flow_dask_client():
     """The Dask client of the running flow's task runner, or None (not on Dask)."""
+    # lazy: prefect, distributed and dask, loaded only when this runs
     from prefect.context import FlowRunContext
     from prefect_dask import DaskTaskRunner
 
@@ -83,6 +85,7 @@ def score_placement(mode: GpuMode | None = None) -> Iterator[dict | None]:
     annotated to need one GPU each, so only those workers run them. Yields the resources
     asked for (None: run anywhere). ``mode``: auto, require or off; without it, the
     environment's ``SEMISYNTH_DASK_GPU``."""
+    # lazy: dask, loaded only when this runs
     import dask
 
     mode = mode or read_settings().dask_gpu
@@ -90,6 +93,7 @@ def score_placement(mode: GpuMode | None = None) -> Iterator[dict | None]:
     if client is None:
         yield None
         return
+    # lazy: prefect, loaded only when this runs
     from prefect.logging import get_run_logger
 
     log = get_run_logger()  # a client exists only inside a flow run

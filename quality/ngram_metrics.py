@@ -67,6 +67,7 @@ def js_of_tables(cand_types, cand_counts, ref_types, ref_counts, buckets: int) -
     each hashed into ``buckets`` buckets (NaN if either table is empty)."""
     # imported here, not with the module: loading a config imports this module (through
     # the metrics' declarations, builtin_metrics) and scipy's import takes most of a second
+    # lazy: scipy, loaded only when this runs
     from scipy.spatial.distance import jensenshannon
 
     if cand_types.size == 0 or ref_types.size == 0:

@@ -318,6 +318,7 @@ def count_part(part: SamplePart, orders=(1, 2, 3), column: str = "token_ids") ->
     """The map step: the counts of one part's documents, read from its file's ``column`` (a
     list column of token ids, as in the score files). A plain function of its arguments:
     Dask (or any executor) can run it anywhere the file can be read."""
+    # lazy: pyarrow, loaded only when this runs
     import pyarrow.parquet as pq
 
     # no reader threads: a map task is one unit of work on one core (Dask runs many at once)

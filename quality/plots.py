@@ -35,6 +35,7 @@ def _safe(name: str) -> str:
 
 
 def _figure(width: float, height: float):
+    # lazy: matplotlib, loaded only when this runs
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")

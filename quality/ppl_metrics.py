@@ -30,6 +30,7 @@ def ppl_ks(cand_ppl, ref_ppl) -> float:
     """Two-sample Kolmogorov-Smirnov statistic of the log perplexities."""
     # imported here, not with the module: loading a config imports this module (through
     # the metrics' declarations, builtin_metrics) and scipy's import takes most of a second
+    # lazy: scipy, loaded only when this runs
     from scipy import stats
 
     return float(stats.ks_2samp(np.log(cand_ppl), np.log(ref_ppl)).statistic)
@@ -38,6 +39,7 @@ def ppl_ks(cand_ppl, ref_ppl) -> float:
 def ppl_w1(cand_ppl, ref_ppl) -> float:
     """Wasserstein-1 distance of the log perplexities (on log scale: PPL is multiplicative,
     and the tail would otherwise dominate W1)."""
+    # lazy: scipy, loaded only when this runs
     from scipy import stats
 
     return float(stats.wasserstein_distance(np.log(cand_ppl), np.log(ref_ppl)))

@@ -168,6 +168,7 @@ def _data_docs(root: Path, run_id: str, has_validations: bool) -> str:
     gx_root = Path(root) / "gx"
     if not has_validations or not (gx_root / "gx").is_dir():
         return "<p>No Great Expectations results for this run.</p>"
+    # lazy: pandas and pyarrow, loaded only when this runs
     from semisynth.quality import suite
 
     try:
@@ -296,6 +297,7 @@ EXPERIMENT_GATE_METRICS = ("ppl_low_frac", "ppl_ks", "distinct_2", "ref_coverage
 def experiment_summary(wh: Path, run_id: str) -> pd.DataFrame:
     """The run's rows of ``experiment_summary_by_run`` (empty: not an experiment run, or a
     warehouse written before the experiment's tables existed)."""
+    # lazy: duckdb, loaded only when this runs
     import duckdb
 
     try:

@@ -164,6 +164,7 @@ class Sample:
 def read_token_arrays(where: DocumentFiles, column: str = "token_ids") -> list[np.ndarray]:
     """The token ids of the documents ``where`` locates, in its order; each file is read
     once, and only its documents of the sample are kept."""
+    # lazy: pyarrow, loaded only when this runs
     import pyarrow.parquet as pq
 
     out: list[np.ndarray | None] = [None] * len(where)
@@ -260,6 +261,7 @@ class ScoreFiles:
         """Totals and a sample of each stream (at most ``cap`` tokens a stream), reading
         ``SCAN_BATCH_ROWS`` rows at a time; the token ids are read only for their lengths,
         and only when a stream is asked for."""
+        # lazy: pyarrow, loaded only when this runs
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 

@@ -33,6 +33,7 @@ def _gx():
     seconds, and processes that only score (Dask workers) never need it."""
     global _GX
     if _GX is None:
+        # lazy: great_expectations, scipy and pandas, loaded only when this runs
         import great_expectations as gx
         import great_expectations.expectations as gxe
 
@@ -56,6 +57,7 @@ def _exclusive(gx_root: Path) -> Iterator[None]:
 
 
 def _context(gx_root: Path):
+    # lazy: great_expectations, scipy and pandas, loaded only when this runs
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     gx, _ = _gx()
@@ -106,6 +108,7 @@ def validate(gx_root: Path, suite_name: str, run_id: str, corpus: str, row: pd.D
     corpus's one-row frame with a column per metric, and store the result in the GX project
     under ``run_id``. Returns metric -> (GX's observed value, GX's verdict); an all-NaN
     column (a metric missing from the warehouse) fails with no observed value."""
+    # lazy: great_expectations, scipy and pandas, loaded only when this runs
     from great_expectations.core.run_identifier import RunIdentifier
 
     gx, gxe = _gx()

@@ -23,10 +23,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from semisynth.config import Config, EditConfig, Precision, PriorConfig, Strategy
-from semisynth.errors import LockHeld, VerificationFailed
+from semisynth.config import (
+    Config,
+    EditConfig,
+    Precision,
+    PriorConfig,
+    Strategy,
+    find_demo_config,
+    load_config,
+    validation_message,
+)
+from semisynth.errors import (
+    InputError,
+    KeyedInputError,
+    LockHeld,
+    QueryError,
+    UnknownRun,
+    VerificationFailed,
+)
+from semisynth.names import check_name
+from semisynth.progress import duration, progress
+from semisynth.quality.thresholds import failure_reason
+from semisynth.settings import data_root_problem, read_settings
+from semisynth.warehouse.lock import data_root_lock
 
 if TYPE_CHECKING:
     from semisynth.documents import Record
@@ -69,9 +91,6 @@ class Invocation:
         """The environment's settings with --data-root as their home; read when a command
         first needs them (a bad variable, or a --data-root that is empty or not a folder, is
         then an input error of that command, exit 2)."""
-        from semisynth.errors import KeyedInputError
-        from semisynth.settings import data_root_problem, read_settings
-
         if self.data_root is not None and (problem := data_root_problem(self.data_root)):
             raise KeyedInputError("--data-root", problem)
         return read_settings(home=self.data_root)
@@ -208,6 +227,7 @@ def cmd_run(ctx: typer.Context,
             config: Annotated[str, typer.Argument(metavar="CONFIG", help="the YAML config")],
             set_: ConfigSets = None) -> int:
     """Run the nightly_refresh flow on a config (exit 1: a candidate failed the gate)."""
+    # lazy: torch, prefect and distributed, loaded only when this runs
     from semisynth.flows.nightly import run
 
     result = run(config, ctx.obj.overrides(set_))
@@ -222,6 +242,7 @@ def cmd_experiment(ctx: typer.Context,
                                                          help="the experiment's YAML config")],
                    set_: ConfigSets = None) -> int:
     """Run the collapse_experiment flow: train small LMs on each arm, held-out PPL per arm."""
+    # lazy: torch, transformers and prefect, loaded only when this runs
     from semisynth.flows.experiment import run
 
     result = run(config, ctx.obj.overrides(set_))
@@ -234,8 +255,6 @@ def cmd_experiment(ctx: typer.Context,
 
 
 def _print_outcome(result: dict) -> None:
-    from semisynth.quality.thresholds import failure_reason
-
     print(f"\nrun {result.get('run_id')}: flow run {result.get('flow_run_id')} ended {result['state']}")
     for corpus, ok in result.get("gates", {}).items():
         print(f"  gate coverage on {corpus}: {'PASSED' if ok else 'FAILED'}")
@@ -264,7 +283,6 @@ def demo_budget(prior_cached: bool, brown_cached: bool, documents_to_write: int,
     parts = {"prior": 0 if prior_cached else DEMO_PRIOR_S,
              "Brown Corpus": 0 if brown_cached else DEMO_BROWN_S, "generation": generate_s,
              "flow": DEMO_FLOW_CACHED_S if documents_to_write == 0 else DEMO_FLOW_S}
-    from semisynth.progress import duration
 
     plan = ", ".join(f"{stage} {duration(s)}" for stage, s in parts.items() if s)
     return (f"Time budget: about {duration(sum(parts.values()))} on 2 CPU cores ({plan}); "
@@ -272,8 +290,6 @@ def demo_budget(prior_cached: bool, brown_cached: bool, documents_to_write: int,
 
 
 def demo_config() -> Path:
-    from semisynth.config import find_demo_config
-
     path = find_demo_config()
     if path is None:
         raise FileNotFoundError("configs/demo.yaml not found: run `semisynth demo` from the repository")
@@ -295,9 +311,8 @@ def cmd_demo(
         help="a corpus the gate must block (repeatable)")] = ("mix50",),
 ) -> int:
     """Fetch the embedded default assets and run the demo config; check the outcome."""
-    from semisynth.config import load_config
+    # lazy: torch, transformers and prefect, loaded only when this runs
     from semisynth.flows.nightly import run
-    from semisynth.progress import duration, progress
     from semisynth.tasks import assets
     from semisynth.tasks.prior import default_prior_fetched, fetch_default_prior, load_prior
 
@@ -405,11 +420,8 @@ def cmd_edit(
 ) -> int:
     """Score and edit one file with the prior: one output document per good input row, in
     order (exit 4: input rows were bad or unreadable, skipped)."""
-    from pydantic import ValidationError
-
+    # lazy: torch and pyarrow, loaded only when this runs
     from semisynth import documents, fields
-    from semisynth.config import validation_message
-    from semisynth.progress import progress
     from semisynth.tasks.prior import load_prior, locate_model
     from semisynth.tasks.toedit import Scorer
 
@@ -500,6 +512,7 @@ def _renamed_fields(names: set[str]) -> dict[str, str]:
     """The input fields named as one of edit's own columns, each to ``input_<name>`` (with
     more ``input_`` while that is taken too), as a release renames them: written under its
     own name, the score would overwrite it."""
+    # lazy: pyarrow, loaded only when this runs
     from semisynth.fields import RENAMED_PREFIX
 
     taken = {"id", "text", *EDIT_COLUMNS, *names}
@@ -517,6 +530,7 @@ def _edit_schema(doc_fields, renamed: dict[str, str]):
     """The columns of ``edit``'s Parquet output: id, text, the input's fields as they are
     typed (``doc_fields``, a struct type or None; ``renamed``: the new names of those that
     edit's own columns take), then the scores."""
+    # lazy: pyarrow, loaded only when this runs
     import pyarrow as pa
 
     ours = [pa.field("ppl", pa.float64()), pa.field("edited_tokens", pa.int64()),
@@ -527,6 +541,7 @@ def _edit_schema(doc_fields, renamed: dict[str, str]):
 
 def _good_batches(path: str, bad: list[Record]) -> Iterator[list[Record]]:
     """The good records of ``path`` in batches of EDIT_BATCH_DOCS; the bad ones go to ``bad``."""
+    # lazy: pyarrow, loaded only when this runs
     from semisynth import documents
 
     batch: list[Record] = []
@@ -565,7 +580,7 @@ def cmd_query(
     """One read-only SQL statement over the warehouse, in a sandbox: no writes, no files
     read or written outside the warehouse, nothing spilled to disk, no settings changed;
     bounded in time, memory and rows; Ctrl-C stops it (exit 130)."""
-    from semisynth.errors import QueryError
+    # lazy: duckdb, pandas and pyarrow, loaded only when this runs
     from semisynth.warehouse import db
     from semisynth.warehouse.query import Limits, command, parse_size
 
@@ -586,6 +601,7 @@ def cmd_query(
 @command(release_app, "list", "semisynth release list")
 def cmd_release_list(ctx: typer.Context) -> int:
     """List every release under the data root."""
+    # lazy: duckdb, pandas and pyarrow, loaded only when this runs
     from semisynth.tasks import release
 
     root = ctx.obj.settings.data_root / "releases"
@@ -603,9 +619,6 @@ def _release_folder(ctx: typer.Context, name: str, version: str | None) -> Path 
     name or version that is not a plain name is refused (exit 2): it could lead out of the
     root. So is a symbolic link under the root's releases/ on the way to the folder (the
     name's folder or the version's): it could make any folder pass for a release."""
-    from semisynth.errors import InputError
-    from semisynth.names import check_name
-
     if version is not None:
         check_name(version, "--version")
     root = ctx.obj.settings.data_root / "releases"
@@ -618,6 +631,7 @@ def _release_folder(ctx: typer.Context, name: str, version: str | None) -> Path 
             versions = [v for v in versions if v.name == version]
         folder = versions[-1] if versions else None
     if folder is not None:
+        # lazy: duckdb, pandas and pyarrow, loaded only when this runs
         from semisynth.tasks import release
 
         link = release.link_under(root, folder)
@@ -641,7 +655,7 @@ def cmd_release_verify(
     """Re-check every checksum of a release or of a pushed copy (read back through fsspec),
     and its manifest against the warehouse's record of the release or of the push (exit 1:
     a mismatch; 2: no such release, or a symbolic link under releases/ on the way to it)."""
-    from semisynth.names import check_name
+    # lazy: duckdb, pandas and pyarrow, loaded only when this runs
     from semisynth.tasks import release
     from semisynth.warehouse import db, records
 
@@ -693,10 +707,9 @@ def cmd_release_push(
     record the push in the warehouse (table pushes). Exit 1: the release or its copy fails
     verification; 2: no such release, a symbolic link under releases/ on the way to it, or
     DEST holds another copy."""
-    from semisynth.progress import progress
+    # lazy: duckdb, pandas and pyarrow, loaded only when this runs
     from semisynth.tasks import push
     from semisynth.warehouse import db, records
-    from semisynth.warehouse.lock import data_root_lock
 
     folder = _release_folder(ctx, name, version)
     if folder is None:
@@ -737,6 +750,7 @@ Budget = Annotated[int | None, typer.Option(
 def _measure_setup(ctx: typer.Context, command_name: str, candidate: str, reference: str,
                    budget: int | None, config: str | None, sets: list[str] | None):
     """The config (with --data-root), the command line as recorded, and the stderr reporter."""
+    # lazy: torch, scipy and duckdb, loaded only when this runs
     from semisynth.commands import load_command_config
 
     cfg, _ = load_command_config(config, ctx.obj.overrides(sets))
@@ -756,6 +770,7 @@ def cmd_metrics(ctx: typer.Context, candidate: Candidate, reference: Reference,
                 allow_partial: AllowPartial = False) -> int:
     """Every collapse metric of a candidate vs a reference, stored and printed (exit 4:
     input rows were quarantined)."""
+    # lazy: torch, scipy and duckdb, loaded only when this runs
     from semisynth import commands
 
     cfg, command_line, say = _measure_setup(ctx, "metrics", candidate, reference, budget, config, set_)
@@ -777,6 +792,7 @@ def cmd_validate(ctx: typer.Context, candidate: Candidate, reference: Reference,
                  allow_partial: AllowPartial = False) -> int:
     """Metrics, then the GX gate suite; exit 0 pass, 1 fail, 4 pass on partial input (rows
     quarantined)."""
+    # lazy: torch, scipy and duckdb, loaded only when this runs
     from semisynth import commands
 
     cfg, command_line, say = _measure_setup(ctx, "validate", candidate, reference, budget, config, set_)
@@ -801,6 +817,7 @@ def cmd_estimate(
 ) -> int:
     """How much of a candidate is synthetic: a mixture estimate with a 95% bootstrap CI
     (exit 4: input rows were quarantined)."""
+    # lazy: torch, scipy and duckdb, loaded only when this runs
     from semisynth import commands
 
     cfg, _, say = _measure_setup(ctx, "estimate", candidate, human, None, config, set_)
@@ -830,7 +847,7 @@ def cmd_report(
         help="default: <data root>/runs/RUN_ID/report.html")] = None,
 ) -> int:
     """A self-contained HTML report of a run; prints its path."""
-    from semisynth.errors import KeyedInputError, UnknownRun
+    # lazy: duckdb, pandas and pyarrow, loaded only when this runs
     from semisynth.quality.report import build_report
 
     if out is not None and Path(out).is_dir():  # checked first: the report takes a while
@@ -861,6 +878,7 @@ def cmd_serve(
                           "the workers that run score+edit)")] = None,
 ) -> int:
     """Serve the nightly-refresh deployment on its schedule, with a local Prefect server and UI."""
+    # lazy: torch, prefect and distributed, loaded only when this runs
     from semisynth.serve import serve
 
     config = config or str(demo_config())
@@ -872,6 +890,7 @@ def cmd_serve(
          "semisynth --data-root /data prior fetch")
 def cmd_prior_fetch(ctx: typer.Context) -> int:
     """Print the local folder of the default prior (fetched and converted if needed)."""
+    # lazy: torch and pyarrow, loaded only when this runs
     from semisynth.tasks.prior import fetch_default_prior
 
     print(fetch_default_prior(ctx.obj.settings.data_root))

@@ -163,6 +163,7 @@ class Measurement:
 def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[str], None]):
     """Ingest, score and derive every corpus of ``cfg`` in dependency order, recorded as the
     flow records them; returns (shards, scores, ingest counts, model work tokens)."""
+    # lazy: pyarrow, loaded only when this runs
     import pyarrow.parquet as pq
 
 

@@ -105,6 +105,7 @@ def open_dataset(hf: HfSource, resolve: Callable[[str], str] = str,
 
 
 def _open_saved(hf: HfSource, kind: str, folder: Path) -> OpenedDataset:
+    # lazy: datasets, huggingface_hub and pandas, loaded only when this runs
     import datasets
 
     if kind == "dict":
@@ -123,6 +124,7 @@ def _open_saved(hf: HfSource, kind: str, folder: Path) -> OpenedDataset:
 
 
 def _open_builder(hf: HfSource, kind: str, where: str, cache_dir: str | None) -> OpenedDataset:
+    # lazy: datasets, huggingface_hub and pandas, loaded only when this runs
     import datasets
 
     try:
@@ -191,6 +193,7 @@ def _check_text_column(opened: OpenedDataset, stream, text_field: str) -> None:
 
 
 def _unreadable() -> tuple[type[BaseException], ...]:
+    # lazy: datasets, huggingface_hub and pandas, loaded only when this runs
     from datasets.exceptions import DatasetsError
 
     return (*UNREADABLE, DatasetsError)

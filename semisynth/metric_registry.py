@@ -27,7 +27,9 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, create_model
 
 Collapse = Literal["up", "down"]  # which way collapse moves a metric
 BUILTINS = "semisynth.quality.builtin_metrics"
@@ -282,10 +284,6 @@ def settings_model() -> type:
     """A pydantic model with one field per ``settings()`` key (its default, range and
     description) and no other key: what ``GateConfig`` validates its per-metric keys with.
     Rebuilt when a metric is registered or removed."""
-    from typing import Annotated
-
-    from pydantic import ConfigDict, Field, create_model
-
     _ensure_builtins()
     with _lock:
         if _version in _models:

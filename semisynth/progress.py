@@ -105,7 +105,7 @@ def progress(label: str, total: int | None = None, unit: str = "rows", also: str
 @contextmanager
 def _rich_bar(label: str, total: int | None, unit: str, also: str | None,
               stream: TextIO) -> Iterator[Bar]:
-    # imported here: logs and workers, which get plain lines, need not load rich
+    # lazy: rich; logs and workers, which get plain lines, need not load it
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

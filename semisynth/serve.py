@@ -57,6 +57,7 @@ def gpu_slots(cfg, settings: Settings, explicit: int | None = None) -> int:
     if not address:
         return max(1, cfg.dask_workers)
     try:
+        # lazy: distributed and dask, loaded only when this runs
         from distributed import Client
 
         with Client(address, timeout=10) as client:
@@ -68,6 +69,7 @@ def gpu_slots(cfg, settings: Settings, explicit: int | None = None) -> int:
 
 
 def set_gpu_limit(slots: int) -> None:
+    # lazy: prefect, loaded only when this runs
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
@@ -75,6 +77,7 @@ def set_gpu_limit(slots: int) -> None:
 
 
 def deployment_options(config_path: str, overrides: list[str], cron: str) -> dict:
+    # lazy: prefect, loaded only when this runs
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
@@ -114,6 +117,7 @@ def serve(config_path: str, settings: Settings, overrides: list[str] | None = No
             api_url, ui_url = server.api_url, server.ui_url
             # flow runs start in subprocesses: they read the server from the environment
             os.environ["PREFECT_API_URL"] = api_url
+        # lazy: prefect, loaded only when this runs
         from prefect.exceptions import TerminationSignal
         from prefect.runner import Runner
         from prefect.settings import PREFECT_API_URL, temporary_settings

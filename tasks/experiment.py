@@ -32,6 +32,7 @@ hold, which on a CPU is most of a step's cost. Perplexities are over this vocabu
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -358,8 +359,6 @@ def arm_corpus(pcfg: Config, arm: str, pieces: Sequence[Piece], shards: Mapping[
 def generation_jobs(ecfg: ExperimentConfig, pcfg: Config) -> list:
     """The ``generate`` entries of the sources whose file is missing (the others are cached);
     an entry must write a file its source reads."""
-    import fnmatch
-
     jobs = []
     for name, source in source_configs(ecfg).items():
         patterns = [pcfg.resolve(p) for p in source.paths]
@@ -387,6 +386,7 @@ def generate_source(pcfg: Config, gen, seed: int, progress: Callable | None = No
 
 def prior_tokenizer(pcfg: Config):
     """The prior's tokenizer (the experiment's models use its token ids, remapped)."""
+    # lazy: transformers and huggingface_hub, loaded only when this runs
     from transformers import AutoTokenizer
 
     folder, _ = resolve_model(pcfg.prior.model, pcfg.root)

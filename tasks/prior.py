@@ -54,6 +54,7 @@ def use_compile_cache(root: Path) -> Path:
     the cache in use. Inductor writes its own default into the variable the first time it
     asks for the cache (importing transformers can be that time): that value counts as
     unset."""
+    # lazy: torch, loaded only when this runs
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     current = os.environ.get(INDUCTOR_CACHE_ENV)
@@ -203,6 +204,7 @@ def fetch_default_prior(root: Path) -> Path:
     target = default_prior_folder(root)
     if default_prior_fetched(root):
         return target
+    # lazy: transformers and huggingface_hub, loaded only when this runs
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source = _package_folder()
@@ -238,6 +240,7 @@ def locate_model(model: str, key: str = "prior.model") -> str:
     # a hub id is "name" or "owner/name"; anything else names a folder
     if not model or model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise KeyedInputError(key, f"prior model folder not found: {excerpt(model)}")
+    # lazy: huggingface_hub, loaded only when this runs
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
@@ -279,6 +282,7 @@ def load_prior(model: str, root: Path, precision: str = "auto", device: str | No
 
 
 def _load(model: str, root: Path, precision: str, device: str) -> Prior:
+    # lazy: transformers and huggingface_hub, loaded only when this runs
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, model_id = resolve_model(model, root)

@@ -107,6 +107,7 @@ def use_worker_threads() -> None:
 
 def build_model(vocab_size: int, m: LMConfig, seed: int) -> torch.nn.Module:
     """A randomly initialized causal LM of ``m``'s size (weights from ``seed``)."""
+    # lazy: transformers and huggingface_hub, loaded only when this runs
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -408,8 +409,6 @@ def _supervise(child: subprocess.Popen, deadline: float, out: TextIO | None) -> 
 def _die_with_parent(parent: int) -> None:
     """Have the kernel kill this process when the command that started it dies (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent:  # it died before the request took effect
