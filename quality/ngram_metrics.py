@@ -1,6 +1,6 @@
 """N-gram metrics of a candidate corpus against a reference, from their count tables.
 
-See DESIGN.md, "Signals of collapse". For each order n: ``distinct_n`` (types / n-grams),
+See README.md, "Metrics". For each order n: ``distinct_n`` (types / n-grams),
 ``top1pct_mass_n`` (the share of occurrences held by the most frequent 1% of types),
 ``ref_coverage_n`` (the share of the reference's types seen at least twice that the candidate
 has) and ``js_n`` (the Jensen-Shannon divergence, base 2, of the two n-gram distributions

@@ -1,6 +1,6 @@
 """Perplexity-distribution metrics of a candidate corpus against a reference.
 
-See DESIGN.md, "Signals of collapse". Inputs are 1-D float arrays of per-document perplexity.
+See README.md, "Metrics". Inputs are 1-D float arrays of per-document perplexity.
 A document of fewer than 2 tokens has none (null in its score file, NaN in a sample's
 array): ``scored`` leaves such documents out, and ``ppl_metrics`` measures only the others.
 ``ppl_metrics`` gives the candidate's quantiles (``ppl_q01`` .. ``ppl_q99``), the shares of its
