@@ -47,7 +47,6 @@ from semisynth.errors import (
 from semisynth.names import check_name
 from semisynth.progress import duration, progress
 from semisynth.quality.thresholds import failure_reason
-from semisynth.settings import data_root_problem, read_settings
 from semisynth.warehouse.lock import data_root_lock
 
 if TYPE_CHECKING:
@@ -91,6 +90,9 @@ class Invocation:
         """The environment's settings with --data-root as their home; read when a command
         first needs them (a bad variable, or a --data-root that is empty or not a folder, is
         then an input error of that command, exit 2)."""
+        # lazy: pydantic_settings (0.5 s), which --help and a config error never need
+        from semisynth.settings import data_root_problem, read_settings
+
         if self.data_root is not None and (problem := data_root_problem(self.data_root)):
             raise KeyedInputError("--data-root", problem)
         return read_settings(home=self.data_root)

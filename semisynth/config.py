@@ -22,7 +22,6 @@ from pydantic import (
 from semisynth import metric_registry
 from semisynth.errors import EXCERPT_CHARS, KeyedInputError, clip, excerpt
 from semisynth.names import check_name, is_plain_name
-from semisynth.settings import data_root_problem, read_settings
 
 # Config.model_validate's context key: corpora a command made from files or globs, named by
 # the argument as given (a path, not a name); they share shards/_files and never release.
@@ -347,6 +346,9 @@ class Config(_Strict):
     @field_validator("data_root")
     @classmethod
     def _a_folder(cls, value: str | None) -> str | None:
+        # lazy: pydantic_settings (0.5 s), which --help and the config's other keys never need
+        from semisynth.settings import data_root_problem
+
         problem = None if value is None else data_root_problem(value)
         if problem:
             raise ValueError(problem)
@@ -430,8 +432,10 @@ def data_root(explicit: str | Path | None = None) -> Path:
     """``explicit`` (a config's data_root), else $SEMISYNTH_HOME, else ./var; absolute."""
     if explicit:
         return Path(explicit).expanduser().resolve()
-    # read here, not at import: the command's start stays fast. A flow run that a Prefect
-    # worker starts has no command line: its data root is its environment's.
+    # lazy: pydantic_settings (0.5 s), read here, not at import: the command's start stays
+    # fast. A flow run that a Prefect worker starts has no command line: its data root is its
+    # environment's.
+    from semisynth.settings import read_settings
 
     return read_settings().data_root
 

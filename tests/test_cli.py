@@ -195,16 +195,6 @@ def test_the_console_script_reads_the_environment(tmp_path):
     assert proc.stdout.strip() == f"no releases under {tmp_path / 'releases'}"
 
 
-def test_help_loads_nothing_heavy():
-    code = ("import sys\nfrom semisynth.cli import main\ntry:\n    main(['edit', '--help'])\n"
-            "except SystemExit:\n    pass\n"
-            "print([m for m in ('torch', 'transformers', 'prefect', 'great_expectations', "
-            "'dask', 'duckdb', 'pandas', 'pydantic_settings') if m in sys.modules])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, check=True)
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
-
-
 def test_task_runner_of_a_worker_started_run_reads_the_environment(clean_env):
     from semisynth.flows.runner import task_runner
 
