@@ -23,7 +23,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-import click
 import typer
 from pydantic.fields import FieldInfo
 
@@ -226,8 +225,8 @@ def strategy_options() -> list[inspect.Parameter]:
         "strategy", inspect.Parameter.KEYWORD_ONLY, default=default,
         annotation=Annotated[Literal[tuple(names)], described(EDIT_FIELDS["strategy"])])]
     fields: dict[str, dict[str, FieldInfo]] = {}  # parameter name -> strategy -> its field
-    for name, strategy in registered.items():
-        for key, field in strategy.Params.model_fields.items():
+    for name in names:  # the default first, as --strategy lists them
+        for key, field in registered[name].Params.model_fields.items():
             fields.setdefault(key, {})[name] = field
     for key, by_strategy in fields.items():
         first = next(iter(by_strategy.values()))
@@ -245,6 +244,13 @@ def strategy_options() -> list[inspect.Parameter]:
         params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default,
                                         annotation=Annotated[annotation | None, option]))
     return params
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (not its default). Typer carries its own copy of
+    click, whose ParameterSource is not click's: the source is compared by name."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
 
 
 def _with_strategy_options(fn: Callable) -> None:
@@ -469,8 +475,7 @@ def cmd_edit(
         # the options given: the strategy's own defaults apply to the others (an option
         # that only another strategy takes, left out, is no error)
         edit = EditConfig.model_validate({
-            k: v for k, v in strategy_params.items()
-            if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT})
+            k: v for k, v in strategy_params.items() if _given(ctx, k)})
         prior_cfg = PriorConfig(model=model, precision=precision, max_tokens=max_tokens,
                                 batch_tokens=batch_tokens)
     except ValidationError as exc:

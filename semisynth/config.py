@@ -156,7 +156,9 @@ class EditConfig(BaseModel):
         """The keys this section was given (the strategy if named, its parameters set), as
         written: what an experiment arm's ``edit`` changes of the experiment's."""
         values = self.params.model_dump(include=self.params.model_fields_set)
-        return {"strategy": self.strategy, **values} if "strategy" in self.model_fields_set else values
+        if "strategy" in self.model_fields_set:
+            return {"strategy": self.strategy, **values}
+        return values
 
     @property
     def effective_beta(self) -> float | None:
