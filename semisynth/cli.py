@@ -9,6 +9,7 @@ commands that need them), so `--help` answers at once.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -31,7 +32,6 @@ from semisynth.config import (
     EditConfig,
     Precision,
     PriorConfig,
-    Strategy,
     find_demo_config,
     load_config,
     validation_message,
@@ -47,6 +47,7 @@ from semisynth.errors import (
 from semisynth.names import check_name
 from semisynth.progress import duration, progress
 from semisynth.quality.thresholds import failure_reason
+from semisynth.strategy_registry import _optional_stripped, strategies
 from semisynth.warehouse.lock import data_root_lock
 
 if TYPE_CHECKING:
@@ -164,11 +165,17 @@ def global_options(
     ctx.obj.data_root = data_root
 
 
+def _registered(group: typer.Typer, name: str) -> Callable:
+    """The function registered as command ``name`` of ``group`` (``command``'s wrapper)."""
+    return next(c.callback for c in group.registered_commands if c.name == name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command line; returns its exit code. --help and usage errors exit (SystemExit
     0 and 2) before any command runs, as they always did."""
     invocation = Invocation()
     try:
+        _with_strategy_options(_registered(app, "edit"))
         # standalone: typer prints usage errors itself and always ends in SystemExit
         typer.main.get_command(app).main(args=argv, prog_name="semisynth", obj=invocation)
     except SystemExit:
@@ -221,6 +228,59 @@ PRIOR_FIELDS, EDIT_FIELDS, CONFIG_FIELDS = (
 def described(field: FieldInfo, **option) -> typer.models.OptionInfo:
     """An option whose help is the field's description."""
     return typer.Option(help=field.description, **option)
+
+
+def strategy_options() -> list[inspect.Parameter]:
+    """`edit`'s --strategy and one option per parameter name of the registered edit
+    strategies (``semisynth.tasks.strategies``), each from the params models' field: its
+    type, its description as help, the strategies that take it where not all do, and its
+    default (per strategy where they differ). The command passes on only the options given
+    on the command line: the chosen strategy's own defaults apply to the rest."""
+    registered = strategies()
+    default = EDIT_FIELDS["strategy"].default
+    names = [default, *(n for n in registered if n != default)]
+    params = [inspect.Parameter(
+        "strategy", inspect.Parameter.KEYWORD_ONLY, default=default,
+        annotation=Annotated[Literal[tuple(names)], described(EDIT_FIELDS["strategy"])])]
+    fields: dict[str, dict[str, FieldInfo]] = {}  # parameter name -> strategy -> its field
+    for name in names:  # the default first, as --strategy lists them
+        for key, field in registered[name].Params.model_fields.items():
+            fields.setdefault(key, {})[name] = field
+    for key, by_strategy in fields.items():
+        first = next(iter(by_strategy.values()))
+        help_text = first.description or ""
+        if len(by_strategy) < len(registered):
+            help_text += f" (strategy {', '.join(by_strategy)})"
+        defaults = {n: f.get_default(call_default_factory=True) for n, f in by_strategy.items()}
+        if len(set(map(repr, defaults.values()))) == 1:  # shown as click shows any default
+            default, shown = next(iter(defaults.values())), True
+        else:  # no one default: None, and the help says whose is which
+            default = None
+            shown = "per strategy: " + ", ".join(f"{n} {d}" for n, d in defaults.items())
+        option = typer.Option(f"--{key.replace('_', '-')}", help=help_text, show_default=shown)
+        annotation = _optional_stripped(first.annotation)
+        params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[annotation | None, option]))
+    return params
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (not its default). Typer carries its own copy of
+    click, whose ParameterSource is not click's: the source is compared by name."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
+def _with_strategy_options(fn: Callable) -> None:
+    """Give ``fn`` (the edit command's registered function) the signature typer reads: its
+    own parameters with ``**strategy_params`` replaced by ``strategy_options()``. Run when the
+    command line is built, so that a strategy installed since (an entry point) is offered."""
+    own = [p for p in inspect.signature(fn.__wrapped__, eval_str=True).parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    at = next(i for i, p in enumerate(own) if p.name == "seed")  # --help: after the prior's
+    fn.__signature__ = inspect.Signature(
+        [*own[:at], *(p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                      for p in strategy_options()), *own[at:]])
 
 
 @command(app, "run", "semisynth run configs/demo.yaml",
@@ -407,18 +467,13 @@ def cmd_edit(
     model: Annotated[str, described(PRIOR_FIELDS["model"])] = PRIOR_FIELDS["model"].default,
     precision: Annotated[Precision, described(PRIOR_FIELDS["precision"])] = (
         PRIOR_FIELDS["precision"].default),
-    threshold: Annotated[float, described(EDIT_FIELDS["threshold"])] = (
-        EDIT_FIELDS["threshold"].default),
-    top_k: Annotated[int, described(EDIT_FIELDS["top_k"])] = EDIT_FIELDS["top_k"].default,
-    beta: Annotated[float | None, described(EDIT_FIELDS["beta"])] = EDIT_FIELDS["beta"].default,
-    strategy: Annotated[Strategy, described(EDIT_FIELDS["strategy"])] = (
-        EDIT_FIELDS["strategy"].default),
     seed: Annotated[int, described(CONFIG_FIELDS["seed"])] = CONFIG_FIELDS["seed"].default,
     max_tokens: Annotated[int | None, described(PRIOR_FIELDS["max_tokens"], metavar="N")] = (
         PRIOR_FIELDS["max_tokens"].default),
     batch_tokens: Annotated[str, described(PRIOR_FIELDS["batch_tokens"], metavar="N|auto")] = (
         PRIOR_FIELDS["batch_tokens"].default),
     allow_partial: AllowPartial = False,
+    **strategy_params,  # --strategy and its parameters' options, from strategy_options()
 ) -> int:
     """Score and edit one file with the prior: one output document per good input row, in
     order (exit 4: input rows were bad or unreadable, skipped)."""
@@ -428,7 +483,10 @@ def cmd_edit(
     from semisynth.tasks.toedit import Scorer
 
     try:  # the options are checked as the config checks them
-        edit = EditConfig(strategy=strategy, threshold=threshold, top_k=top_k, beta=beta)
+        # the options given: the strategy's own defaults apply to the others (an option
+        # that only another strategy takes, left out, is no error)
+        edit = EditConfig.model_validate({
+            k: v for k, v in strategy_params.items() if _given(ctx, k)})
         prior_cfg = PriorConfig(model=model, precision=precision, max_tokens=max_tokens,
                                 batch_tokens=batch_tokens)
     except ValidationError as exc:

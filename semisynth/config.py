@@ -13,20 +13,22 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from semisynth import metric_registry
 from semisynth.errors import EXCERPT_CHARS, KeyedInputError, clip, excerpt
 from semisynth.names import check_name, is_plain_name
+from semisynth.strategy_registry import StrategyParams, strategy_class
 
 # Config.model_validate's context key: corpora a command made from files or globs, named by
 # the argument as given (a path, not a name); they share shards/_files and never release.
 FILE_CORPORA = "file_corpora"
-Strategy = Literal["up_revise", "low_drop_up_revise", "filtering"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 Compile = Literal["auto", True, False]
 # The GX suites quality.suite builds. A name is a folder of GX's store: one not built would
@@ -86,32 +88,80 @@ class PriorConfig(_Strict):
         "for it."))
 
 
-class EditConfig(_Strict):
-    strategy: Strategy = Field("up_revise", description=(
-        "up_revise: redraw the tokens above the threshold; low_drop_up_revise: also drop "
-        "those below low_threshold; filtering: only drop those."))
-    threshold: float = Field(0.99, gt=0, le=1, description=(
-        "Redraw a token where its probability under the prior is strictly greater."))
-    top_k: int = Field(8, ge=1, description=(
-        "Redraw from the prior's k most probable tokens (at most its vocabulary)."))
-    beta: float | None = Field(None, gt=0, description=(
-        "Temperature of the redraw, softmax(logp / beta); unset: 1.5 for up_revise, "
-        "else 1.0 (the official code)."))
-    low_threshold: float = Field(0.001, ge=0, lt=1, description=(
-        "Drop a token where its probability is strictly smaller."))
+class StrategyParamsError(ValueError):
+    """A strategy's parameters refused by its params model: pydantic reports it on the
+    ``edit`` section, and ``validation_message`` names each key inside it."""
 
-    @model_validator(mode="after")
-    def _thresholds_ordered(self) -> EditConfig:
-        if self.strategy == "low_drop_up_revise" and self.low_threshold >= self.threshold:
-            raise ValueError(f"low_threshold ({self.low_threshold}) must be below threshold "
-                             f"({self.threshold}): a token cannot be both redrawn and dropped")
-        return self
+    def __init__(self, error: ValidationError):
+        self.error = error
+        super().__init__("; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(edit)'}: {e['msg']}"
+            for e in error.errors(include_url=False)))
+
+
+class EditConfig(BaseModel):
+    """The edit section: a strategy by name (``semisynth.tasks.strategies``) and, beside it,
+    that strategy's parameters, validated by its own params model (``edit: {strategy:
+    up_revise, threshold: 0.99, top_k: 8}``). Dumped flat, as it is written."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    strategy: str = Field("up_revise", description=(
+        "The edit strategy: up_revise redraws the tokens above the threshold; "
+        "low_drop_up_revise also drops those below low_threshold; filtering only drops "
+        "those; others as registered (README, 'Adding an edit strategy')."))
+    params: SerializeAsAny[StrategyParams] = Field(description=(
+        "The strategy's parameters (given beside `strategy`, not under this key)."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_params(cls, data: object) -> object:
+        """``{strategy, **parameters}`` -> ``{strategy, params}``, the parameters validated
+        by the strategy's own model; a key it does not take is named with the ones it does."""
+        if not isinstance(data, dict) or isinstance(data.get("params"), StrategyParams):
+            return data  # not a mapping: pydantic names the type; or already built
+        given = dict(data)
+        name = given.pop("strategy", cls.model_fields["strategy"].default)
+        if not isinstance(name, str):
+            raise KeyedInputError("strategy", f"must be a strategy's name, got {excerpt(name)}")
+        try:
+            strategy = strategy_class(name)
+        except KeyError as exc:
+            raise KeyedInputError("strategy", exc.args[0]) from None
+        taken = strategy.Params.model_fields
+        for key in given:
+            if key not in taken:
+                raise KeyedInputError(str(key), (
+                    f"not a parameter of strategy {name!r} (its parameters: "
+                    f"{', '.join(taken) or 'none'})"))
+        try:
+            params = strategy.Params.model_validate(given)
+        except ValidationError as exc:
+            raise StrategyParamsError(exc) from None
+        return {"strategy": name, "params": params} if "strategy" in data else {"params": params}
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler):
+        dumped = handler(self)
+        return {"strategy": dumped["strategy"], **dumped["params"]}
+
+    def build(self):
+        """The strategy these settings describe (a ``semisynth.strategy_registry.EditStrategy``)."""
+        return strategy_class(self.strategy)(self.params)
+
+    def given(self) -> dict:
+        """The keys this section was given (the strategy if named, its parameters set), as
+        written: what an experiment arm's ``edit`` changes of the experiment's."""
+        values = self.params.model_dump(include=self.params.model_fields_set)
+        if "strategy" in self.model_fields_set:
+            return {"strategy": self.strategy, **values}
+        return values
 
     @property
-    def effective_beta(self) -> float:
-        if self.beta is not None:
-            return self.beta
-        return 1.5 if self.strategy == "up_revise" else 1.0
+    def effective_beta(self) -> float | None:
+        """The redraw's temperature as the strategy applies it (ToEdit: ``beta``, unset: 1.5
+        for up_revise, else 1.0); None for a strategy without one."""
+        return self.build().beta
 
 
 DataFiles = str | list[str] | dict[str, str | list[str]]
@@ -454,18 +504,26 @@ def _set_dotted(tree: dict, dotted: str, value: object) -> None:
 def validation_message(error: ValidationError, source: str) -> str:
     """One line per problem, each naming its key: ``source: edit.top_k: Input should be
     greater than or equal to 1 (got 0)``."""
+    return "\n".join(_problem_lines(error, source, []))
+
+
+def _problem_lines(error: ValidationError, source: str, outer: list[str]) -> list[str]:
     lines = []
     for e in error.errors(include_url=False):
-        loc = [clip(str(part)) for part in e["loc"]]  # a corpus key is the user's, any length
+        # a corpus key is the user's, any length
+        loc = outer + [clip(str(part)) for part in e["loc"]]
         keyed = (e.get("ctx") or {}).get("error")
         if isinstance(keyed, KeyedInputError):  # a model's validator named the key itself
             key = clip(keyed.key, 2 * EXCERPT_CHARS)
             lines.append(f"{source}: {'.'.join([*loc, key])}: {keyed.problem}")
             continue
+        if isinstance(keyed, StrategyParamsError):  # the edit strategy's own params model
+            lines += _problem_lines(keyed.error, source, loc)
+            continue
         # an error of a model's own validator has the model itself as its input
         got = "" if isinstance(e.get("input"), dict) else f" (got {excerpt(e.get('input'))})"
         lines.append(f"{source}: {'.'.join(loc) or '(config)'}: {e['msg']}{got}")
-    return "\n".join(lines)
+    return lines
 
 
 # Values a config may hold once its YAML aliases are expanded. A real config holds a few
@@ -716,7 +774,12 @@ class ExperimentConfig(_Strict):
         given = self.arms[arm].edit
         if given is None:
             return None
-        return self.edit.model_copy(update=given.model_dump(exclude_unset=True))
+        merged = self.edit.model_dump()
+        if "strategy" in given.model_fields_set and given.strategy != self.edit.strategy:
+            # another strategy: of the experiment's parameters, those it takes
+            taken = given.params.model_fields
+            merged = {k: v for k, v in merged.items() if k in taken}
+        return EditConfig.model_validate({**merged, **given.given()})
 
     @model_validator(mode="after")
     def _names(self) -> ExperimentConfig:

@@ -26,9 +26,10 @@ _SIZES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "
 ATTRIBUTE_MEANING = {
     "ppl": "perplexity of the released text under the prior (null: no token scored)",
     "scored_tokens": "tokens of the released text the prior scored",
-    "revised_tokens": "tokens ToEdit chose to redraw (p > threshold) when it made this text",
+    "revised_tokens": ("tokens the edit strategy chose to redraw (ToEdit: p > threshold) when "
+                       "it made this text"),
     "edited_tokens": "tokens that changed in that redraw",
-    "dropped_tokens": "tokens ToEdit dropped (p < low_threshold)",
+    "dropped_tokens": "tokens the edit strategy dropped (ToEdit: p < low_threshold)",
     "truncated": "1: only the first prior.max_doc_tokens tokens were scored, else 0",
 }
 
@@ -104,11 +105,15 @@ def _gate(manifest: dict) -> list[str]:
 def _parameters(manifest: dict) -> list[str]:
     parameters = manifest.get("parameters") or {}
     edit, prior = parameters.get("edit") or {}, parameters.get("prior") or {}
-    lines = ["## ToEdit", ""]
+    lines = ["## Edit strategy", ""]
     if edit:
-        lines += [f"- strategy `{edit.get('strategy')}`, threshold {edit.get('threshold')}, "
-                  f"top-k {edit.get('top_k')}, beta {parameters.get('beta')}, low threshold "
-                  f"{edit.get('low_threshold')}, seed {parameters.get('seed')}"]
+        # every parameter of the strategy, whatever it is; beta as the strategy resolved it
+        values = {k: v for k, v in edit.items() if k != "strategy"}
+        if parameters.get("beta") is not None:
+            values["beta"] = parameters["beta"]
+        lines += [", ".join([f"- strategy `{edit.get('strategy')}`",
+                             *(f"{k} {v}" for k, v in values.items()),
+                             f"seed {parameters.get('seed')}"])]
     else:
         lines += ["- not recorded"]
     lines += ["", "## Prior", "", f"- model `{manifest.get('model')}`"]

@@ -206,8 +206,8 @@ def derived_shard_infos(cfg, name: str, shards: list[Path]) -> list[ShardInfo]:
 def corpus_records(cfg, shards: dict[str, list[Path]], scores: dict[str, list[Path]],
                    ingest_counts: dict[str, dict]) -> list[CorpusRecord]:
     """What the warehouse records of each corpus of ``cfg`` that was built."""
-    edit = {"strategy": cfg.edit.strategy, "threshold": cfg.edit.threshold,
-            "top_k": cfg.edit.top_k, "beta": cfg.edit.effective_beta, "seed": cfg.seed}
+    edit = {"strategy": cfg.edit.strategy, "params": cfg.edit.build().resolved(),
+            "seed": cfg.seed}
     return [CorpusRecord(
         name=n, role=c.role, reference=c.reference, origin=origin(cfg, n), shards=shards[n],
         scores=scores[n], ingest=ingest_counts.get(n),

@@ -403,7 +403,7 @@ def result_rows(ecfg: ExperimentConfig, run_id: str, arm: str, result: dict) -> 
     """``experiment_results`` rows of one trained (arm, seed): one per held-out corpus."""
     a, edit = ecfg.arms[arm], ecfg.arm_edit(arm)
     return [{"experiment": ecfg.name, "run_id": run_id, "arm": arm, "seed": result["seed"],
-             "synthetic_share": a.share, "edit_threshold": edit.threshold if edit else None,
+             "synthetic_share": a.share, "edit_threshold": getattr(edit.params, "threshold", None) if edit else None,
              "selection": a.select, "train_tokens": ecfg.train_tokens, "eval_corpus": corpus,
              "eval_tokens": e["tokens"], "eval_ppl": e["ppl"], "steps": result["steps"],
              "parameters": result["parameters"], "vocab_size": result["vocab_size"],

@@ -60,6 +60,9 @@ def score_key(model_id: str, prior: PriorConfig, edit: EditConfig, seed: int) ->
         "max_tokens": prior.max_tokens,
         "window": prior.window,
         "max_doc_tokens": prior.max_doc_tokens,
+        # the strategy and every parameter of it (its params model's fields), and the
+        # redraw temperature it resolves from them (None for a strategy without one): the
+        # same dict as before strategies were plug-ins, so earlier caches stay valid
         "edit": edit.model_dump(),
         "beta": edit.effective_beta,
         "seed": seed,

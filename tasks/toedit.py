@@ -1,8 +1,9 @@
-"""Score and edit documents with the prior: one forward pass, ToEdit on the tensors.
+"""Score and edit documents with the prior: one forward pass, the edits on the tensors.
 
 For every position i >= 1 of a document the prior gives p(x_i | x_<i); the document's
-perplexity is exp(mean NLL) over those positions. ToEdit (arXiv 2412.14689) decides every
-edit from that same pass:
+perplexity is exp(mean NLL) over those positions. An edit strategy
+(``semisynth.tasks.strategies``) decides every edit from that same pass; ToEdit's
+(arXiv 2412.14689) are built in:
   up_revise           p(x_i) > threshold: redraw x_i from the top-k, softmax(logp / beta)
   low_drop_up_revise  as above, and drop x_i where p(x_i) < low_threshold
   filtering           only drop x_i where p(x_i) < low_threshold
@@ -27,6 +28,7 @@ import torch
 
 from semisynth.config import MAX_DOC_TOKENS, EditConfig, PriorConfig
 from semisynth.settings import read_settings
+from semisynth.strategy_registry import EditStrategy
 from semisynth.tasks.device import (
     CPU_COMPILED_SPEEDUP,
     EngineChoices,
@@ -167,7 +169,7 @@ class Scorer:
     def __init__(
         self,
         prior: Prior,
-        edit: EditConfig | None,
+        edit: EditConfig | EditStrategy | None,
         seed: int = 0,
         max_tokens: int | None = None,
         batch_tokens: int | str = "auto",
@@ -178,8 +180,9 @@ class Scorer:
         choices: EngineChoices | None = None,
         expected_documents: int | None = None,
     ):
-        if edit is not None and edit.top_k > prior.vocab_size:
-            raise ValueError(f"top_k {edit.top_k} is larger than the prior's vocabulary "
+        self.strategy = as_strategy(edit)
+        if self.strategy is not None and self.strategy.top_k > prior.vocab_size:
+            raise ValueError(f"top_k {self.strategy.top_k} is larger than the prior's vocabulary "
                              f"({prior.vocab_size} tokens)")
         self.prior, self.edit, self.seed = prior, edit, seed
         self.max_tokens, self.max_doc_tokens = max_tokens, max_doc_tokens
@@ -414,7 +417,7 @@ class Scorer:
         for lo in range(0, n, self.logits_chunk):
             at = slice(lo, lo + self.logits_chunk)
             if self.choices.dense:
-                top_k = self.edit.top_k if self.edit else 0
+                top_k = self.strategy.top_k if self.strategy else 0
                 if self.choices.compile:
                     token_logp, top_logits, top_idx = compiled_head(top_k)(
                         head, hidden[at], targets[at])
@@ -423,10 +426,10 @@ class Scorer:
                         head, hidden[at], targets[at], top_k, self.choices.shape_step)
                 chosen, revise, dropping = decisions_from_top(
                     token_logp, top_logits, top_idx, targets[at], doc_keys[at], positions[at],
-                    self.edit)
+                    self.strategy)
             else:
                 chosen, revise, dropping, token_logp = sparse_head_decisions(
-                    head, hidden[at], targets[at], doc_keys[at], positions[at], self.edit,
+                    head, hidden[at], targets[at], doc_keys[at], positions[at], self.strategy,
                     self.choices.shape_step, self.choices.vocab_chunk)
             out[0, at] = -token_logp.double()
             out[1, at] = chosen
@@ -597,31 +600,31 @@ def sparse_head_decisions(
     targets: torch.Tensor,
     doc_keys: torch.Tensor,
     positions: torch.Tensor,
-    cfg: EditConfig | None,
+    edit: EditConfig | EditStrategy | None,
     step: int,
     vocab_chunk: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The CPU's head and ToEdit for a chunk of positions: (new token ids, revised, dropped,
-    target log-probs). With ``vocab_chunk`` (and a linear head) the log-probs come from
-    ``vocab_chunked_log_probs`` and the full logits are computed again only for the rows
-    chosen for a redraw (a few percent), for their top-k; else from the full logits
-    (``toedit_decisions``). Both make the same decisions from the same log-probs."""
+    """The CPU's head and the edit strategy for a chunk of positions: (new token ids,
+    revised, dropped, target log-probs). With ``vocab_chunk`` (and a linear head) the
+    log-probs come from ``vocab_chunked_log_probs`` and the full logits are computed again
+    only for the rows chosen for a redraw (a few percent), for their top-k; else from the
+    full logits (``toedit_decisions``). Both make the same decisions from the same log-probs."""
+    strategy = as_strategy(edit)
     if vocab_chunk and isinstance(head, torch.nn.Linear):
         token_logp = vocab_chunked_log_probs(head, hidden, targets, vocab_chunk, step)
-        if cfg is None:
+        if strategy is None:
             no = torch.zeros_like(targets, dtype=torch.bool)
             return targets, no, no, token_logp
-        revise, dropping = _thresholds(token_logp, cfg)
-        chosen = targets.clone()
-        if revise.any():
-            top_logits, top_idx = head_rows(head, hidden[revise], step).float().topk(cfg.top_k, dim=-1)
-            chosen[revise] = redraw(top_logits, top_idx, doc_keys[revise], positions[revise], cfg)
+        revise, dropping = strategy.select(token_logp)
+        chosen = _drawn_where_revised(strategy, revise, targets, doc_keys, positions,
+                                      lambda rows: head_rows(head, hidden[rows], step).float())
         return chosen, revise, dropping, token_logp
     logits = head_rows(head, hidden, step).float()
     # log p = logit - logsumexp: no second vocabulary-sized tensor per chunk
     log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
     token_logp = logits.gather(1, targets[:, None]).squeeze(1) - log_norm.squeeze(1)
-    chosen, revise, dropping = toedit_decisions(logits, targets, doc_keys, positions, cfg, log_norm)
+    chosen, revise, dropping = toedit_decisions(logits, targets, doc_keys, positions, strategy,
+                                                log_norm)
     return chosen, revise, dropping, token_logp
 
 
@@ -636,24 +639,9 @@ def compiled_head(top_k: int) -> Callable:
     return torch.compile(head_top, dynamic=True)
 
 
-def _thresholds(token_logp: torch.Tensor, cfg: EditConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    no = torch.zeros_like(token_logp, dtype=torch.bool)
-    prob = token_logp.exp()
-    revise = prob > cfg.threshold if cfg.strategy != "filtering" else no
-    dropping = prob < cfg.low_threshold if cfg.strategy != "up_revise" else no
-    return revise, dropping
-
-
-def redraw(top_logp: torch.Tensor, top_idx: torch.Tensor, doc_keys: torch.Tensor,
-           positions: torch.Tensor, cfg: EditConfig) -> torch.Tensor:
-    """One draw per row from its top-k, with probabilities softmax(top_logp / beta)
-    (shift-invariant: logits serve as well as log-probs), by inverse CDF at the uniform
-    number hashed from (document key, position)."""
-    weights = torch.softmax(top_logp.double() / cfg.effective_beta, dim=-1)
-    u = position_uniforms(doc_keys, positions)
-    # the first top-k slot whose cumulative weight exceeds u
-    slot = (weights.cumsum(-1) <= u.unsqueeze(1)).sum(-1).clamp(max=cfg.top_k - 1)
-    return top_idx.gather(1, slot.unsqueeze(1)).squeeze(1)
+def as_strategy(edit: EditConfig | EditStrategy | None) -> EditStrategy | None:
+    """The strategy an EditConfig describes (built), or the strategy itself, or None."""
+    return edit.build() if isinstance(edit, EditConfig) else edit
 
 
 def decisions_from_top(
@@ -663,15 +651,19 @@ def decisions_from_top(
     targets: torch.Tensor,
     doc_keys: torch.Tensor,
     positions: torch.Tensor,
-    cfg: EditConfig | None,
+    edit: EditConfig | EditStrategy | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ToEdit from each position's target log-prob and top-k, without a data-dependent
-    host sync: a draw for every row, kept where the row is revised (``torch.where``)."""
-    if cfg is None:
+    """The strategy's decisions from each position's target log-prob and top-k, without a
+    data-dependent host sync: a draw for every row, kept where the row is revised
+    (``torch.where``)."""
+    strategy = as_strategy(edit)
+    if strategy is None:
         no = torch.zeros_like(targets, dtype=torch.bool)
         return targets, no, no
-    revise, dropping = _thresholds(token_logp, cfg)
-    drawn = redraw(top_logp, top_idx, doc_keys, positions, cfg)
+    revise, dropping = strategy.select(token_logp)
+    if not strategy.top_k:
+        return targets, revise, dropping
+    drawn = strategy.draw(top_logp, top_idx, targets, position_uniforms(doc_keys, positions))
     return torch.where(revise, drawn, targets), revise, dropping
 
 
@@ -680,28 +672,40 @@ def toedit_decisions(
     targets: torch.Tensor,
     doc_keys: torch.Tensor,
     positions: torch.Tensor,
-    cfg: EditConfig | None,
+    edit: EditConfig | EditStrategy | None,
     log_norm: torch.Tensor | None = None,
     dense: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ToEdit for a block of positions. logp: [N, V] log-probabilities, or logits with
-    their log-normalizer log_norm [N, 1]; targets: [N] the actual tokens; doc_keys,
-    positions: [N] what seeds each draw. Returns (new token ids, revised, dropped).
-    ``dense``: the top-k of every row and ``decisions_from_top`` (no host sync, for a GPU);
-    else the top-k of the revised rows only (cheaper where a sync is free: the CPU). Both
-    give the same decisions."""
+    """An edit strategy applied to a block of positions. logp: [N, V] log-probabilities,
+    or logits with their log-normalizer log_norm [N, 1]; targets: [N] the actual tokens;
+    doc_keys, positions: [N] what seeds each draw. Returns (new token ids, revised,
+    dropped). ``dense``: the top-k of every row and ``decisions_from_top`` (no host sync,
+    for a GPU); else the top-k of the revised rows only (cheaper where a sync is free: the
+    CPU). Both give the same decisions."""
+    strategy = as_strategy(edit)
     no = torch.zeros_like(targets, dtype=torch.bool)
-    if cfg is None:
+    if strategy is None:
         return targets, no, no
     token_logp = logp.gather(1, targets[:, None]).squeeze(1)
     if log_norm is not None:
         token_logp = token_logp - log_norm.squeeze(1)
     if dense:
-        top_logp, top_idx = logp.topk(cfg.top_k, dim=-1)
-        return decisions_from_top(token_logp, top_logp, top_idx, targets, doc_keys, positions, cfg)
-    revise, dropping = _thresholds(token_logp, cfg)
+        top_logp, top_idx = logp.topk(strategy.top_k, dim=-1) if strategy.top_k else (None, None)
+        return decisions_from_top(token_logp, top_logp, top_idx, targets, doc_keys, positions,
+                                  strategy)
+    revise, dropping = strategy.select(token_logp)
+    return _drawn_where_revised(strategy, revise, targets, doc_keys, positions,
+                                lambda rows: logp[rows]), revise, dropping
+
+
+def _drawn_where_revised(strategy: EditStrategy, revise: torch.Tensor, targets: torch.Tensor,
+                         doc_keys: torch.Tensor, positions: torch.Tensor,
+                         scores_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``targets`` with the revised rows redrawn; ``scores_of(mask)`` gives those rows'
+    logits or log-probs [M, V], computed only when a row is revised."""
     chosen = targets.clone()
-    if revise.any():
-        top_logp, top_idx = logp[revise].topk(cfg.top_k, dim=-1)
-        chosen[revise] = redraw(top_logp, top_idx, doc_keys[revise], positions[revise], cfg)
-    return chosen, revise, dropping
+    if strategy.top_k and revise.any():
+        top_logp, top_idx = scores_of(revise).topk(strategy.top_k, dim=-1)
+        chosen[revise] = strategy.draw(top_logp, top_idx, targets[revise],
+                                       position_uniforms(doc_keys[revise], positions[revise]))
+    return chosen

@@ -17,6 +17,7 @@ from semisynth.cli import Invocation
 from semisynth.cli import main as cli
 from semisynth.config import Config, EditConfig, PriorConfig, load_config
 from semisynth.settings import read_settings
+from semisynth.strategy_registry import strategy_class
 from semisynth.tasks.prior import default_prior_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,9 +87,11 @@ def test_every_help_has_an_example(capsys, command):
 
 def test_edit_options_come_from_the_config_models(capsys):
     out = _flat(_help(capsys, "edit"))
+    toedit = strategy_class("up_revise").Params
     options = {"--model": (PriorConfig, "model"), "--precision": (PriorConfig, "precision"),
-               "--threshold": (EditConfig, "threshold"), "--top-k": (EditConfig, "top_k"),
-               "--beta": (EditConfig, "beta"), "--strategy": (EditConfig, "strategy"),
+               "--threshold": (toedit, "threshold"), "--top-k": (toedit, "top_k"),
+               "--beta": (toedit, "beta"), "--low-threshold": (toedit, "low_threshold"),
+               "--strategy": (EditConfig, "strategy"),
                "--seed": (Config, "seed"), "--max-tokens": (PriorConfig, "max_tokens"),
                "--batch-tokens": (PriorConfig, "batch_tokens")}
     for option, (model, name) in options.items():
@@ -99,7 +102,8 @@ def test_edit_options_come_from_the_config_models(capsys):
         if field.default is not None:
             assert f"[default: {field.default}]" in shown.split(" --")[0], option
     assert "<auto|float32|bfloat16|float16>" in out
-    assert "<up_revise|low_drop_up_revise|filtering>" in out
+    # the default first, then the other built-in strategies
+    assert "<up_revise|filtering|low_drop_up_revise>" in out
 
 
 @pytest.mark.parametrize("args, message", [

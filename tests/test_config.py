@@ -76,7 +76,8 @@ def test_limits_themselves_are_accepted(config_file):
     cfg = load_config(config_file, ["edit.threshold=1", "edit.low_threshold=0", "edit.top_k=1",
                                     "edit.beta=0.01", "prior.max_doc_tokens=null",
                                     "shard_docs=1", "prior.window=2"])
-    assert (cfg.edit.threshold, cfg.edit.low_threshold, cfg.prior.max_doc_tokens) == (1, 0, None)
+    assert (cfg.edit.params.threshold, cfg.edit.params.low_threshold,
+            cfg.prior.max_doc_tokens) == (1, 0, None)
     # by default one document is bounded, max_tokens or not
     assert load_config(config_file).prior.max_doc_tokens == MAX_DOC_TOKENS == 100_000
     assert PriorConfig().max_doc_tokens == MAX_DOC_TOKENS

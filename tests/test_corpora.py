@@ -132,7 +132,8 @@ def test_a_score_file_that_is_not_its_shards_is_refused(tmp_path):
 def test_corpus_records_are_aggregates_over_the_score_files(tmp_path):
     shards, scores = scored_component(tmp_path, "human", [12, 5])
     wh = db.init(tmp_path / "warehouse.duckdb")
-    edit = {"strategy": "up_revise", "threshold": 0.99, "top_k": 8, "beta": 1.5, "seed": 4}
+    edit = {"strategy": "up_revise", "seed": 4, "params": {
+        "threshold": 0.99, "top_k": 8, "beta": 1.5, "low_threshold": 0.001}}
     records.record_corpora(wh, "run", [
         records.CorpusRecord("human", "reference", None, "files", [tmp_path / s for s in shards],
                              scores, {"rows_in": 18, "rows_ok": 17, "rows_quarantined": 1},
@@ -150,4 +151,8 @@ def test_corpus_records_are_aggregates_over_the_score_files(tmp_path):
     edits = db.query(wh, "SELECT * FROM edits")
     assert len(edits) == 17 and set(edits.corpus) == {"human_toedit"}
     assert set(edits.source_corpus) == {"human"} and set(edits.seed) == {4}
+    # the strategy's parameters as JSON, and the older columns of those it has
+    assert set(edits.params) == {'{"beta": 1.5, "low_threshold": 0.001, "threshold": 0.99, '
+                                 '"top_k": 8}'}
+    assert (set(edits.threshold), set(edits.top_k), set(edits.beta)) == ({0.99}, {8}, {1.5})
     assert int(edits.revised_tokens.sum()) == 34 and int(edits.edited_tokens.sum()) == 17

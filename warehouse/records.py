@@ -4,6 +4,7 @@ commands alike (a flow only wires; these are the stage outputs it stores)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -141,7 +142,9 @@ class CorpusRecord:
     # dataset_split, dataset_revision (``tasks.ingest.ingest_columns``)
     ingest: Mapping[str, int | str | None] | None = None
     edited_into: Sequence[str] = ()  # corpora edited from this one
-    edit: Mapping | None = None  # strategy, threshold, top_k, beta, seed of those edits
+    # strategy, params (the strategy's resolved parameters: ``EditStrategy.resolved``) and
+    # seed of those edits
+    edit: Mapping | None = None
 
 
 # Each score file's rows, with the hash of the shard it scores (``score_files``, joined on
@@ -154,10 +157,10 @@ _DOC_SCORES = (f"INSERT INTO doc_scores (run_id, corpus, shard_hash, doc_id, doc
                f"nll_sum, ppl) SELECT $run_id, $corpus, f.shard_hash, s.id, s.doc_hash, "
                f"s.scored_tokens, s.nll_sum, CASE WHEN isfinite(s.ppl) THEN s.ppl END {_SCORED}")
 _EDITS = (f"INSERT INTO edits (run_id, corpus, source_corpus, shard_hash, doc_id, tokens, "
-          f"revised_tokens, edited_tokens, dropped_tokens, strategy, threshold, top_k, beta, "
-          f"seed) SELECT $run_id, $corpus, $source, f.shard_hash, s.id, s.scored_tokens, "
-          f"s.revised_tokens, s.edited_tokens, s.dropped_tokens, $strategy, $threshold, $top_k, "
-          f"$beta, $seed {_SCORED}")
+          f"revised_tokens, edited_tokens, dropped_tokens, strategy, params, threshold, top_k, "
+          f"beta, seed) SELECT $run_id, $corpus, $source, f.shard_hash, s.id, s.scored_tokens, "
+          f"s.revised_tokens, s.edited_tokens, s.dropped_tokens, $strategy, $params, $threshold, "
+          f"$top_k, $beta, $seed {_SCORED}")
 _TOTALS = "SELECT count(*), coalesce(sum(scored_tokens), 0) FROM read_parquet($paths)"
 
 
@@ -199,9 +202,17 @@ def recorded_datasets(wh: Path, run_id: str, corpora: Sequence[str]) -> dict[str
             for r in frame.itertuples() if r.corpus in corpora}
 
 
+# Columns of ``edits`` older than its ``params``: each holds the parameter of its name where
+# the strategy has one (ToEdit's do), else NULL, so that queries written for them still work.
+_PARAM_COLUMNS = ("threshold", "top_k", "beta")
+
+
 def _edit_params(edit: Mapping | None) -> dict:
     edit = dict(edit or {})
-    return {k: edit.get(k) for k in ("strategy", "threshold", "top_k", "beta", "seed")}
+    params = edit.get("params")
+    return {"strategy": edit.get("strategy"), "seed": edit.get("seed"),
+            "params": None if params is None else json.dumps(params, sort_keys=True),
+            **{k: (params or {}).get(k) for k in _PARAM_COLUMNS}}
 
 
 def record_validations(wh: Path, rows: Sequence[dict]) -> int:

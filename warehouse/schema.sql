@@ -23,7 +23,10 @@ CREATE TABLE IF NOT EXISTS edits (
   run_id VARCHAR, corpus VARCHAR, source_corpus VARCHAR, shard_hash VARCHAR, doc_id VARCHAR,
   tokens BIGINT, edited_tokens BIGINT, dropped_tokens BIGINT, strategy VARCHAR,
   threshold DOUBLE, top_k INTEGER, beta DOUBLE, seed BIGINT,
-  revised_tokens BIGINT);  -- positions chosen for a redraw (p > threshold)
+  revised_tokens BIGINT,  -- positions chosen for a redraw (ToEdit: p > threshold)
+  -- the strategy's parameters as it applied them, JSON (threshold, top_k and beta above:
+  -- the parameter of that name where the strategy has one, else NULL)
+  params VARCHAR);
 CREATE TABLE IF NOT EXISTS metrics (
   run_id VARCHAR, corpus VARCHAR, reference VARCHAR, comparison VARCHAR, metric VARCHAR,
   n INTEGER, budget BIGINT, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE);
@@ -53,6 +56,7 @@ CREATE TABLE IF NOT EXISTS pushes (
 
 -- migrations: columns added after a table first shipped
 ALTER TABLE edits ADD COLUMN IF NOT EXISTS revised_tokens BIGINT;
+ALTER TABLE edits ADD COLUMN IF NOT EXISTS params VARCHAR;
 ALTER TABLE corpora ADD COLUMN IF NOT EXISTS rows_in BIGINT;
 ALTER TABLE corpora ADD COLUMN IF NOT EXISTS rows_ok BIGINT;
 ALTER TABLE corpora ADD COLUMN IF NOT EXISTS rows_quarantined BIGINT;
