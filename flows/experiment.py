@@ -30,16 +30,16 @@ from semisynth.errors import REFUSALS
 from semisynth.flows import lifecycle
 from semisynth.flows.nightly import derive_task, ingest_task, record_corpora_task, score_task
 from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
+from semisynth.quality import experiment_stats
 from semisynth.quality import measure as measure_mod
 from semisynth.quality import plots as plots_mod
-from semisynth.quality import report as report_mod
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import experiment as exp
 from semisynth.tasks import train as train_mod
 from semisynth.tasks.assets import fetch_brown
 from semisynth.tasks.prior import locate_model, pin_precision, resolve_model
 from semisynth.tasks.score import score_key
-from semisynth.warehouse import db, records
+from semisynth.warehouse import db, records, report_data
 from semisynth.warehouse.lock import data_root_lock
 
 
@@ -128,11 +128,11 @@ def report_task(ecfg: ExperimentConfig, pcfg: Config, run_id: str) -> str:
     """The picture and the summary, attached to the flow run."""
     wh = db.warehouse_path(pcfg.root)
     png = plots_mod.experiment_png(plots_mod.run_folder(pcfg.root, run_id) / plots_mod.EXPERIMENT_PNG,
-                                   report_mod.experiment_summary(wh, run_id),
+                                   report_data.experiment_summary(wh, run_id),
                                    title=f"{ecfg.name}: held-out PPL against the synthetic share")
     create_markdown_artifact(plots_mod.image_markdown(png), key=plots_mod.artifact_key(png),
                              description=f"semisynth experiment {ecfg.name}, run {run_id}")
-    markdown = report_mod.experiment_markdown(wh, run_id, ecfg.name, ecfg.train_tokens)
+    markdown = experiment_stats.experiment_markdown(wh, run_id, ecfg.name, ecfg.train_tokens)
     create_markdown_artifact(markdown, key="semisynth-experiment-summary",
                              description=f"semisynth experiment {ecfg.name}, run {run_id}")
     return markdown
@@ -225,10 +225,10 @@ def _experiment(ecfg: ExperimentConfig, pcfg: Config):
         message = (f"{len(results)} models ({trained} trained now, {len(results) - trained} "
                    "read from the cache)")
         run.finish("COMPLETED", message)
-    summary = report_mod.experiment_summary(wh, run_id)
+    summary = report_data.experiment_summary(wh, run_id)
     result = {"run_id": run_id, "warehouse": str(wh), "summary": markdown,
               "rows": summary.to_dict("records"), "trained": trained,
-              "cached": len(results) - trained, "shape": report_mod.collapse_shape(summary),
+              "cached": len(results) - trained, "shape": experiment_stats.collapse_shape(summary),
               "vocab_size": data.vocab_size, "metrics_budget": measured.budget,
               "streams": {arm: str(a.stream) for arm, a in data.arms.items()},
               "evals": {name: str(path) for name, path in evals.items()},

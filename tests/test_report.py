@@ -153,3 +153,19 @@ def test_metrics_command_on_the_flows_corpora_reuses_its_scores(tiny_run, capsys
     assert cli(["--data-root", str(home), "report", run_id]) == 0
     page = (home / "runs" / run_id / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "No gate validation" in page
+
+
+def test_report_writes_the_warehouse_values_as_text(tmp_path):
+    """The page is an autoescaped template: a run's message with markup in it is shown, not
+    interpreted."""
+    from semisynth.quality.report import build_report
+    from semisynth.warehouse import records
+
+    wh = db.init(db.warehouse_path(tmp_path))
+    with records.tracked_run(wh, "r1", config_name="<i>cfg</i>", config_json="{}", model="m"):
+        pass
+    db.execute(wh, "UPDATE runs SET message = ? WHERE run_id = 'r1'", ['<script>x("&")</script>'])
+    page = build_report(tmp_path, "r1", tmp_path / "r.html").read_text()
+    assert "<script>" not in page and "<i>cfg" not in page
+    assert "&lt;script&gt;x(&#34;&amp;&#34;)&lt;/script&gt;" in page
+    assert '<td class="l">&lt;i&gt;cfg&lt;/i&gt;</td>' in page
