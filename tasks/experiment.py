@@ -47,7 +47,7 @@ from semisynth.documents import atomic_path, expand_paths
 from semisynth.quality import dsir
 from semisynth.tasks import assets
 from semisynth.tasks.corpora import picked_shards
-from semisynth.tasks.prior import load_prior, resolve_model
+from semisynth.tasks.prior import load_prior, load_tokenizer, resolve_model
 from semisynth.tasks.score import read_scores, token_arrays
 from semisynth.tasks.train import use_worker_threads
 from semisynth.tasks.vocabulary import vocabulary
@@ -386,11 +386,8 @@ def generate_source(pcfg: Config, gen, seed: int, progress: Callable | None = No
 
 def prior_tokenizer(pcfg: Config):
     """The prior's tokenizer (the experiment's models use its token ids, remapped)."""
-    # lazy: transformers and huggingface_hub, loaded only when this runs
-    from transformers import AutoTokenizer
-
     folder, _ = resolve_model(pcfg.prior.model, pcfg.root)
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    return load_tokenizer(folder)
 
 
 def arm_rows(ecfg: ExperimentConfig, run_id: str, data: ExperimentData) -> list[dict]:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from semisynth.tasks.llama import apply_rotary_pos_emb
 from semisynth.tasks.toedit import doc_key, position_uniforms
 
 SLOTS = 64  # sequences in flight: 559 tokens/s against 440 at 32 (benchmarks/README.md, generate.py)

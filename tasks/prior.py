@@ -21,6 +21,13 @@ import torch
 
 from semisynth.documents import atomic_path
 from semisynth.errors import KeyedInputError, excerpt
+from semisynth.tasks.llama import (
+    LlamaTokenizer,
+    load_llama,
+    supported_reason,
+    tokenizer_supported_reason,
+    weights_are_safetensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +61,17 @@ def use_compile_cache(root: Path) -> Path:
     the cache in use. Inductor writes its own default into the variable the first time it
     asks for the cache (importing transformers can be that time): that value counts as
     unset."""
-    # lazy: torch, loaded only when this runs
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
     current = os.environ.get(INDUCTOR_CACHE_ENV)
-    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+    if current is None or os.path.abspath(current) == os.path.abspath(_inductor_default()):
         os.environ[INDUCTOR_CACHE_ENV] = str(compile_cache_dir(root))
     return Path(os.environ[INDUCTOR_CACHE_ENV])
+
+
+def _inductor_default() -> str:
+    # lazy: torch._inductor imports torch._dynamo (1.2 s): only asked when the variable is set
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return default_cache_dir()
 
 
 @functools.cache  # the CPU does not change while a process runs
@@ -282,18 +293,48 @@ def load_prior(model: str, root: Path, precision: str = "auto", device: str | No
 
 
 def _load(model: str, root: Path, precision: str, device: str) -> Prior:
-    # lazy: transformers and huggingface_hub, loaded only when this runs
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     folder, model_id = resolve_model(model, root)
     if device == "cpu":
         os.environ.setdefault(ONEDNN_CACHE_ENV, ONEDNN_CACHE_DEFAULT)
     cache_dir = use_compile_cache(root)
     dtype = DTYPES[precision]
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    lm = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype, trust_remote_code=False, use_safetensors=True
-    ).to(device)
-    lm.eval()
+    tokenizer = load_tokenizer(folder)
+    why_not = lean_model_unsupported_reason(Path(folder))
+    if why_not is None:
+        lm = load_llama(Path(folder), dtype, device)
+    else:
+        log.info("loading the prior with transformers: %s", why_not)
+        # lazy: transformers (3 s of imports), only for priors tasks/llama.py does not build
+        from transformers import AutoModelForCausalLM
+
+        lm = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, trust_remote_code=False, use_safetensors=True
+        ).to(device)
+        lm.eval()
     context = int(getattr(lm.config, "max_position_embeddings", 2048) or 2048)
     return Prior(lm, tokenizer, model_id, context, torch.device(device), cache_dir=cache_dir)
+
+
+def lean_model_unsupported_reason(folder: Path) -> str | None:
+    """None when tasks/llama.py builds the model in ``folder`` as transformers would; else
+    why transformers loads it."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"config.json: {exc}"
+    if not weights_are_safetensors(folder):
+        return "no safetensors weights"
+    return supported_reason(config)
+
+
+def load_tokenizer(folder: str | Path):
+    """The tokenizer in ``folder``: tasks/llama.py's reader of its ``tokenizer.json`` where
+    that decodes as transformers does, else transformers' own."""
+    why_not = tokenizer_supported_reason(Path(folder))
+    if why_not is None:
+        return LlamaTokenizer(Path(folder))
+    log.info("loading the tokenizer with transformers: %s", why_not)
+    # lazy: transformers, only for tokenizers tasks/llama.py does not read
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)

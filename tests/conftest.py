@@ -20,7 +20,7 @@ ASSETS = Path(os.environ.get("SEMISYNTH_TEST_ASSETS", REPO / "var" / "test-asset
 
 # Fixtures that load the real prior, fetch the corpus or start a Prefect server: a test
 # that uses any of them (directly or through another fixture) is slow, whatever its file.
-SLOW_FIXTURES = {"prior_folder", "prior_f32", "brown_shards", "prefect_server"}
+SLOW_FIXTURES = {"prior_folder", "prior_f32", "official_f32", "brown_shards", "prefect_server"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,6 +48,15 @@ def prior_f32(assets_root):
     from semisynth.tasks.prior import load_prior
 
     return load_prior("default", assets_root, "float32")
+
+
+@pytest.fixture(scope="session")
+def official_f32(prior_folder):
+    """The default prior as transformers builds it (float32): the reference for
+    tasks/llama.py's forward, and for what only transformers' model does (``generate``)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(prior_folder, dtype="float32").eval()
 
 
 @pytest.fixture(scope="session")

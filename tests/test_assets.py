@@ -16,16 +16,18 @@ PROMPTS = [
 
 
 @torch.inference_mode()
-def test_left_padded_prompts_continue_as_they_would_alone(prior_f32):
+def test_left_padded_prompts_continue_as_they_would_alone(prior_f32, official_f32):
+    """The left padding of ``generate`` (for the priors the decode loop does not know)."""
     tok = prior_f32.tokenizer
     batch = assets.left_padded(tok, PROMPTS[:3], prior_f32.device)
     lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS[:3]]
     assert batch["attention_mask"].sum(dim=1).tolist() == lengths
     greedy = {"do_sample": False, "max_new_tokens": 6, "pad_token_id": assets.pad_id(tok)}
-    together = prior_f32.model.generate(**batch, **greedy)[:, batch["input_ids"].shape[1]:]
+    together = official_f32.generate(**batch, **greedy)[:, batch["input_ids"].shape[1]:]
     for row, prompt in zip(together, PROMPTS[:3], strict=True):
-        alone = tok(prompt, add_special_tokens=False, return_tensors="pt")
-        expected = prior_f32.model.generate(**alone, **greedy)[0, alone["input_ids"].shape[1]:]
+        ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+        alone = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        expected = official_f32.generate(**alone, **greedy)[0, alone["input_ids"].shape[1]:]
         assert row.tolist() == expected.tolist(), prompt
 
 
