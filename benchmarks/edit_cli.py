@@ -41,12 +41,12 @@ sys.path.insert(0, str(HERE))
 
 def official_child(args) -> None:
     """Child mode: the official shape over the file's documents, the edited ones written."""
-    from score_edit import official_style
+    from score_edit import official_prior, official_style
 
-    from semisynth.tasks.prior import load_prior
+    from semisynth.tasks.prior import resolve_precision
 
     torch.set_num_threads(os.cpu_count() or 1)
-    prior = load_prior("default", Path(args.data_root), "auto")
+    prior = official_prior(Path(args.data_root), resolve_precision("auto"))
     rows = [json.loads(line) for line in Path(args.official_child).read_text().splitlines()]
     edited: list[list[int]] = []
     scored, _ = official_style(prior, [r["text"] for r in rows], args.tokens, 1, edited)

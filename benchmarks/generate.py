@@ -36,7 +36,7 @@ from semisynth.tasks import assets, generation
 from semisynth.tasks.prior import DTYPES, load_prior, resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score_edit import flops_per_token, matmul_gflops  # noqa: E402
+from score_edit import flops_per_token, matmul_gflops, official_prior  # noqa: E402
 
 TEMPERATURE, TOP_P = 0.8, 0.95
 
@@ -108,6 +108,7 @@ def main() -> None:
     root = Path(args.data_root or os.environ.get("SEMISYNTH_TEST_ASSETS") or data_root())
     precision = resolve_precision(args.precision, "cpu")
     prior = load_prior("default", root, precision, "cpu")
+    official = official_prior(root, precision)  # transformers' model: model.generate
     prompts = [p for _, p in assets.seed_prompts(assets.fetch_brown(root), args.prompts, 12)]
     load_before = os.getloadavg()
     print(f"{date.today()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -129,7 +130,8 @@ def main() -> None:
         for name in order:
             fn, b = paths[name]
             extra = () if b is None else (b,)
-            tokens, seconds, cpu_s = timed(fn, prior, prompts, args.new_tokens, args.seed, *extra)
+            model = prior if fn is decoded else official
+            tokens, seconds, cpu_s = timed(fn, model, prompts, args.new_tokens, args.seed, *extra)
             wall[name].append(tokens / seconds)
             cpu[name].append(tokens / cpu_s)
             print(f"  repeat {r + 1} {name}: {tokens} tokens in {seconds:.1f} s "

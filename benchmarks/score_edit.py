@@ -32,6 +32,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -40,11 +41,22 @@ import torch
 from semisynth import documents
 from semisynth.config import EditConfig, PriorConfig, data_root
 from semisynth.tasks.assets import fetch_brown
-from semisynth.tasks.prior import load_prior, resolve_precision
+from semisynth.tasks.prior import fetch_default_prior, load_prior, resolve_precision
 from semisynth.tasks.toedit import Scorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ngrams import peak_rss_mb  # noqa: E402  (VmHWM: ru_maxrss would carry the parent's peak)
+
+
+def official_prior(root: Path, precision: str, device: str = "cpu") -> SimpleNamespace:
+    """The default prior as the official code loads it: transformers' model and tokenizer
+    (semisynth's own ``load_prior`` builds a Llama prior without transformers)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = fetch_default_prior(root)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, precision))
+    return SimpleNamespace(model=model.to(device).eval(), tokenizer=AutoTokenizer.from_pretrained(folder),
+                           device=torch.device(device))
 
 
 def human_documents(root: Path, count: int, tokens: int, tokenizer) -> tuple[list[str], list[str]]:
@@ -191,12 +203,12 @@ def main() -> None:
     root = Path(args.data_root)
     torch.set_num_threads(os.cpu_count() or 1)  # the engine's Scorer uses every core: so do (a)
     auto = resolve_precision("auto")
-    priors = {p: load_prior("default", root, p) for p in dict.fromkeys(["float32", args.precision, auto])}
-    fast = priors[args.precision]
+    officials = {p: official_prior(root, p) for p in dict.fromkeys(["float32", args.precision, auto])}
+    fast = load_prior("default", root, args.precision)
     ids, texts = human_documents(root, args.docs, args.tokens, fast.tokenizer)
 
     rows = {}
-    for precision, prior in priors.items():
+    for precision, prior in officials.items():
         official_style(prior, texts[:2], args.tokens, 0)  # warm-up
         (scored, edited), secs = timed(official_style, prior, texts, args.tokens, 1)
         rows[f"official_{precision}"] = {"tokens_per_s": scored / secs, "edit_rate": edited / scored,
