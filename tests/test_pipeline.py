@@ -1,0 +1,84 @@
+"""tasks/pipeline.py: the plan every runner walks, and the run start they share."""
+
+from pathlib import Path
+
+import pytest
+
+from semisynth.config import config_from_tree
+from semisynth.errors import InputError
+from semisynth.tasks import pipeline
+from semisynth.warehouse import db
+
+CORPORA = {
+    "mix": {"mix": {"edited": 0.5, "other": 0.5}, "reference": "human"},
+    "edited": {"edited_from": "human", "reference": "human"},
+    "other": {"role": "monitored", "paths": ["other.jsonl"], "reference": "human"},
+    "human": {"role": "reference", "paths": ["human.jsonl"]},
+    "twice": {"edited_from": "edited", "reference": "human"},
+}
+
+
+def config(tmp_path: Path):
+    return config_from_tree({"data_root": str(tmp_path), "corpora": CORPORA,
+                             "prior": {"model": str(tmp_path)}})
+
+
+def test_the_plan_ingests_first_then_derives_in_dependency_order(tmp_path):
+    steps = pipeline.plan(config(tmp_path))
+    assert [(s.corpus, s.make) for s in steps[:2]] == [("human", "ingest"), ("other", "ingest")]
+    derived = [s.corpus for s in steps[2:]]
+    assert sorted(derived) == ["edited", "mix", "twice"]
+    assert derived.index("edited") < derived.index("mix")
+    assert derived.index("edited") < derived.index("twice")
+    assert {s.corpus: s.scored for s in steps} == {
+        "human": True, "other": True, "edited": True, "twice": True, "mix": False}
+
+
+class RecordingRunner:
+    """A runner that makes nothing: it records the calls build_corpora makes."""
+
+    def __init__(self):
+        self.calls = []
+
+    def ingest(self, corpus):
+        self.calls.append(("ingest", corpus))
+        return [Path(f"{corpus}.parquet")], {"rows_in": 1}
+
+    def derive(self, corpus, shards, scores):
+        self.calls.append(("derive", corpus))
+        sources = [n for n in shards if n != corpus]
+        assert all(n in scores for n in sources), "a source is derived from before its scores"
+        carried = [Path(f"{corpus}-carried")] if corpus == "mix" else None
+        return [Path(f"{corpus}.parquet")], carried
+
+    def score(self, shards):
+        self.calls.append(("score", tuple(shards)))
+        return {n: [Path(f"{n}-scores")] for n in shards}, 10 * len(shards)
+
+
+def test_build_corpora_scores_every_corpus_but_a_mixture_once(tmp_path):
+    runner = RecordingRunner()
+    built = pipeline.build_corpora(config(tmp_path), runner)
+    assert runner.calls[:3] == [("ingest", "human"), ("ingest", "other"),
+                                ("score", ("human", "other"))]
+    scored = [c[1] for c in runner.calls if c[0] == "score"]
+    assert sorted(n for names in scored for n in names) == ["edited", "human", "other", "twice"]
+    assert built.scores["mix"] == [Path("mix-carried")]
+    assert set(built.shards) == set(CORPORA) and set(built.ingest_counts) == {"human", "other"}
+    assert built.model_work_tokens == 40
+
+
+def test_a_started_run_is_recorded_running_then_with_its_end(tmp_path):
+    cfg = config(tmp_path).model_copy(update={"lock_wait_s": 0})
+    run_id = pipeline.new_run_id("test")
+    with pipeline.started_run(cfg, run_id, "the test", config_name="t", config_json="{}") as run:
+        assert run.model_id == str(tmp_path)
+        assert run.score_dir.parent == tmp_path / "scores"
+        status = db.query(run.warehouse, "SELECT status FROM runs WHERE run_id = ?", [run_id])
+        assert status.status.tolist() == ["RUNNING"]
+        run.handle.finish("FAILED", "blocked")
+    with pytest.raises(InputError):
+        with pipeline.started_run(cfg, "refused", "the test", config_name="t", config_json="{}"):
+            raise InputError("bad input")
+    rows = db.query(run.warehouse, "SELECT run_id, status FROM runs ORDER BY started_at")
+    assert rows.values.tolist() == [[run_id, "FAILED"], ["refused", "REFUSED"]]
