@@ -71,14 +71,16 @@ def batched_generate(prior, prompts: list[str], new_tokens: int, seed: int, batc
 
 def decoded(prior, prompts: list[str], new_tokens: int, seed: int, slots: int) -> int:
     """semisynth's path (``assets.generate``); tokens written, as its progress reports them."""
-    written = 0
 
-    def count(_docs: int, tokens: int) -> None:
-        nonlocal written
-        written += tokens
+    class Count:
+        written = 0
 
+        def advance(self, n: int = 1, also: int = 0, detail: str | None = None) -> None:
+            self.written += also
+
+    count = Count()
     assets.generate(prior, prompts, new_tokens, seed, TEMPERATURE, TOP_P, slots, count)
-    return written
+    return count.written
 
 
 def timed(fn, *args) -> tuple[int, float, float]:

@@ -184,9 +184,13 @@ def train_rate(sizes: Sizes, vocab: int, compile_: bool | str) -> dict:
     arith = train_mod.device_arithmetic(m)
     stream = torch.randint(0, vocab, (sizes.train_steps * m.batch * m.context + 1,)).numpy()
     stamps: list[float] = []
-    _, losses, compile_seconds = train_mod.train(
-        stream, vocab, m, seed=1, progress=lambda *_: stamps.append(time.perf_counter()),
-        arith=arith)
+
+    class Stamps:  # a Progress: the time of each step's end
+        def advance(self, n: int = 1, also: int = 0, detail: str | None = None) -> None:
+            stamps.append(time.perf_counter())
+
+    _, losses, compile_seconds = train_mod.train(stream, vocab, m, seed=1, progress=Stamps(),
+                                                 arith=arith)
     skip = min(3, len(stamps) - 2)  # the first steps compile and warm the allocator
     steps = len(stamps) - 1 - skip
     tokens_per_s = steps * m.batch * m.context / (stamps[-1] - stamps[skip])

@@ -7,8 +7,9 @@ experiment_results -> picture and summary.
 
 The run starts as every run does (``tasks/pipeline.started_run``). Ingest, score+edit, derive
 and the corpus records are the nightly flow's own (its ``FlowRunner`` and tasks) over the
-experiment's pipeline config (``tasks.experiment.pipeline_config``), with their caches; the
-other tasks are a few lines over the plain functions of ``tasks.experiment``,
+experiment's pipeline config (``tasks.experiment_plan.pipeline_config``), with their caches;
+the other tasks are a few lines over the plain functions of ``tasks.experiment_plan``,
+``tasks.experiment_generation`` and ``tasks.experiment`` (the arms' streams),
 ``tasks.train``, ``quality`` and ``warehouse.records``. Only this process writes the
 warehouse.
 """
@@ -30,11 +31,14 @@ from semisynth.errors import REFUSALS
 from semisynth.flows import lifecycle
 from semisynth.flows.nightly import FlowRunner, record_corpora_task
 from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
+from semisynth.progress import logged
 from semisynth.quality import experiment_stats
 from semisynth.quality import measure as measure_mod
 from semisynth.quality import plots as plots_mod
 from semisynth.tasks import corpora as corpora_mod
 from semisynth.tasks import experiment as exp
+from semisynth.tasks import experiment_generation as exp_gen
+from semisynth.tasks import experiment_plan as plan
 from semisynth.tasks import pipeline
 from semisynth.tasks import train as train_mod
 from semisynth.tasks.assets import fetch_brown
@@ -51,22 +55,16 @@ def fetch_task(ecfg: ExperimentConfig, root: Path) -> None:
 @task(name="generate", cache_policy=NO_CACHE, retries=1, tags=[GPU_TAG])
 def generate_task(pcfg: Config, gen, seed: int) -> str:
     """The prior writes one synthetic source file (accelerator work, as score+edit)."""
-    logger = get_run_logger()
-    done = [0, 0]
-
-    def progress(docs: int, tokens: int) -> None:
-        done[0] += docs
-        done[1] += tokens
-        logger.info("%s: %d/%d documents, %d tokens generated", gen.out, done[0],
-                    gen.documents, done[1])
-
-    return str(exp.generate_source(pcfg, gen, seed, progress))
+    with logged(f"{gen.out} generated", get_run_logger().info, total=gen.documents,
+                unit="documents", also="tokens",
+                also_total=gen.documents * gen.max_new_tokens) as bar:
+        return str(exp_gen.generate_source(pcfg, gen, seed, bar))
 
 
 @task(name="build-arms", cache_policy=NO_CACHE)
 def build_task(ecfg: ExperimentConfig, pcfg: Config, run_id: str, shards: dict, scores: dict,
                score_dir: Path) -> exp.ExperimentData:
-    tokenizer = exp.prior_tokenizer(pcfg)
+    tokenizer = exp_gen.prior_tokenizer(pcfg)
     data = exp.build_experiment(ecfg, pcfg, shards, scores, tokenizer, score_dir)
     wh = db.warehouse_path(pcfg.root)
     logger = get_run_logger()
@@ -77,7 +75,7 @@ def build_task(ecfg: ExperimentConfig, pcfg: Config, run_id: str, shards: dict, 
     logger.info("vocabulary: %d token types of the prior's %d; pools: %s", data.vocab_size,
                 len(tokenizer), ", ".join(f"{n} {t} tokens" for n, t in data.pool_tokens.items()))
     if any(a.select for a in ecfg.arms.values()) and \
-            data.pool_tokens[exp.SYNTHETIC] < 2 * ecfg.train_tokens:
+            data.pool_tokens[plan.SYNTHETIC] < 2 * ecfg.train_tokens:
         logger.warning("the synthetic pool holds less than twice train_tokens: DSIR has little "
                        "room to choose (generate more documents)")
     return data
@@ -101,12 +99,8 @@ def train_task(arm: str, seed: int, stream: Path, vocab: Path, evals: dict, mode
                results_dir: Path) -> dict:
     """One (arm, seed): train, evaluate; a finished one is read back, not trained again."""
     logger = get_run_logger()
-
-    def progress(step: int, steps: int, loss: float) -> None:
-        if step % max(1, steps // 10) == 0 or step == steps:
-            logger.info("%s seed %d: step %d/%d, loss %.3f", arm, seed, step, steps, loss)
-
-    result = train_mod.train_and_evaluate(stream, vocab, evals, model, seed, results_dir, progress)
+    with logged(f"{arm} seed {seed} trained", logger.info, unit="steps") as bar:
+        result = train_mod.train_and_evaluate(stream, vocab, evals, model, seed, results_dir, bar)
     logger.info("%s seed %d: %s%s", arm, seed, ", ".join(
         f"{c} PPL {e['ppl']:.4g}" for c, e in result["evals"].items()),
         " (cached result, not trained again)" if result["cached"] else
@@ -117,7 +111,7 @@ def train_task(arm: str, seed: int, stream: Path, vocab: Path, evals: dict, mode
 @task(name="record-results", cache_policy=NO_CACHE)
 def record_results_task(ecfg: ExperimentConfig, pcfg: Config, run_id: str,
                         data: exp.ExperimentData, results: list[dict]) -> int:
-    rows = [row for r in results for row in exp.result_rows(ecfg, run_id, r["arm"], r)]
+    rows = [row for r in results for row in plan.result_rows(ecfg, run_id, r["arm"], r)]
     return records.record_experiment(db.warehouse_path(pcfg.root), rows,
                                      exp.arm_rows(ecfg, run_id, data))
 
@@ -144,7 +138,7 @@ def collapse_experiment(config_path: str, overrides: list[str] | None = None):
     documents. A run stopped by its input ends Refused (``lifecycle.refused``)."""
     try:
         ecfg = load_experiment_config(config_path, overrides)
-        return _experiment(ecfg, pin_precision(exp.pipeline_config(ecfg)))
+        return _experiment(ecfg, pin_precision(plan.pipeline_config(ecfg)))
     except REFUSALS as exc:
         return lifecycle.refused(exc)
 
@@ -168,42 +162,42 @@ def _experiment(ecfg: ExperimentConfig, pcfg: Config):
         fetch_task(ecfg, pcfg.root)
         with score_placement():
             generated = [generate_task.submit(pcfg, g, ecfg.seed)
-                         for g in exp.generation_jobs(ecfg, pcfg)]
+                         for g in plan.generation_jobs(ecfg, pcfg)]
         shards, counts, pending = {}, {}, {}
-        for pool in (exp.HUMAN, exp.HELDOUT):
+        for pool in (plan.HUMAN, plan.HELDOUT):
             shards[pool], counts[pool] = human.ingest(pool)
         # the human pool under the experiment's edit settings and each edited arm's (once
         # per distinct setting: arms that share one share its score files)
         by_dir: dict[Path, dict] = {}
-        edits = {exp.HUMAN: pcfg.edit, **{exp.edit_source(a): ecfg.arm_edit(a) for a in edited}}
+        edits = {plan.HUMAN: pcfg.edit, **{plan.edit_source(a): ecfg.arm_edit(a) for a in edited}}
         for pool, edit in edits.items():
             scorer = runner(edit)
             if scorer.score_dir not in by_dir:
-                by_dir[scorer.score_dir] = scorer.submit({exp.HUMAN: shards[exp.HUMAN]})
-            pending[pool] = by_dir[scorer.score_dir][exp.HUMAN]
+                by_dir[scorer.score_dir] = scorer.submit({plan.HUMAN: shards[plan.HUMAN]})
+            pending[pool] = by_dir[scorer.score_dir][plan.HUMAN]
         wait(generated)
         for g in generated:
             g.result()
-        for pool in exp.source_configs(ecfg):
+        for pool in plan.source_configs(ecfg):
             if pool not in shards:
                 shards[pool], counts[pool] = human.ingest(pool)
-        pending.update(human.submit({exp.SYNTHETIC: shards[exp.SYNTHETIC]}))
+        pending.update(human.submit({plan.SYNTHETIC: shards[plan.SYNTHETIC]}))
         scores, _ = FlowRunner.collect(pending)
         for arm in edited:  # the edited text, scored as a corpus of its own
-            shards[exp.edit_source(arm)] = shards[exp.HUMAN]
+            shards[plan.edit_source(arm)] = shards[plan.HUMAN]
             shards[arm], _ = human.derive(arm, shards, scores)
         arm_scores, _ = human.score({arm: shards[arm] for arm in edited})
         scores.update(arm_scores)
         data = build_task(ecfg, pcfg, run_id, shards, scores, human.score_dir)
         arm_shards = {arm: a.shards for arm, a in data.arms.items()}
         arm_scores = {arm: a.scores for arm, a in data.arms.items()}
-        pools = (exp.HUMAN, exp.SYNTHETIC)
+        pools = (plan.HUMAN, plan.SYNTHETIC)
         record_corpora_task(pcfg, run_id, {**{n: shards[n] for n in pools}, **arm_shards},
                             {**{n: scores[n] for n in pools}, **arm_scores}, counts)
         measured = metrics_task(
-            pcfg, run_id, {exp.HUMAN: scores[exp.HUMAN], **arm_scores,
-                           **{exp.edit_source(a): scores[exp.edit_source(a)] for a in edited}},
-            {arm: exp.HUMAN for arm in ecfg.arms})
+            pcfg, run_id, {plan.HUMAN: scores[plan.HUMAN], **arm_scores,
+                           **{plan.edit_source(a): scores[plan.edit_source(a)] for a in edited}},
+            {arm: plan.HUMAN for arm in ecfg.arms})
         evals = {name: path for name, (path, _, _) in data.evals.items()}
         results_dir = exp.experiment_folder(pcfg.root) / "results"
         with score_placement():  # accelerator work: GPU workers only, when there are any
@@ -231,14 +225,14 @@ def _experiment(ecfg: ExperimentConfig, pcfg: Config):
 
 def flow_for(ecfg: ExperimentConfig):
     """collapse_experiment with the task runner sized by ``ecfg`` (``dask_workers``)."""
-    return collapse_experiment.with_options(task_runner=task_runner(exp.pipeline_config(ecfg)))
+    return collapse_experiment.with_options(task_runner=task_runner(plan.pipeline_config(ecfg)))
 
 
 def run(config_path: str, overrides: list[str] | None = None) -> dict:
     """Run the flow with the configured task runner (``lifecycle.run_owned``: the data
     root's lock, a Prefect server of its own); returns the result dict."""
     ecfg = load_experiment_config(config_path, overrides)
-    pcfg = exp.pipeline_config(ecfg)
+    pcfg = plan.pipeline_config(ecfg)
     if pcfg.prior.model != "default":  # refused before a Prefect server and Dask start
         locate_model(pcfg.prior.model)
     return lifecycle.run_owned(flow_for(ecfg), pcfg.root, pcfg.lock_wait_s,

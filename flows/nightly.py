@@ -10,7 +10,6 @@ end; Dask workers write Parquet.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from semisynth.config import Config, load_config
 from semisynth.errors import REFUSALS
 from semisynth.flows import lifecycle
 from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
+from semisynth.progress import logged
 from semisynth.quality import gate as gate_mod
 from semisynth.quality import measure as measure_mod
 from semisynth.quality import plots as plots_mod
@@ -59,23 +59,9 @@ def score_task(cfg: Config, shard: Path, out: Path) -> dict:
     or Dask rerunning it after its worker died, reuses the shard's score file if the lost
     attempt had finished it."""
     logger = get_run_logger()
-    started, scored = time.perf_counter(), [0]
-
-    def progress(docs: int, tokens: int) -> None:
-        scored[0] += tokens
-        rate = scored[0] / max(time.perf_counter() - started, 1e-9)
-        logger.info("shard %s: %d docs, %d tokens scored (%.0f tokens/s)", shard.stem, docs, scored[0], rate)
-
-    window = {"tokens": 0, "logged": started}
-
-    def window_progress(tokens: int) -> None:  # a long document logs while it is scored
-        window["tokens"] += tokens
-        if time.perf_counter() - window["logged"] >= 30:
-            window["logged"] = time.perf_counter()
-            logger.info("shard %s: %d tokens through the prior so far", shard.stem, window["tokens"])
-
-    stats = score_shard(shard, out, cfg.root, cfg.prior, cfg.edit, cfg.seed, progress=progress,
-                        window_progress=window_progress)
+    # a line every 30 s (a long document's windows move it too) and one at the end
+    with logged(f"shard {shard.stem} scored", logger.info, unit="documents", also="tokens") as bar:
+        stats = score_shard(shard, out, cfg.root, cfg.prior, cfg.edit, cfg.seed, progress=bar)
     if not stats.model_work:
         logger.info("shard %s: cached scores reused, no model work", shard.stem)
     elif stats.compile_seconds:

@@ -16,8 +16,7 @@ import os
 import sys
 import time
 import traceback
-from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -51,7 +50,6 @@ from semisynth.strategy_registry import _optional_stripped, strategies
 from semisynth.warehouse.lock import data_root_lock
 
 if TYPE_CHECKING:
-    from semisynth.documents import Record
     from semisynth.settings import Settings
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -63,7 +61,6 @@ EXAMPLE_QUERIES = [
     "SELECT corpus, count(*) AS docs, round(median(ppl), 2) AS median_ppl FROM doc_scores "
     "GROUP BY corpus ORDER BY median_ppl",
 ]
-EDIT_BATCH_DOCS = 64  # documents per Scorer call of `semisynth edit`
 # A command that read its input files (edit, metrics, validate, estimate) but lost rows of
 # them (bad rows, or the unreadable rest of a damaged file) did its work on fewer documents
 # than it was given: not a clean 0, or `edit in out && upload out` ships a shorter corpus
@@ -451,7 +448,7 @@ def cmd_edit(
     """Score and edit one file with the prior: one output document per good input row, in
     order (exit 4: input rows were bad or unreadable, skipped)."""
     # lazy: torch and pyarrow, loaded only when this runs
-    from semisynth import documents, fields
+    from semisynth.tasks import edit_file
     from semisynth.tasks.prior import load_prior, locate_model
     from semisynth.tasks.toedit import Scorer
 
@@ -466,128 +463,30 @@ def cmd_edit(
         raise ValueError(validation_message(exc, "edit")) from exc
     if model != "default":  # before the input is read: a model not there is refused at once
         locate_model(model, "--model")
-    # the file is read once more for the ETA's total, its fields' names and Parquet's column
-    # types: cheap next to the model's work
-    total, rejected, names = 0, [], set()
-
-    def good_fields() -> Iterator[dict]:
-        nonlocal total
-        for rec in documents.read_records(input):
-            if rec.reason is None:
-                total += 1
-                names.update(rec.meta)
-                yield rec.meta
-            else:
-                rejected.append(rec)
-
-    doc_fields = None
-    if documents.file_format(output) == ".parquet":
-        doc_fields = fields.rows_type(good_fields(), documents.declared_types(input))
-    else:
-        for _ in good_fields():  # JSON lines hold every value as it is: only the count
-            pass
-    if total == 0:  # an empty output would pass for a result
-        for rec in rejected:
+    surveyed = edit_file.survey(input, output)
+    if surveyed.documents == 0:  # an empty output would pass for a result
+        for rec in surveyed.rejected:
             print(f"skipped {input}:{rec.line}: {rec.reason}", file=sys.stderr)
-        raise ValueError(f"{input}: no usable documents ({len(rejected)} bad rows); "
+        raise ValueError(f"{input}: no usable documents ({len(surveyed.rejected)} bad rows); "
                          "nothing written")
-    renamed = _renamed_fields(names)
-    for key, name in renamed.items():
+    for key, name in surveyed.renamed.items():
         print(f"field {key!r} written to {output} as {name!r}: edit's own column has its name",
               file=sys.stderr)
     prior = load_prior(model, ctx.obj.settings.data_root, precision)
-    scorer = Scorer.from_config(prior, prior_cfg, edit, seed, expected_documents=total)
-    bad: list[Record] = []
-    stats = {"documents": 0, "tokens": 0, "edited": 0, "dropped": 0}
-    lines = array("q")  # the input line of each document given to the writer, in order
-
-    def unwritable(n: int, why: str) -> None:
-        stats["documents"] -= 1
-        bad.append(documents.Record(lines[n], reason=f"not written to {output}: {why}"))
-
-    def edited_docs(bar) -> Iterator[dict]:
-        for batch in _good_batches(input, bad):
-            results = scorer.score([r.id for r in batch], [r.text for r in batch],
-                                   progress=lambda tokens: bar.advance(0, also=tokens))
-            for rec, res in zip(batch, results, strict=True):
-                lines.append(rec.line)
-                stats["documents"] += 1
-                stats["tokens"] += res.scored_tokens
-                stats["edited"] += res.edited_tokens
-                stats["dropped"] += res.dropped_tokens
-                # every field of the input is kept; id and text are the edited document's
-                meta = {renamed.get(k, k): v for k, v in rec.meta.items()} if renamed else rec.meta
-                yield {"id": rec.id, "text": prior.tokenizer.decode(res.edited_ids.tolist()),
-                       **meta, "ppl": res.ppl, "edited_tokens": res.edited_tokens,
-                       "dropped_tokens": res.dropped_tokens}
-            bar.advance(len(batch))
-
-    with progress("edited", total=total, unit="documents", also="tokens") as bar:
-        documents.write_documents(edited_docs(bar), output,
-                                  schema=_edit_schema(doc_fields, renamed), unwritable=unwritable)
-    rate = stats["edited"] / max(stats["tokens"], 1)
-    print(f"{stats['documents']} documents, {stats['tokens']} tokens scored, {stats['edited']} edited "
-          f"({rate:.4%}), {stats['dropped']} dropped -> {output}")
-    for key in fields.json_keys(doc_fields):
+    scorer = Scorer.from_config(prior, prior_cfg, edit, seed, expected_documents=surveyed.documents)
+    with progress("edited", total=surveyed.documents, unit="documents", also="tokens") as bar:
+        done = edit_file.edit_file(input, output, surveyed, scorer, prior.tokenizer.decode, bar)
+    rate = done.edited / max(done.tokens, 1)
+    print(f"{done.documents} documents, {done.tokens} tokens scored, {done.edited} edited "
+          f"({rate:.4%}), {done.dropped} dropped -> {output}")
+    for key in done.json_fields:
         print(f"field {key!r}: its values have different types, written to {output} as "
               "JSON text", file=sys.stderr)
-    for rec in sorted(bad, key=lambda r: r.line or float("inf")):
+    for rec in done.skipped:
         print(f"skipped {input}:{rec.line}: {rec.reason}", file=sys.stderr)
-    rest = " (line 0: the unreadable rest of the file)" if any(r.line == 0 for r in bad) else ""
-    return partial_exit(len(bad), allow_partial, f"{len(bad)} row(s) of {input} skipped{rest}, "
-                        f"{stats['documents']} documents written")
-
-
-EDIT_COLUMNS = ("ppl", "edited_tokens", "dropped_tokens")  # what `edit` adds to a document
-
-
-def _renamed_fields(names: set[str]) -> dict[str, str]:
-    """The input fields named as one of edit's own columns, each to ``input_<name>`` (with
-    more ``input_`` while that is taken too), as a release renames them: written under its
-    own name, the score would overwrite it."""
-    # lazy: pyarrow, loaded only when this runs
-    from semisynth.fields import RENAMED_PREFIX
-
-    taken = {"id", "text", *EDIT_COLUMNS, *names}
-    renamed = {}
-    for key in sorted(names & set(EDIT_COLUMNS)):
-        name = key
-        while name in taken:
-            name = RENAMED_PREFIX + name
-        taken.add(name)
-        renamed[key] = name
-    return renamed
-
-
-def _edit_schema(doc_fields, renamed: dict[str, str]):
-    """The columns of ``edit``'s Parquet output: id, text, the input's fields as they are
-    typed (``doc_fields``, a struct type or None; ``renamed``: the new names of those that
-    edit's own columns take), then the scores."""
-    # lazy: pyarrow, loaded only when this runs
-    import pyarrow as pa
-
-    ours = [pa.field("ppl", pa.float64()), pa.field("edited_tokens", pa.int64()),
-            pa.field("dropped_tokens", pa.int64())]
-    kept = [f.with_name(renamed.get(f.name, f.name)) for f in doc_fields or []]
-    return pa.schema([pa.field("id", pa.string()), pa.field("text", pa.string()), *kept, *ours])
-
-
-def _good_batches(path: str, bad: list[Record]) -> Iterator[list[Record]]:
-    """The good records of ``path`` in batches of EDIT_BATCH_DOCS; the bad ones go to ``bad``."""
-    # lazy: pyarrow, loaded only when this runs
-    from semisynth import documents
-
-    batch: list[Record] = []
-    for rec in documents.read_records(path):
-        if rec.reason is not None:
-            bad.append(rec)
-            continue
-        batch.append(rec)
-        if len(batch) == EDIT_BATCH_DOCS:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    rest = " (line 0: the unreadable rest of the file)" if any(r.line == 0 for r in done.skipped) else ""
+    return partial_exit(len(done.skipped), allow_partial, f"{len(done.skipped)} row(s) of {input} "
+                        f"skipped{rest}, {done.documents} documents written")
 
 
 @command(app, "query", 'semisynth query "SELECT run_id, status FROM runs" --format csv',
@@ -757,9 +656,9 @@ def cmd_release_push(
         if not plan.present:
             with progress(f"copied {folder.parent.name} {folder.name} to {plan.url}",
                           total=plan.bytes, unit="bytes") as copied:
-                plan.copy(copied.advance)
+                plan.copy(copied)
         with progress(f"read back {plan.url}", total=plan.bytes, unit="bytes") as checked:
-            pushed = plan.check(checked.advance)
+            pushed = plan.check(checked)
     except VerificationFailed as exc:
         print(f"error: {exc.what}:", file=sys.stderr)
         for p in exc.problems:

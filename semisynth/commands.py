@@ -164,7 +164,7 @@ class InProcessRunner:
 
     def ingest(self, corpus: str) -> tuple[list[Path], dict]:
         with progress(f"ingest {corpus}", total=None, unit="rows") as bar:
-            result = ingest.ingest_corpus(self.cfg, corpus, progress=bar.advance)
+            result = ingest.ingest_corpus(self.cfg, corpus, progress=bar)
         records.record_ingest(self.wh, self.run_id, result)
         if result.json_fields:
             self.say(f"{corpus}: {ingest.json_fields_message(result)}")
@@ -192,11 +192,8 @@ class InProcessRunner:
             total = sum(pq.read_metadata(s).num_rows for s in todo)
             with progress(f"score {name}", total=total, unit="documents", also="tokens") as bar:
                 for shard in paths:
-                    # tokens after every forward batch: a long document moves the bar too
                     stats = score_shard(shard, self.score_dir / shard.name, cfg.root, cfg.prior,
-                                        cfg.edit, cfg.seed,
-                                        window_progress=lambda t: bar.advance(0, also=t))
-                    bar.advance(stats.documents if stats.model_work else 0)
+                                        cfg.edit, cfg.seed, progress=bar)
                     scores[name].append(Path(stats.path))
                     work += stats.scored_tokens if stats.model_work else 0
         return scores, work
@@ -353,13 +350,13 @@ def prepare_demo(cfg: Config, synthetic_docs: int, synthetic_tokens: int,
             "tokens written by the prior from the first words of Brown documents (once, cached)")
         prior = prior or load_prior(cfg.prior.model, root, cfg.prior.precision)
         seeds = brown if name == "synthetic" else brown[::-1]
-        # counted in tokens: with every document in flight at once, documents end only in
-        # the last third, so a count of them would give no ETA until then
-        with progress("generated", total=synthetic_docs * synthetic_tokens, unit="tokens",
-                      also="documents") as bar:
+        # the ETA from the tokens: with every document in flight at once, documents end
+        # only in the last third, so a count of them would give none until then
+        with progress("generated", total=synthetic_docs, unit="documents", also="tokens",
+                      also_total=synthetic_docs * synthetic_tokens) as bar:
             assets.synthesize(prior, seeds, synthetic, synthetic_docs, synthetic_tokens,
                               seed=cfg.seed if name == "synthetic" else cfg.seed + 1,
-                              progress=lambda docs, tokens: bar.advance(tokens, docs))
+                              progress=bar)
     for extra in (cfg.corpora["synthetic"].paths[1:] if "synthetic" in cfg.corpora else []):
         if extra.endswith("damaged-batch.jsonl"):
             assets.damaged_batch(Path(cfg.resolve(extra)))

@@ -10,13 +10,13 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from semisynth import documents as docio
+from semisynth.progress import Progress
 from semisynth.tasks import generation
 from semisynth.tasks.prior import Prior
 
@@ -150,7 +150,7 @@ def generate(
     temperature: float = 0.8,
     top_p: float = 0.95,
     slots: int = generation.SLOTS,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[str]:
     """Continue each prompt with the prior (sampling); returns prompt + continuation.
 
@@ -161,7 +161,7 @@ def generate(
     prompts, seed and ``slots`` give the same texts on the same device, precision and
     library versions. Any other prior goes through ``model.generate``, ``slots`` prompts at
     a time, left-padded, batch k seeded by ``batch_seed(seed, k)``.
-    ``progress(documents, tokens)``: documents ended and tokens written since the last call
+    ``progress.advance(documents, also=tokens)``: documents ended and tokens written since the last call
     (after each decoding step, or each batch of ``model.generate``)."""
     tok = prior.tokenizer
     if generation.supports(prior.model):
@@ -184,7 +184,7 @@ def generate(
         for prompt, cont in zip(chunk, tok.batch_decode(new, skip_special_tokens=True), strict=True):
             texts.append(prompt + cont)
         if progress:
-            progress(len(chunk), int((new != options["pad_token_id"]).sum()))
+            progress.advance(len(chunk), also=int((new != options["pad_token_id"]).sum()))
     return texts
 
 
@@ -204,7 +204,7 @@ def synthesize(
     max_new_tokens: int,
     seed: int,
     prompt_words: int = 12,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     slots: int = generation.SLOTS,
 ) -> Path:
     """A synthetic corpus seeded by human documents, as Cosmopedia seeds generation with

@@ -1,4 +1,6 @@
-"""The collapse experiment's corpora: every arm's token stream at exactly ``train_tokens``.
+"""The collapse experiment's streams: every arm's token stream at exactly ``train_tokens``.
+(Its planning: tasks/experiment_plan.py; its generated sources:
+tasks/experiment_generation.py.)
 
 A document is the prior's tokenization of its text as the score+edit stage stored it (the
 score file's ``token_ids``: cut to ``prior.max_tokens`` when that is set), followed by the
@@ -32,7 +34,6 @@ hold, which on a CPU is most of a step's cost. Perplexities are over this vocabu
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,63 +43,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from semisynth.config import EXPERIMENT_SOURCES, Config, ExperimentConfig
-from semisynth.documents import atomic_path, expand_paths
+from semisynth.config import Config, ExperimentConfig
+from semisynth.documents import atomic_path
 from semisynth.quality import dsir
-from semisynth.tasks import assets
 from semisynth.tasks.corpora import picked_shards
-from semisynth.tasks.prior import load_prior, load_tokenizer, resolve_model
+from semisynth.tasks.experiment_plan import (
+    EVAL_CORPORA,
+    HUMAN,
+    SYNTHETIC,
+)
 from semisynth.tasks.score import read_scores, token_arrays
-from semisynth.tasks.train import use_worker_threads
 from semisynth.tasks.vocabulary import vocabulary
-
-HUMAN, SYNTHETIC, HELDOUT, HELDOUT_SYNTHETIC = EXPERIMENT_SOURCES
-EVAL_CORPORA = (HELDOUT, HELDOUT_SYNTHETIC)
-
-
-def edit_source(arm: str) -> str:
-    """The pipeline's name for the human pool scored with an edited arm's edit settings."""
-    return f"{arm}.source"
-
-
-def pipeline_config(ecfg: ExperimentConfig) -> Config:
-    """The experiment as a pipeline config, so that ingest, score+edit, derive, records and
-    metrics run as they do in the nightly flow: the four sources as corpora, each arm as a
-    corpus measured against the human pool (a mixture arm as a ``mix`` of the pools, an
-    edited arm ``edited_from`` the human pool scored with its edit settings)."""
-
-    def files(source, role: str) -> dict:
-        return {"paths": source.paths, "text_field": source.text_field,
-                "id_field": source.id_field, "limit_docs": source.limit_docs, "role": role,
-                **({"reference": HUMAN} if role != "reference" else {})}
-
-    corpora = {HUMAN: files(ecfg.human, "reference"),
-               SYNTHETIC: files(ecfg.synthetic, "monitored"),
-               HELDOUT: files(ecfg.heldout, "monitored")}
-    if ecfg.heldout_synthetic is not None:
-        corpora[HELDOUT_SYNTHETIC] = files(ecfg.heldout_synthetic, "monitored")
-    for name, arm in ecfg.arms.items():
-        if arm.edit is not None:
-            corpora[edit_source(name)] = files(ecfg.human, "monitored")
-            corpora[name] = {"edited_from": edit_source(name), "reference": HUMAN}
-        elif arm.share in (0.0, 1.0):
-            corpora[name] = {"mix": {HUMAN if arm.share == 0.0 else SYNTHETIC: 1.0},
-                             "reference": HUMAN}
-        else:
-            corpora[name] = {"mix": {HUMAN: 1.0 - arm.share, SYNTHETIC: arm.share},
-                             "reference": HUMAN}
-    return Config(name=ecfg.name, data_root=ecfg.data_root, seed=ecfg.seed,
-                  shard_docs=ecfg.shard_docs, dask_workers=ecfg.dask_workers, prior=ecfg.prior,
-                  edit=ecfg.edit, corpora=corpora, metrics=ecfg.metrics,
-                  lock_wait_s=ecfg.lock_wait_s)
-
-
-def source_configs(ecfg: ExperimentConfig) -> dict:
-    """The experiment's file-backed sources by pipeline name."""
-    sources = {HUMAN: ecfg.human, SYNTHETIC: ecfg.synthetic, HELDOUT: ecfg.heldout}
-    if ecfg.heldout_synthetic is not None:
-        sources[HELDOUT_SYNTHETIC] = ecfg.heldout_synthetic
-    return sources
 
 
 @dataclass
@@ -356,55 +311,9 @@ def arm_corpus(pcfg: Config, arm: str, pieces: Sequence[Piece], shards: Mapping[
                          pcfg.shard_dir(arm), score_dir, "arm", pcfg.shard_docs)
 
 
-def generation_jobs(ecfg: ExperimentConfig, pcfg: Config) -> list:
-    """The ``generate`` entries of the sources whose file is missing (the others are cached);
-    an entry must write a file its source reads."""
-    jobs = []
-    for name, source in source_configs(ecfg).items():
-        patterns = [pcfg.resolve(p) for p in source.paths]
-        for gen in source.generate:
-            out = pcfg.resolve(gen.out)
-            if not any(fnmatch.fnmatch(out, p) for p in patterns):
-                raise ValueError(f"{name}: generate.out {gen.out!r} is not one of its paths")
-            if not Path(out).exists():
-                jobs.append(gen)
-    return jobs
-
-
-def generate_source(pcfg: Config, gen, seed: int, progress: Callable | None = None) -> Path:
-    """Write one ``generate`` entry's file with the prior (``tasks.assets.synthesize``),
-    seeded by the experiment's seed and the file's name."""
-    prior = load_prior(pcfg.prior.model, pcfg.root, pcfg.prior.precision)
-    if prior.device.type == "cpu":
-        use_worker_threads()  # two workers with every core each would thrash them
-    seed_docs = [Path(p) for p in expand_paths([pcfg.resolve(s) for s in gen.seeded_by])]
-    file_seed = int.from_bytes(hashlib.sha256(f"{seed}\x00{gen.out}".encode()).digest()[:4], "little")
-    return assets.synthesize(prior, seed_docs, Path(pcfg.resolve(gen.out)), gen.documents,
-                             gen.max_new_tokens, seed=file_seed, prompt_words=gen.prompt_words,
-                             progress=progress)
-
-
-def prior_tokenizer(pcfg: Config):
-    """The prior's tokenizer (the experiment's models use its token ids, remapped)."""
-    folder, _ = resolve_model(pcfg.prior.model, pcfg.root)
-    return load_tokenizer(folder)
-
-
 def arm_rows(ecfg: ExperimentConfig, run_id: str, data: ExperimentData) -> list[dict]:
     """``experiment_arms`` rows: each arm's stream by source pool."""
     return [{"experiment": ecfg.name, "run_id": run_id, "arm": arm, "stream_sha": a.stream_sha, **row}
             for arm, a in data.arms.items() for row in a.sources()]
 
 
-def result_rows(ecfg: ExperimentConfig, run_id: str, arm: str, result: dict) -> list[dict]:
-    """``experiment_results`` rows of one trained (arm, seed): one per held-out corpus."""
-    a, edit = ecfg.arms[arm], ecfg.arm_edit(arm)
-    return [{"experiment": ecfg.name, "run_id": run_id, "arm": arm, "seed": result["seed"],
-             "synthetic_share": a.share, "edit_threshold": getattr(edit.params, "threshold", None) if edit else None,
-             "selection": a.select, "train_tokens": ecfg.train_tokens, "eval_corpus": corpus,
-             "eval_tokens": e["tokens"], "eval_ppl": e["ppl"], "steps": result["steps"],
-             "parameters": result["parameters"], "vocab_size": result["vocab_size"],
-             "final_train_loss": result["losses"][-1], "train_seconds": result["train_seconds"],
-             "cached": result["cached"], "result_key": result["key"],
-             "model": ecfg.model.model_dump_json()}
-            for corpus, e in result["evals"].items()]

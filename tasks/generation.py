@@ -21,12 +21,13 @@ until the last one ends and sorts the whole vocabulary at every step for top-p. 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from semisynth.progress import Progress
 from semisynth.tasks.llama import apply_rotary_pos_emb
 from semisynth.tasks.toedit import doc_key, position_uniforms
 
@@ -139,13 +140,13 @@ def decode(
     top_p: float = 0.95,
     min_new_tokens: int = 0,
     slots: int = SLOTS,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[list[int]]:
     """The tokens written after each prompt (token ids, without the prompt; the EOS that
     ended a document is not included). ``prompts`` are token ids, none empty. A document
     ends at EOS (not before ``min_new_tokens``) or after ``max_new_tokens``.
-    ``progress(documents, tokens)`` after each step: the documents that ended in it and the
-    tokens it wrote."""
+    ``progress.advance(documents, also=tokens)`` after each step: the documents that ended
+    in it and the tokens it wrote."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("decode: every prompt needs at least one token")
     if not prompts:
@@ -200,5 +201,5 @@ def decode(
                 ended_docs += 1
                 live[i] = start(queue.popleft()) if queue else None
         if progress and (ended_docs or step_tokens):
-            progress(ended_docs, step_tokens)
+            progress.advance(ended_docs, also=step_tokens)
     return results

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from semisynth.documents import (
     read_records,
     source_names,
 )
+from semisynth.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +157,11 @@ def ingest(
     id_field: str = "id",
     shard_docs: int = 1000,
     limit_docs: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> IngestResult:
     """Read every file the patterns name (sorted) into shards of at most `shard_docs`
     documents under `out_dir`; stop after `limit_docs` good documents if given.
-    `progress(1)` after each row read (good or quarantined)."""
+    `progress.advance(1)` after each row read (good or quarantined)."""
     return ingest_sources(file_sources(paths, text_field, id_field), out_dir, corpus,
                           shard_docs=shard_docs, limit_docs=limit_docs, progress=progress)
 
@@ -171,12 +172,12 @@ def ingest_sources(
     corpus: str,
     shard_docs: int = 1000,
     limit_docs: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> IngestResult:
     """Read the sources' rows, in order, into shards of at most `shard_docs` documents
     under `out_dir` (a shard never mixes sources); bad rows and ids met before go to the
-    quarantine list; stop after `limit_docs` good documents if given. `progress(1)` after
-    each row read (good or quarantined)."""
+    quarantine list; stop after `limit_docs` good documents if given.
+    `progress.advance(1)` after each row read (good or quarantined)."""
     if shard_docs < 1:
         raise ValueError(f"shard_docs must be at least 1, got {shard_docs}")
     out_dir = Path(out_dir)
@@ -208,7 +209,7 @@ def ingest_sources(
         for rec in records:
             stats["rows_in"] += 1
             if progress:
-                progress(1)
+                progress.advance(1)
             reason, excerpt = rec.reason, rec.excerpt
             if reason is None and rec.id in seen_ids:
                 reason = f"duplicate id {rec.id!r}"
@@ -276,7 +277,7 @@ def iter_shard_batches(
             yield batch.to_pandas()
 
 
-def ingest_corpus(cfg, name: str, progress: Callable[[int], None] | None = None) -> IngestResult:
+def ingest_corpus(cfg, name: str, progress: Progress | None = None) -> IngestResult:
     """The ingest stage for a corpus of ``cfg`` (a ``semisynth.config.Config``) read from
     files (its paths, relative ones from the data root) or from a Hugging Face dataset
     (``hf``), into shards under ``cfg.shard_dir``."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from semisynth.documents import atomic_path
 from semisynth.errors import DestinationTaken, VerificationFailed
+from semisynth.progress import Progress
 from semisynth.tasks.release import (
     MANIFEST,
     READ_CHUNK,
@@ -50,9 +50,6 @@ class Pushed:
                 "copied": self.copied, "run_id": run_id}
 
 
-Advance = Callable[[int], None]  # bytes copied or read back
-
-
 def _existing(fs, target: str, files: dict, manifest_raw: bytes) -> bool:
     """Whether ``target`` already holds this very copy (True) or nothing of another one
     (False); raises DestinationTaken when it holds something else."""
@@ -72,23 +69,30 @@ def _existing(fs, target: str, files: dict, manifest_raw: bytes) -> bool:
     return False
 
 
-def _copy_file(source: Path, fs, dest: str, advance: Advance) -> None:
+def _copy_file(source: Path, fs, dest: str, progress: Progress) -> None:
     fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
     with open(source, "rb") as src, fs.open(dest, "wb") as out:
         while chunk := src.read(READ_CHUNK):
             out.write(chunk)
-            advance(len(chunk))
+            progress.advance(len(chunk))
 
 
-def _copy_all(path: Path, files: dict, fs, target: str, advance: Advance) -> None:
+def _copy_all(path: Path, files: dict, fs, target: str, progress: Progress) -> None:
     for rel in sorted(files):
         dest = f"{target}/{rel}"
         if fs.isfile(dest) and fs.size(dest) == files[rel]["bytes"] and \
                 _fs_sha256(fs, dest) == files[rel]["sha256"]:
-            advance(files[rel]["bytes"])  # left by an unfinished push of this release
+            progress.advance(files[rel]["bytes"])  # left by an unfinished push of this release
             continue
-        _copy_file(path / rel, fs, dest, advance)
-    _copy_file(path / MANIFEST, fs, f"{target}/{MANIFEST}", advance)  # last: now whole
+        _copy_file(path / rel, fs, dest, progress)
+    _copy_file(path / MANIFEST, fs, f"{target}/{MANIFEST}", progress)  # last: now whole
+
+
+class _Silent:
+    """A Progress that shows nothing."""
+
+    def advance(self, n: int = 1, also: int = 0, detail: str | None = None) -> None:
+        pass
 
 
 @dataclass
@@ -116,27 +120,28 @@ class PushPlan:
         self.copy()
         return self.check()
 
-    def copy(self, progress: Advance | None = None) -> None:
-        """Write the copy, unless it is there already."""
-        advance = progress or (lambda n: None)
+    def copy(self, progress: Progress | None = None) -> None:
+        """Write the copy, unless it is there already; ``progress.advance(bytes)`` as it goes."""
+        progress = progress or _Silent()
         if self.present:
-            advance(self.bytes)
+            progress.advance(self.bytes)
         elif isinstance(self.fs, LocalFileSystem):  # a folder can appear whole: renamed
             with atomic_path(Path(self.target)) as tmp:
-                _copy_all(self.path, self.files, self.fs, tmp.as_posix(), advance)
+                _copy_all(self.path, self.files, self.fs, tmp.as_posix(), progress)
                 for file in tmp.rglob("*"):
                     if file.is_file():
                         file.chmod(0o444)  # as immutable as the release
         else:
-            _copy_all(self.path, self.files, self.fs, self.target, advance)
+            _copy_all(self.path, self.files, self.fs, self.target, progress)
 
-    def check(self, progress: Advance | None = None) -> Pushed:
-        """Read every file of the copy back and check it against the release's manifest:
-        VerificationFailed if it differs; else the push."""
+    def check(self, progress: Progress | None = None) -> Pushed:
+        """Read every file of the copy back and check it against the release's manifest
+        (``progress.advance(bytes)`` as it goes): VerificationFailed if it differs; else the
+        push."""
         sha = hashlib.sha256(self.manifest_raw).hexdigest()
         problems = verify_release(self.url, manifest_sha256=sha, progress=progress)
         if progress:
-            progress(len(self.manifest_raw))
+            progress.advance(len(self.manifest_raw))
         if problems:
             raise VerificationFailed(f"the copy at {self.url} differs from the release", problems)
         return Pushed(self.path.parent.name, self.path.name, self.url, len(self.files) + 1,

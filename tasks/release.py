@@ -45,6 +45,7 @@ from fsspec.implementations.local import LocalFileSystem
 from semisynth.documents import atomic_path, json_line
 from semisynth.fields import DocumentLayout
 from semisynth.names import check_name
+from semisynth.progress import Progress
 from semisynth.tasks import card
 from semisynth.tasks.attributes import (
     ATTRIBUTE_SET,
@@ -281,12 +282,11 @@ def _parse_manifest(raw: bytes) -> tuple[dict | None, list[str]]:
     return manifest, []
 
 
-def _check_files(path: Path, files: dict, progress: Callable[[int], None] | None = None
-                 ) -> list[str]:
+def _check_files(path: Path, files: dict, progress: Progress | None = None) -> list[str]:
     problems = []
     for rel, expected in sorted(files.items()):
         if progress:
-            progress(expected["bytes"])
+            progress.advance(expected["bytes"])
         if not _inside(path, rel):
             problems.append(f"{MANIFEST} lists {rel!r}, outside the release folder: not read")
             continue
@@ -348,12 +348,12 @@ READ_CHUNK = 8 << 20  # bytes read at a time from a copy
 
 
 def _check_copy(fs: fsspec.AbstractFileSystem, root: str, files: dict,
-                progress: Callable[[int], None] | None = None) -> list[str]:
+                progress: Progress | None = None) -> list[str]:
     """``_check_files`` for a copy on any fsspec filesystem, every file read back through it."""
     problems = []
     for rel, expected in sorted(files.items()):
         if progress:
-            progress(expected["bytes"])
+            progress.advance(expected["bytes"])
         if not _relative(rel):
             problems.append(f"{MANIFEST} lists {rel!r}, outside the release folder: not read")
             continue
@@ -375,13 +375,14 @@ def _check_copy(fs: fsspec.AbstractFileSystem, root: str, files: dict,
 
 def verify_release(path: Path | str, warehouse: Path | None = None,
                    manifest_sha256: str | None = None,
-                   progress: Callable[[int], None] | None = None) -> list[str]:
+                   progress: Progress | None = None) -> list[str]:
     """Problems with the release at ``path`` (a folder, or a copy at any fsspec URL, read
     back through fsspec): missing, resized, altered or unlisted files, manifest entries
     outside the folder (refused, never read), with ``warehouse`` a manifest other than the
     one recorded there for its name and version, and with ``manifest_sha256`` a manifest
     other than that one (a copy's push record). An empty list means every file matches its
-    manifest entry (and the manifest its record). ``progress(bytes)`` as each file is read."""
+    manifest entry (and the manifest its record). ``progress.advance(bytes)`` as each file
+    is read."""
     fs, root = location(path)
     local = isinstance(fs, LocalFileSystem)
     if local:

@@ -15,7 +15,8 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 from semisynth.config import EditConfig, PriorConfig
 from semisynth.documents import atomic_path
 from semisynth.overlap import Ahead, Behind
+from semisynth.progress import Progress
 from semisynth.tasks.prior import load_prior, resolve_precision
 from semisynth.tasks.toedit import DocResult, Planned, Scorer
 
@@ -90,43 +92,68 @@ GROUP_BATCHES = 4
 
 
 @dataclass
-class _Group:
-    """Documents of the shard, in order, planned for the device (``Scorer.plan``)."""
+class Group:
+    """Documents in order, planned for the device (``Scorer.plan``), with what the caller
+    carries along for each (a shard's doc hashes; ``edit``'s input records)."""
 
     planned: Planned
-    doc_hashes: list[str]
+    carried: list
 
 
-def _groups(shard: pq.ParquetFile, scorer: Scorer) -> Iterator[_Group]:
-    """The shard's documents in order, tokenized and planned, in groups of whole documents
-    holding at least GROUP_BATCHES batches' worth of tokens (the last: the rest)."""
+DocBatch = tuple[list[str], list[str], list]  # ids, texts, what each document carries
+
+
+def _groups(batches: Iterable[DocBatch], scorer: Scorer) -> Iterator[Group]:
+    """The documents in order, tokenized and planned, in groups of whole documents holding
+    at least GROUP_BATCHES batches' worth of tokens (the last: the rest)."""
     ids: list[str] = []
-    hashes: list[str] = []
+    carried: list = []
     tokens: list[np.ndarray] = []
     cut: list[bool] = []
     size = 0
-    for batch in shard.iter_batches(batch_size=READ_DOCS, columns=["id", "text", "doc_hash"]):
-        token_ids, truncated = scorer.tokenize(batch.column("text").to_pylist())
-        read = zip(batch.column("id").to_pylist(), batch.column("doc_hash").to_pylist(),
-                   token_ids, truncated, strict=True)
-        for doc_id, doc_hash, doc_tokens, doc_cut in read:
+    for batch_ids, texts, batch_carried in batches:
+        token_ids, truncated = scorer.tokenize(texts)
+        for doc_id, doc_carried, doc_tokens, doc_cut in zip(batch_ids, batch_carried, token_ids,
+                                                            truncated, strict=True):
             ids.append(doc_id)
-            hashes.append(doc_hash)
+            carried.append(doc_carried)
             tokens.append(doc_tokens)
             cut.append(doc_cut)
             size += len(doc_tokens)
             if size >= GROUP_BATCHES * scorer.batch_tokens:
-                yield _Group(scorer.plan(ids, tokens, cut), hashes)
-                ids, hashes, tokens, cut, size = [], [], [], [], 0
+                yield Group(scorer.plan(ids, tokens, cut), carried)
+                ids, carried, tokens, cut, size = [], [], [], [], 0
     if ids:
-        yield _Group(scorer.plan(ids, tokens, cut), hashes)
+        yield Group(scorer.plan(ids, tokens, cut), carried)
 
 
-def _score_table(decode: Callable, group: _Group, results: list[DocResult]) -> pa.Table:
+def scored_groups(scorer: Scorer, batches: Iterable[DocBatch], progress: Progress | None = None,
+                  name: str = "score") -> Iterator[tuple[Group, list[DocResult]]]:
+    """score+edit's batch loop, for every caller (``score_shard``, ``semisynth edit``): the
+    documents of ``batches`` (READ_DOCS at a time, say) through the prior, group by group,
+    in order. A thread reads, tokenizes and plans the next group (``semisynth.overlap``)
+    while this one drives the device. ``progress.advance(0, also=tokens)`` after each
+    forward batch (a long document moves it too), ``progress.advance(documents)`` after each
+    group. Close it (``contextlib.closing``) when stopping early: that stops the thread."""
+    with Ahead(_groups(batches, scorer), size=2, name=f"plan-{name}") as groups:
+        for group in groups:
+            results = scorer.run(group.planned, progress=progress)
+            if progress:
+                progress.advance(len(results))
+            yield group, results
+
+
+def _shard_batches(shard: pq.ParquetFile) -> Iterator[DocBatch]:
+    for batch in shard.iter_batches(batch_size=READ_DOCS, columns=["id", "text", "doc_hash"]):
+        yield (batch.column("id").to_pylist(), batch.column("text").to_pylist(),
+               batch.column("doc_hash").to_pylist())
+
+
+def _score_table(decode: Callable, group: Group, results: list[DocResult]) -> pa.Table:
     return pa.table(
         {
             "id": group.planned.doc_ids,
-            "doc_hash": group.doc_hashes,
+            "doc_hash": group.carried,
             "scored_tokens": [r.scored_tokens for r in results],
             "nll_sum": [r.nll_sum for r in results],
             "ppl": [r.ppl for r in results],
@@ -148,17 +175,16 @@ def score_shard(
     prior_cfg: PriorConfig,
     edit_cfg: EditConfig,
     seed: int,
-    progress: Callable[[int, int], None] | None = None,
-    window_progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> ScoreStats:
     """Score and edit one shard unless its scores exist, appending the documents' rows (in
     the shard's order) to the output, renamed into place at the end. Three things run at
     once: a thread reads and tokenizes the next documents and assembles their batches, this
-    thread drives the device (the prior) through the current ones, and a thread decodes and
-    writes the last ones; each at most two groups apart (``semisynth.overlap``), so a worker
-    holds one shard's groups at a time. ``progress(documents, tokens)`` after each group is
-    scored; ``window_progress(tokens)`` after each forward batch (``Scorer.run``'s progress),
-    so that one long document shows its progress too. Both are called on this thread."""
+    thread drives the device (the prior) through the current ones (``scored_groups``), and
+    a thread decodes and writes the last ones; each at most two groups apart
+    (``semisynth.overlap``), so a worker holds one shard's groups at a time. ``progress``
+    as ``scored_groups`` reports it, on this thread; a shard whose scores exist reports
+    nothing."""
     shard_path, out_path = Path(shard_path), Path(out_path)
     shard_hash = shard_path.stem
     if out_path.exists():
@@ -173,20 +199,16 @@ def score_shard(
     with atomic_path(out_path, keep_existing=True) as tmp:
         with pq.ParquetWriter(tmp, SCORE_SCHEMA) as writer:
 
-            def write(item: tuple[_Group, list[DocResult]]) -> None:
+            def write(item: tuple[Group, list[DocResult]]) -> None:
                 writer.write_table(_score_table(prior.tokenizer.decode, *item))
 
-            with (Ahead(_groups(shard, scorer), size=2, name=f"plan-{shard_hash}") as groups,
-                  Behind(write, size=2, name=f"write-{shard_hash}") as written):
-                for group in groups:
-                    results = scorer.run(group.planned, progress=window_progress)
+            groups = scored_groups(scorer, _shard_batches(shard), progress, shard_hash)
+            with closing(groups), Behind(write, size=2, name=f"write-{shard_hash}") as written:
+                for group, results in groups:
                     written.put((group, results))
                     documents += len(results)
-                    group_tokens = sum(r.scored_tokens for r in results)
-                    scored += group_tokens
+                    scored += sum(r.scored_tokens for r in results)
                     truncated += sum(r.truncated for r in results)
-                    if progress:
-                        progress(documents, group_tokens)
                 written.finish()
     return_freed_memory()
     return ScoreStats(shard_hash, str(out_path), documents, scored, True,

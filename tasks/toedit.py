@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from semisynth.config import MAX_DOC_TOKENS, EditConfig, PriorConfig
+from semisynth.progress import Progress
 from semisynth.settings import read_settings
 from semisynth.strategy_registry import EditStrategy
 from semisynth.tasks.device import (
@@ -259,10 +260,10 @@ class Scorer:
         self,
         doc_ids: Sequence[str],
         texts: Sequence[str],
-        progress: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
     ) -> list[DocResult]:
-        """Score (and edit, with an EditConfig) documents; ``progress(tokens)`` after each
-        forward batch, with the positions it scored, so that a long document, many windows
+        """Score (and edit, with an EditConfig) documents; ``progress.advance(0, also=tokens)``
+        after each forward batch, with the positions it scored, so that a long document, many windows
         of the prior's context, shows its progress too."""
         return self.run(self.plan(doc_ids, *self.tokenize(texts)), progress)
 
@@ -286,9 +287,10 @@ class Scorer:
         self._planned_tokens += sum(b.targets for b in batches)
         return Planned([str(d) for d in doc_ids], token_ids, truncated, batches)
 
-    def run(self, planned: Planned, progress: Callable[[int], None] | None = None) -> list[DocResult]:
+    def run(self, planned: Planned, progress: Progress | None = None) -> list[DocResult]:
         """The device's part: every batch of ``planned`` through the prior, ``depth`` of them
-        in flight; ``progress(tokens)`` after each batch is read back."""
+        in flight; ``progress.advance(0, also=tokens)`` after each batch is read back (the
+        positions it scored; the caller counts the documents)."""
         token_ids = planned.token_ids
         nll = [np.zeros(max(len(t), 1), dtype=np.float64) for t in token_ids]
         new_ids = [t.copy() for t in token_ids]
@@ -306,7 +308,7 @@ class Scorer:
                 dropped[seg.doc][span] = out[3, at] != 0
                 offset += n
             if progress:
-                progress(flight.batch.targets)
+                progress.advance(0, also=flight.batch.targets)
 
         flying: deque[_InFlight] = deque()
         for batch in planned.batches:

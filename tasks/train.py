@@ -33,7 +33,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from semisynth.config import LMConfig
 from semisynth.documents import atomic_path
+from semisynth.progress import Progress
 from semisynth.settings import read_settings
 from semisynth.tasks.prior import resolve_precision
 from semisynth.tasks.vocabulary import remap
@@ -168,11 +169,11 @@ def next_token_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def train(stream: np.ndarray, vocab_size: int, m: LMConfig, seed: int,
-          progress: Callable[[int, int, float], None] | None = None,
+          progress: Progress | None = None,
           arith: Arithmetic | None = None) -> tuple[torch.nn.Module, list[float], float]:
     """Train a fresh model on a remapped stream; returns it, the loss of every step and the
     seconds of the first step when the model is compiled (the compile: ``train_seconds``
-    includes them). ``progress(step, steps, loss)`` after each step."""
+    includes them). ``progress.advance(1, detail="loss ...")`` after each step."""
     arith = arith or device_arithmetic(m)
     dev = torch.device(arith.device)
     model = build_model(vocab_size, m, seed).to(dev)
@@ -199,7 +200,7 @@ def train(stream: np.ndarray, vocab_size: int, m: LMConfig, seed: int,
             if arith.compile and len(losses) == 1:
                 compile_seconds = time.perf_counter() - started
             if progress:
-                progress(len(losses), steps, losses[-1])
+                progress.advance(1, detail=f"loss {losses[-1]:.3f}")
     return model, losses, compile_seconds
 
 
@@ -234,7 +235,7 @@ def result_key(stream: Path, vocab: Path, evals: Mapping[str, Path], m: LMConfig
 
 def train_and_evaluate(stream_path: Path, vocab_path: Path, evals: Mapping[str, Path],
                        m: LMConfig, seed: int, results_dir: Path,
-                       progress: Callable[[int, int, float], None] | None = None) -> dict:
+                       progress: Progress | None = None) -> dict:
     """One (arm, seed): train on the stream, evaluate on each held-out stream, keep the
     result as ``results_dir/<key>.json``; when that file exists, read it instead (``cached``
     says which)."""

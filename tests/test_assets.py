@@ -3,6 +3,7 @@ real prior, at tiny sizes: the static-cache step against the model's forward, to
 without a full sort, determinism per document, progress and the cache."""
 
 import torch
+from recorded import Recorded
 
 from semisynth import documents as docio
 from semisynth.tasks import assets, generation
@@ -80,28 +81,27 @@ def test_generation_is_deterministic_and_each_text_its_own(prior_f32):
 
 
 def test_progress_reports_each_document_once(prior_f32):
-    calls = []
-    assets.generate(prior_f32, PROMPTS[:3], max_new_tokens=8, seed=0, slots=2,
-                    progress=lambda docs, tokens: calls.append((docs, tokens)))
-    assert sum(docs for docs, _ in calls) == 3
-    assert 3 * 4 <= sum(tokens for _, tokens in calls) <= 3 * 8  # at least half, at most all
+    reported = Recorded()
+    assets.generate(prior_f32, PROMPTS[:3], max_new_tokens=8, seed=0, slots=2, progress=reported)
+    assert reported.done == 3
+    assert 3 * 4 <= sum(reported.also) <= 3 * 8  # at least half, at most all
 
 
 def test_synthesize_writes_seeded_documents_once(prior_f32, brown_shards, tmp_path):
     out = tmp_path / "synthetic.jsonl.gz"
-    calls = []
+    reported = Recorded()
     path = assets.synthesize(prior_f32, brown_shards, out, documents=3, max_new_tokens=8, seed=1,
-                             progress=lambda docs, tokens: calls.append(docs), slots=2)
+                             progress=reported, slots=2)
     docs = list(docio.read_records(str(path)))
     seeds = assets.seed_prompts(brown_shards, 3, 12)
     assert [d.id for d in docs] == ["synthetic/00000", "synthetic/00001", "synthetic/00002"]
     assert [d.meta["seeded_by"] for d in docs] == [source for source, _ in seeds]
     assert all(d.text.startswith(prompt) for d, (_, prompt) in zip(docs, seeds, strict=True))
-    assert sum(calls) == 3
+    assert reported.done == 3
     written = out.read_bytes()
     assets.synthesize(prior_f32, brown_shards, out, documents=3, max_new_tokens=8, seed=2,
-                      progress=lambda docs, tokens: calls.append(docs))
-    assert out.read_bytes() == written and sum(calls) == 3  # cached: nothing generated
+                      progress=reported)
+    assert out.read_bytes() == written and reported.done == 3  # cached: nothing generated
 
 
 def test_files_of_one_corpus_get_distinct_ids(prior_f32, brown_shards, tmp_path):

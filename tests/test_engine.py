@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from recorded import Recorded
 from transformers import GPT2Config, LlamaConfig
 
 from semisynth.config import EditConfig, PriorConfig
@@ -232,8 +233,9 @@ def test_the_gpu_path_gives_the_cpu_paths_results(prior_f32):
     assert cpu.compile_after == prior_f32.expected_compile_seconds(CPU_COLD_COMPILE_SECONDS)
     gpu_like = Scorer(prior_f32, edit, seed=5, window=64, batch_tokens=128,
                       choices=EngineChoices(compile=False, dense=True, depth=1, shape_step=64))
-    windows = []
-    a, b = cpu.score(IDS, TEXTS), gpu_like.score(IDS, TEXTS, progress=windows.append)
+    reported = Recorded()
+    a, b = cpu.score(IDS, TEXTS), gpu_like.score(IDS, TEXTS, progress=reported)
+    windows = reported.also
     # the same decisions; the NLL to float32 rounding: the CPU's head sums its normaliser
     # over vocabulary chunks, the dense path's over the whole vocabulary at once
     same_results(a, b, rel=1e-6)

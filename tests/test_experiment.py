@@ -14,6 +14,7 @@ from scipy import stats
 from semisynth.cli import main as cli
 from semisynth.config import ExperimentConfig, LMConfig
 from semisynth.tasks import experiment as exp
+from semisynth.tasks import experiment_plan as plan
 from semisynth.tasks import train as train_mod
 from semisynth.tasks.vocabulary import remap, vocabulary
 from semisynth.warehouse import db
@@ -51,8 +52,8 @@ def tokens_by_source(stream: np.ndarray) -> dict[int, int]:
 def test_mixture_shares_are_exact_in_tokens(share):
     ecfg = toy_config(arm={"synthetic_share": share})
     rng = np.random.default_rng(0)
-    pools = {exp.HUMAN: toy_pool(exp.HUMAN, 5, rng.integers(5, 60, 30).tolist()),
-             exp.SYNTHETIC: toy_pool(exp.SYNTHETIC, 7, rng.integers(5, 60, 30).tolist())}
+    pools = {plan.HUMAN: toy_pool(plan.HUMAN, 5, rng.integers(5, 60, 30).tolist()),
+             plan.SYNTHETIC: toy_pool(plan.SYNTHETIC, 7, rng.integers(5, 60, 30).tolist())}
     pieces = exp.arm_pieces(ecfg, "arm", pools, {})
     stream = exp.assemble(pieces, pools, EOS, ecfg.seed)
     assert len(stream) == 301
@@ -62,18 +63,18 @@ def test_mixture_shares_are_exact_in_tokens(share):
 
 
 def test_an_arm_needs_a_pool_that_holds_its_tokens():
-    pools = {exp.HUMAN: toy_pool(exp.HUMAN, 5, [50] * 3),
-             exp.SYNTHETIC: toy_pool(exp.SYNTHETIC, 7, [50] * 30)}
+    pools = {plan.HUMAN: toy_pool(plan.HUMAN, 5, [50] * 3),
+             plan.SYNTHETIC: toy_pool(plan.SYNTHETIC, 7, [50] * 30)}
     with pytest.raises(ValueError, match="holds 153 tokens"):
         exp.arm_pieces(toy_config(human={}), "human", pools, {})
 
 
 def test_heldout_documents_in_an_arm_are_refused():
-    pools = {exp.HUMAN: toy_pool(exp.HUMAN, 5, [40] * 10)}
-    pieces = {"human": exp.take_tokens(pools[exp.HUMAN], range(10), 200)}
-    apart = toy_pool(exp.HELDOUT, 9, [40] * 2)
+    pools = {plan.HUMAN: toy_pool(plan.HUMAN, 5, [40] * 10)}
+    pieces = {"human": exp.take_tokens(pools[plan.HUMAN], range(10), 200)}
+    apart = toy_pool(plan.HELDOUT, 9, [40] * 2)
     exp.check_heldout(pieces, pools, [apart])
-    overlapping = exp.Pool(exp.HELDOUT, ["h"], [pools[exp.HUMAN].hashes[0]], [np.ones(3)])
+    overlapping = exp.Pool(plan.HELDOUT, ["h"], [pools[plan.HUMAN].hashes[0]], [np.ones(3)])
     with pytest.raises(ValueError, match="no arm trains on"):
         exp.check_heldout(pieces, pools, [overlapping])
 
@@ -90,7 +91,7 @@ def test_arm_configs_that_make_no_sense_are_refused(arm, error):
 
 def test_an_arm_may_not_take_a_source_corpus_name():
     with pytest.raises(ValueError, match="taken"):
-        toy_config(**{exp.HUMAN: {}})
+        toy_config(**{plan.HUMAN: {}})
 
 
 def test_remap_is_one_to_one_and_refuses_unknown_ids():
@@ -152,9 +153,9 @@ def test_every_arm_trains_on_exactly_train_tokens(tiny):
                         "WHERE run_id = ? GROUP BY ALL", [result["run_id"]])
     assert arms.groupby("arm").tokens.sum().to_dict() == dict.fromkeys(ARMS, TRAIN_TOKENS)
     by = {(r.arm, r.source): r.tokens for r in arms.itertuples()}
-    assert by[("syn50", exp.SYNTHETIC)] == by[("syn50", exp.HUMAN)] == TRAIN_TOKENS // 2
-    assert by[("syn100", exp.SYNTHETIC)] == by[("dsir", exp.SYNTHETIC)] == TRAIN_TOKENS
-    assert by[("human", exp.HUMAN)] == by[("toedit", "toedit")] == TRAIN_TOKENS
+    assert by[("syn50", plan.SYNTHETIC)] == by[("syn50", plan.HUMAN)] == TRAIN_TOKENS // 2
+    assert by[("syn100", plan.SYNTHETIC)] == by[("dsir", plan.SYNTHETIC)] == TRAIN_TOKENS
+    assert by[("human", plan.HUMAN)] == by[("toedit", "toedit")] == TRAIN_TOKENS
     rows = results(home, result["run_id"])
     assert len(rows) == len(ARMS) * 2 * 2  # arms x seeds x held-out corpora
     assert set(rows.train_tokens) == {TRAIN_TOKENS}
@@ -164,7 +165,7 @@ def test_every_arm_trains_on_exactly_train_tokens(tiny):
 def test_heldout_documents_are_in_no_arm(tiny):
     home, _, result = tiny
     hashes = {k: set(v) for k, v in result["doc_hashes"].items()}
-    for held in (exp.HELDOUT, exp.HELDOUT_SYNTHETIC):
+    for held in (plan.HELDOUT, plan.HELDOUT_SYNTHETIC):
         assert hashes[held]
         for arm in ARMS:
             assert hashes[arm] and not hashes[held] & hashes[arm], (held, arm)
@@ -173,12 +174,12 @@ def test_heldout_documents_are_in_no_arm(tiny):
     arm_docs = db.query(wh, "SELECT DISTINCT doc_hash FROM doc_scores WHERE run_id = ? AND "
                             "corpus IN (SELECT arm FROM experiment_arms WHERE run_id = ?)",
                         [result["run_id"], result["run_id"]])
-    assert not set(arm_docs.doc_hash) & (hashes[exp.HELDOUT] | hashes[exp.HELDOUT_SYNTHETIC])
+    assert not set(arm_docs.doc_hash) & (hashes[plan.HELDOUT] | hashes[plan.HELDOUT_SYNTHETIC])
 
 
 def test_the_same_seed_gives_the_same_ppl(tiny, tmp_path):
     home, _, result = tiny
-    evals = {exp.HELDOUT: Path(result["evals"][exp.HELDOUT])}
+    evals = {plan.HELDOUT: Path(result["evals"][plan.HELDOUT])}
     stream, vocab, m = Path(result["streams"]["human"]), Path(result["vocab"]), LMConfig(**MODEL)
     first = train_mod.train_and_evaluate(stream, vocab, evals, m, 1, tmp_path / "a")
     again = train_mod.train_and_evaluate(stream, vocab, evals, m, 1, tmp_path / "b")
@@ -186,11 +187,11 @@ def test_the_same_seed_gives_the_same_ppl(tiny, tmp_path):
     assert not first["cached"] and not again["cached"]
     assert again["losses"] == first["losses"]
     assert again["evals"] == first["evals"]
-    assert other["evals"][exp.HELDOUT]["ppl"] != first["evals"][exp.HELDOUT]["ppl"]
+    assert other["evals"][plan.HELDOUT]["ppl"] != first["evals"][plan.HELDOUT]["ppl"]
     # the flow's Dask worker trained the same (arm, seed) to the same perplexity
     rows = results(home, result["run_id"])
-    flow_ppl = rows[(rows.arm == "human") & (rows.seed == 1) & (rows.eval_corpus == exp.HELDOUT)]
-    assert flow_ppl.eval_ppl.iloc[0] == first["evals"][exp.HELDOUT]["ppl"]
+    flow_ppl = rows[(rows.arm == "human") & (rows.seed == 1) & (rows.eval_corpus == plan.HELDOUT)]
+    assert flow_ppl.eval_ppl.iloc[0] == first["evals"][plan.HELDOUT]["ppl"]
 
 
 def test_summary_view_gives_the_mean_and_a_t_interval_over_seeds(tiny):

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 from semisynth import progress as progress_mod
-from semisynth.progress import duration, progress
+from semisynth.progress import duration, logged, progress
 
 
 def test_plain_lines_carry_count_rate_and_eta(monkeypatch):
@@ -44,6 +44,26 @@ def test_the_final_line_is_written_when_the_step_fails():
     except RuntimeError:
         pass
     assert log.getvalue().startswith("scored: 3/10 documents, ")
+
+
+def test_a_logged_bar_writes_to_a_log_with_its_detail_and_an_eta_from_its_second_count():
+    """The flow's tasks log their progress through the same protocol: generation's ETA comes
+    from its tokens (documents end late), training shows its loss, the last line is written
+    even when the step fails."""
+    lines = []
+    try:
+        with logged("generated", lines.append, total=4, unit="documents", also="tokens",
+                    also_total=400, every=0.0) as bar:
+            bar.advance(0, also=100)  # no document ended yet
+            bar.advance(1, also=100, detail="loss 2.500")
+            raise RuntimeError("out of memory")
+    except RuntimeError:
+        pass
+    assert len(lines) == 3
+    assert lines[0].startswith("generated: 0/4 documents, ") and "; 100/400 tokens, " in lines[0]
+    assert ", ETA " in lines[0]
+    assert "200/400 tokens" in lines[1] and ", loss 2.500, ETA " in lines[1]
+    assert lines[2].startswith("generated: 1/4 documents, ") and ", done in " in lines[2]
 
 
 def test_durations_read_as_seconds_minutes_and_hours():

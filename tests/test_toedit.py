@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from recorded import Recorded
 from terminal import sigint_raises_keyboard_interrupt
 
 from semisynth.config import EditConfig
@@ -232,11 +233,13 @@ def test_score_shard_reports_window_progress_and_counts_truncation(prior_f32, as
     # 16-token windows one at a time: the 60 scored tokens of the long document are
     # several forward batches, each reported
     cfg = PriorConfig(precision="float32", window=16, batch_tokens=16, max_doc_tokens=60)
-    windows = []
+    reported = Recorded()
     out = tmp_path / "scores" / "s.parquet"
     stats = score_shard(long_shard, out, assets_root, cfg, EditConfig(), seed=1,
-                        window_progress=windows.append)
+                        progress=reported)
+    windows = reported.also
     assert len(windows) > 5 and sum(windows) == stats.scored_tokens
+    assert reported.done == stats.documents == 2
     assert stats.truncated_docs == 1
     table = pq.read_table(out, columns=["id", "scored_tokens", "truncated"]).to_pylist()
     assert [(r["id"], r["truncated"]) for r in table] == [("long", True), ("short", False)]
@@ -254,18 +257,16 @@ def test_ctrl_c_stops_a_long_document_between_windows(prior_f32, assets_root, lo
     from semisynth.tasks.score import score_shard
 
     cfg = PriorConfig(precision="float32", window=16, batch_tokens=16)
-    windows = []
 
-    def interrupt_at_the_second_window(tokens: int) -> None:
-        windows.append(tokens)
-        if len(windows) == 2:
+    def interrupt_at_the_second_window(reported: Recorded) -> None:
+        if len(reported.also) == 2:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
 
+    reported = Recorded(interrupt_at_the_second_window)
     out = tmp_path / "scores" / "s.parquet"
     with sigint_raises_keyboard_interrupt(), pytest.raises(KeyboardInterrupt):
-        score_shard(long_shard, out, assets_root, cfg, EditConfig(), seed=1,
-                    window_progress=interrupt_at_the_second_window)
-    assert len(windows) == 2  # no further window was scored
+        score_shard(long_shard, out, assets_root, cfg, EditConfig(), seed=1, progress=reported)
+    assert len(reported.also) == 2  # no further window was scored
     assert list(out.parent.iterdir()) == []  # neither a score file nor its temporary
 
 
@@ -291,17 +292,17 @@ def test_score_shard_writes_what_the_scorer_gives_in_the_shards_order(prior_f32,
     [shard] = ingest([str(source)], tmp_path / "shards", "c").shards
     cfg = PriorConfig(precision="float32", window=32, batch_tokens=64)
     edit = EditConfig(beta=8.0)
-    reported = []
+    reported = Recorded()
     out = tmp_path / "scores" / "s.parquet"
-    stats = score_shard(shard.path, out, assets_root, cfg, edit, seed=4,
-                        progress=lambda docs, tokens: reported.append((docs, tokens)))
+    stats = score_shard(shard.path, out, assets_root, cfg, edit, seed=4, progress=reported)
     rows = pq.read_table(out).to_pylist()
     texts = pq.read_table(shard.path, columns=["id", "text", "doc_hash"]).to_pylist()
     assert [r["id"] for r in rows] == [t["id"] for t in texts] == [d["id"] for d in docs]
     assert [r["doc_hash"] for r in rows] == [t["doc_hash"] for t in texts]
     # several groups of whole documents went through, each reported once
-    assert len(reported) >= 3 and reported[-1][0] == 40
-    assert sum(t for _, t in reported) == stats.scored_tokens == sum(r["scored_tokens"] for r in rows)
+    groups = [n for n, _, _ in reported.calls if n]
+    assert len(groups) >= 3 and sum(groups) == 40
+    assert sum(reported.also) == stats.scored_tokens == sum(r["scored_tokens"] for r in rows)
     at_once = Scorer.from_config(prior_f32, cfg.model_copy(update={"batch_tokens": 512}),
                                  edit, seed=4).score([t["id"] for t in texts],
                                                      [t["text"] for t in texts])
