@@ -1,10 +1,10 @@
 """The nightly corpus refresh: ingest -> score+edit -> metrics -> gate -> release.
 
 The corpora are built as ``tasks/pipeline.py`` describes, by ``FlowRunner``: each step a
-Prefect task, the scoring on Dask. Each task is a few lines over a plain function of its stage (``semisynth.tasks``,
-``semisynth.quality``, ``semisynth.warehouse``); this module only wires them. Only this
-(the flow) process writes the DuckDB warehouse, holding the data root's lock from start to
-end; Dask workers write Parquet.
+Prefect task, the scoring on Dask. Each task is a few lines over a plain function of its
+stage (``semisynth.tasks``, ``semisynth.quality``, ``semisynth.warehouse``); this module
+only wires them. Only this (the flow) process writes the DuckDB warehouse, holding the
+data root's lock from start to end; Dask workers write Parquet.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ from semisynth.progress import progress
 from semisynth.quality import gate, measure
 from semisynth.tasks import assets, corpora, ingest, pipeline
 from semisynth.tasks.corpora import corpus_records
-from semisynth.tasks.pipeline import new_run_id
 from semisynth.tasks.prior import fetch_default_prior, load_prior, pin_precision
 from semisynth.tasks.score import score_shard
 from semisynth.warehouse import db, records
@@ -212,7 +211,7 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
     cfg = pin_precision(cfg)
     sub = pair_config(cfg, candidate, reference, synthetic)
     say = say or (lambda message: None)
-    run_id = new_run_id(kind)
+    run_id = pipeline.new_run_id(kind)
     verdict = None
     with pipeline.started_run(cfg, run_id, command, config_name=cfg.name,
                               config_json=sub.model_dump_json(), message=command) as run:

@@ -84,8 +84,7 @@ class Bar:
 
     def eta(self) -> float | None:
         """Seconds left at the average rate so far; None without a total or a rate."""
-        total, done = ((self.also_total, self.also_done) if self.also_total is not None
-                       else (self.total, self.done))
+        done, total = self.fraction()
         if total is None or done == 0:
             return None
         return max(total - done, 0) * self.elapsed() / done
