@@ -5,13 +5,14 @@ derive (the edited arms' text) -> build arms (streams of exactly train_tokens, D
 records and gate metrics of each arm's corpus -> train x seeds (accelerator tasks) ->
 experiment_results -> picture and summary.
 
-The run starts as every run does (``tasks/pipeline.started_run``). Ingest, score+edit, derive
-and the corpus records are the nightly flow's own (its ``FlowRunner`` and tasks) over the
-experiment's pipeline config (``tasks.experiment_plan.pipeline_config``), with their caches;
-the other tasks are a few lines over the plain functions of ``tasks.experiment_plan``,
-``tasks.experiment_generation`` and ``tasks.experiment`` (the arms' streams),
-``tasks.train``, ``quality`` and ``warehouse.records``. Only this process writes the
-warehouse.
+The run starts as every run does (``tasks/pipeline.started_run``). The pools and the edited
+arms are built as every corpus is (``tasks/pipeline.build_corpora``), over the experiment's
+steps (``tasks.experiment_plan.steps``) by ``ExperimentRunner``: the nightly flow's
+``FlowRunner`` and tasks, with their caches, ingesting a generated source once the prior
+has written it. The other tasks are a few lines over the plain functions of
+``tasks.experiment_plan``, ``tasks.experiment_generation`` and ``tasks.experiment`` (the
+arms' streams), ``tasks.train``, ``quality`` and ``warehouse.records``. Only this process
+writes the warehouse.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
@@ -143,6 +144,27 @@ def collapse_experiment(config_path: str, overrides: list[str] | None = None):
         return lifecycle.refused(exc)
 
 
+class ExperimentRunner(FlowRunner):
+    """The flows' runner over the experiment's sources: a source the prior writes is
+    ingested once its ``generate`` tasks are done, and an edited arm's source (``twins``:
+    corpus -> the corpus whose files it reads) takes that corpus's shards instead of
+    reading the same files again (its scoring differs: the arm's edit settings)."""
+
+    def __init__(self, pcfg: Config, run_id: str, model_id: str,
+                 generating: list[tuple[str, PrefectFuture]], twins: dict[str, str]) -> None:
+        super().__init__(pcfg, run_id, model_id)
+        self.generating, self.twins, self.read = generating, twins, {}
+
+    def ingest(self, corpus: str) -> tuple[list[Path], dict]:
+        if corpus in self.twins:
+            return self.read[self.twins[corpus]]
+        for source, job in self.generating:
+            if source == corpus:
+                job.result()
+        self.read[corpus] = super().ingest(corpus)
+        return self.read[corpus]
+
+
 def _experiment(ecfg: ExperimentConfig, pcfg: Config):
     name = flow_run.get_name()
     run_id = pipeline.new_run_id(name=name)
@@ -152,43 +174,16 @@ def _experiment(ecfg: ExperimentConfig, pcfg: Config):
         get_run_logger().info(
             "run %s: experiment %s, %d arms x %d seeds at %d tokens, warehouse %s", run_id,
             ecfg.name, len(ecfg.arms), len(ecfg.seeds), ecfg.train_tokens, run.warehouse)
-
-        def runner(edit) -> FlowRunner:  # the pools are scored under several edit settings
-            return FlowRunner(pcfg.model_copy(update={"edit": edit}), run_id,
-                              pipeline.score_dir(pcfg, run.model_id, edit))
-
-        human = runner(pcfg.edit)
-        edited = [a for a in ecfg.arms if ecfg.arms[a].edit is not None]
+        edited = plan.edited_arms(ecfg)
         fetch_task(ecfg, pcfg.root)
         with score_placement():
-            generated = [generate_task.submit(pcfg, g, ecfg.seed)
-                         for g in plan.generation_jobs(ecfg, pcfg)]
-        shards, counts, pending = {}, {}, {}
-        for pool in (plan.HUMAN, plan.HELDOUT):
-            shards[pool], counts[pool] = human.ingest(pool)
-        # the human pool under the experiment's edit settings and each edited arm's (once
-        # per distinct setting: arms that share one share its score files)
-        by_dir: dict[Path, dict] = {}
-        edits = {plan.HUMAN: pcfg.edit, **{plan.edit_source(a): ecfg.arm_edit(a) for a in edited}}
-        for pool, edit in edits.items():
-            scorer = runner(edit)
-            if scorer.score_dir not in by_dir:
-                by_dir[scorer.score_dir] = scorer.submit({plan.HUMAN: shards[plan.HUMAN]})
-            pending[pool] = by_dir[scorer.score_dir][plan.HUMAN]
-        wait(generated)
-        for g in generated:
-            g.result()
-        for pool in plan.source_configs(ecfg):
-            if pool not in shards:
-                shards[pool], counts[pool] = human.ingest(pool)
-        pending.update(human.submit({plan.SYNTHETIC: shards[plan.SYNTHETIC]}))
-        scores, _ = FlowRunner.collect(pending)
-        for arm in edited:  # the edited text, scored as a corpus of its own
-            shards[plan.edit_source(arm)] = shards[plan.HUMAN]
-            shards[arm], _ = human.derive(arm, shards, scores)
-        arm_scores, _ = human.score({arm: shards[arm] for arm in edited})
-        scores.update(arm_scores)
-        data = build_task(ecfg, pcfg, run_id, shards, scores, human.score_dir)
+            generating = [(source, generate_task.submit(pcfg, g, ecfg.seed))
+                          for source, g in plan.generation_jobs(ecfg, pcfg)]
+        runner = ExperimentRunner(pcfg, run_id, run.model_id, generating,
+                                  {plan.edit_source(a): plan.HUMAN for a in edited})
+        built = pipeline.build_corpora(plan.steps(ecfg, pcfg), runner)
+        shards, scores, counts = built.shards, built.scores, built.ingest_counts
+        data = build_task(ecfg, pcfg, run_id, shards, scores, runner.score_dir)
         arm_shards = {arm: a.shards for arm, a in data.arms.items()}
         arm_scores = {arm: a.scores for arm, a in data.arms.items()}
         pools = (plan.HUMAN, plan.SYNTHETIC)

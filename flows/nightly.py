@@ -16,10 +16,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from semisynth.config import Config, load_config
+from semisynth.config import Config, EditConfig, load_config
 from semisynth.errors import REFUSALS
 from semisynth.flows import lifecycle
 from semisynth.flows.runner import GPU_TAG, flow_dask_client, score_placement, task_runner
@@ -162,11 +163,16 @@ def nightly_refresh(config_path: str, overrides: list[str] | None = None):
 
 
 class FlowRunner:
-    """``pipeline.Runner`` of the flows: each step a Prefect task; the scoring submitted at
-    once for every shard (to the GPU workers when the cluster has them), then collected."""
+    """``pipeline.Runner`` of the flows: each step a Prefect task; a corpus's scoring
+    submitted at once for every shard (to the GPU workers when the cluster has them), then
+    collected. A score file already submitted in this run (the same shard under the same
+    settings, for another corpus) is not submitted again."""
 
-    def __init__(self, cfg: Config, run_id: str, score_dir: Path) -> None:
-        self.cfg, self.run_id, self.score_dir = cfg, run_id, score_dir
+    def __init__(self, cfg: Config, run_id: str, model_id: str) -> None:
+        self.cfg, self.run_id, self.model_id = cfg, run_id, model_id
+        self.score_dir = pipeline.score_dir(cfg, model_id)
+        self._scoring: dict[Path, PrefectFuture] = {}
+        self._counted: set[Path] = set()
 
     def ingest(self, corpus: str) -> tuple[list[Path], dict]:
         return ingest_task(self.cfg, corpus, self.run_id)
@@ -174,23 +180,24 @@ class FlowRunner:
     def derive(self, corpus: str, shards: dict, scores: dict) -> tuple[list[Path], list[Path] | None]:
         return derive_task(self.cfg, corpus, self.run_id, shards, scores, self.score_dir)
 
-    def submit(self, shards: dict[str, list[Path]]) -> dict[str, list]:
-        """The score tasks of ``shards``, running; ``collect`` waits for them."""
+    def submit(self, corpus: str, shards: list[Path], edit: EditConfig | None) -> list[Path]:
+        cfg = self.cfg if edit is None else self.cfg.model_copy(update={"edit": edit})
+        out_dir = pipeline.score_dir(cfg, self.model_id)
         with score_placement():  # GPU workers only, when the cluster has them
-            return {n: [score_task.submit(self.cfg, s, self.score_dir / s.name) for s in paths]
-                    for n, paths in shards.items()}
+            for shard in shards:
+                if out_dir / shard.name not in self._scoring:
+                    self._scoring[out_dir / shard.name] = score_task.submit(
+                        cfg, shard, out_dir / shard.name)
+        return [out_dir / shard.name for shard in shards]
 
-    @staticmethod
-    def collect(pending: dict[str, list]) -> tuple[dict[str, list[Path]], int]:
-        scores, work = {}, 0
-        for name, futures in pending.items():
-            stats = [f.result() for f in futures]
-            scores[name] = [Path(st["path"]) for st in stats]
-            work += sum(st["scored_tokens"] for st in stats if st["model_work"])
-        return scores, work
-
-    def score(self, shards: dict[str, list[Path]]) -> tuple[dict[str, list[Path]], int]:
-        return self.collect(self.submit(shards))
+    def collect(self, handle: list[Path]) -> tuple[list[Path], int]:
+        work = 0
+        for out in handle:
+            stats = self._scoring[out].result()
+            if out not in self._counted:  # a score file two corpora share is one work
+                self._counted.add(out)
+                work += stats["scored_tokens"] if stats["model_work"] else 0
+        return handle, work
 
 
 def _refresh(config_path: str, overrides: list[str] | None):
@@ -203,7 +210,7 @@ def _refresh(config_path: str, overrides: list[str] | None):
         get_run_logger().info("run %s: config %s, prior %s, warehouse %s", run_id, cfg.name,
                               run.model_id, run.warehouse)
         recover_task(cfg, run.handle.closed)
-        built = pipeline.build_corpora(cfg, FlowRunner(cfg, run_id, run.score_dir))
+        built = pipeline.build_corpora(pipeline.plan(cfg), FlowRunner(cfg, run_id, run.model_id))
         shards, scores = built.shards, built.scores
         record_corpora_task(cfg, run_id, shards, scores, built.ingest_counts)
         measured = metrics_task(cfg, run_id, scores)

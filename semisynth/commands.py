@@ -157,9 +157,10 @@ class InProcessRunner:
     """``pipeline.Runner`` of the commands: each step a plain call in this process, with a
     progress bar; every step recorded in the warehouse as the flow records it."""
 
-    def __init__(self, cfg: Config, run_id: str, wh: Path, score_dir: Path,
+    def __init__(self, cfg: Config, run_id: str, wh: Path, model_id: str,
                  say: Callable[[str], None]) -> None:
-        self.cfg, self.run_id, self.wh, self.score_dir, self.say = cfg, run_id, wh, score_dir, say
+        self.cfg, self.run_id, self.wh, self.model_id, self.say = cfg, run_id, wh, model_id, say
+        self.score_dir = pipeline.score_dir(cfg, model_id)
 
     def ingest(self, corpus: str) -> tuple[list[Path], dict]:
         with progress(f"ingest {corpus}", total=None, unit="rows") as bar:
@@ -178,24 +179,29 @@ class InProcessRunner:
                                   corpora.derived_shard_infos(self.cfg, corpus, made))
         return made, carried
 
-    def score(self, shards: dict[str, list[Path]]) -> tuple[dict[str, list[Path]], int]:
+    def submit(self, corpus: str, shards: list[Path], edit) -> tuple[list[Path], int]:
+        """Scores the shards now (this runner has no one to hand them to)."""
         # lazy: pyarrow, loaded only when this runs
         import pyarrow.parquet as pq
 
-        cfg, scores, work = self.cfg, {}, 0
-        for name, paths in shards.items():
-            scores[name] = []
-            todo = [s for s in paths if not (self.score_dir / s.name).exists()]
-            self.say(f"{name}: {len(paths) - len(todo)} shards with cached scores, "
-                     + (f"{len(todo)} scoring with the prior" if todo else "none to score"))
-            total = sum(pq.read_metadata(s).num_rows for s in todo)
-            with progress(f"score {name}", total=total, unit="documents", also="tokens") as bar:
-                for shard in paths:
-                    stats = score_shard(shard, self.score_dir / shard.name, cfg.root, cfg.prior,
-                                        cfg.edit, cfg.seed, progress=bar)
-                    scores[name].append(Path(stats.path))
-                    work += stats.scored_tokens if stats.model_work else 0
+        cfg = self.cfg if edit is None else self.cfg.model_copy(update={"edit": edit})
+        out_dir = pipeline.score_dir(cfg, self.model_id)
+        scores, work = [], 0
+        todo = [s for s in shards if not (out_dir / s.name).exists()]
+        self.say(f"{corpus}: {len(shards) - len(todo)} shards with cached scores, "
+                 + (f"{len(todo)} scoring with the prior" if todo else "none to score"))
+        total = sum(pq.read_metadata(s).num_rows for s in todo)
+        with progress(f"score {corpus}", total=total, unit="documents", also="tokens") as bar:
+            for shard in shards:
+                stats = score_shard(shard, out_dir / shard.name, cfg.root, cfg.prior, cfg.edit,
+                                    cfg.seed, progress=bar)
+                scores.append(Path(stats.path))
+                work += stats.scored_tokens if stats.model_work else 0
         return scores, work
+
+    @staticmethod
+    def collect(handle: tuple[list[Path], int]) -> tuple[list[Path], int]:
+        return handle
 
 
 def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None, kind: str,
@@ -216,7 +222,7 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
     with pipeline.started_run(cfg, run_id, command, config_name=cfg.name,
                               config_json=sub.model_dump_json(), message=command) as run:
         wh = run.warehouse
-        built = pipeline.build_corpora(sub, InProcessRunner(sub, run_id, wh, run.score_dir, say))
+        built = pipeline.build_corpora(pipeline.plan(sub), InProcessRunner(sub, run_id, wh, run.model_id, say))
         scores, counts, work = built.scores, built.ingest_counts, built.model_work_tokens
         records.record_corpora(wh, run_id, corpus_records(sub, built.shards, scores, counts))
         measured = measure.measure_run(sub, wh, run_id, scores, {candidate: reference}, budget)

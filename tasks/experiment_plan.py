@@ -1,7 +1,8 @@
 """The collapse experiment planned: its config as a pipeline config (the sources and arms
 as corpora, so that ingest, score+edit, derive, records and metrics run as in the nightly
-flow), the sources' generation jobs, and the warehouse rows of its results. The arms'
-streams are built in tasks/experiment.py; the prior writes the generated sources in
+flow), the pipeline steps that build its pools and edited arms (tasks/pipeline.py), the
+sources' generation jobs, and the warehouse rows of its results. The arms' streams are
+built in tasks/experiment.py; the prior writes the generated sources in
 tasks/experiment_generation.py."""
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import fnmatch
 from pathlib import Path
 
 from semisynth.config import EXPERIMENT_SOURCES, Config, ExperimentConfig
+from semisynth.tasks import pipeline
+from semisynth.tasks.pipeline import Step
 
 HUMAN, SYNTHETIC, HELDOUT, HELDOUT_SYNTHETIC = EXPERIMENT_SOURCES
 EVAL_CORPORA = (HELDOUT, HELDOUT_SYNTHETIC)
@@ -31,14 +34,16 @@ def pipeline_config(ecfg: ExperimentConfig) -> Config:
                 "id_field": source.id_field, "limit_docs": source.limit_docs, "role": role,
                 **({"reference": HUMAN} if role != "reference" else {})}
 
+    # the sources the prior writes come last: the pipeline ingests in this order, and the
+    # human pool's scoring then runs while they are generated
     corpora = {HUMAN: files(ecfg.human, "reference"),
-               SYNTHETIC: files(ecfg.synthetic, "monitored"),
-               HELDOUT: files(ecfg.heldout, "monitored")}
+               **{edit_source(a): files(ecfg.human, "monitored") for a in edited_arms(ecfg)},
+               HELDOUT: files(ecfg.heldout, "monitored"),
+               SYNTHETIC: files(ecfg.synthetic, "monitored")}
     if ecfg.heldout_synthetic is not None:
         corpora[HELDOUT_SYNTHETIC] = files(ecfg.heldout_synthetic, "monitored")
     for name, arm in ecfg.arms.items():
         if arm.edit is not None:
-            corpora[edit_source(name)] = files(ecfg.human, "monitored")
             corpora[name] = {"edited_from": edit_source(name), "reference": HUMAN}
         elif arm.share in (0.0, 1.0):
             corpora[name] = {"mix": {HUMAN if arm.share == 0.0 else SYNTHETIC: 1.0},
@@ -52,6 +57,21 @@ def pipeline_config(ecfg: ExperimentConfig) -> Config:
                   lock_wait_s=ecfg.lock_wait_s)
 
 
+def edited_arms(ecfg: ExperimentConfig) -> list[str]:
+    """The arms trained on ToEdit'ed human text."""
+    return [name for name, arm in ecfg.arms.items() if arm.edit is not None]
+
+
+def steps(ecfg: ExperimentConfig, pcfg: Config) -> list[Step]:
+    """The pipeline steps that build the experiment's corpora: every source, each edited
+    arm's source (the human pool, scored under the arm's edit settings) and the edited arm.
+    The held-out sources are only read, never scored; the mixture arms are streams cut
+    from the pools (tasks/experiment.py), not corpora."""
+    return pipeline.plan(pcfg, corpora=[*source_configs(ecfg), *edited_arms(ecfg)],
+                         edits={edit_source(a): ecfg.arm_edit(a) for a in edited_arms(ecfg)},
+                         unscored=EVAL_CORPORA)
+
+
 def source_configs(ecfg: ExperimentConfig) -> dict:
     """The experiment's file-backed sources by pipeline name."""
     sources = {HUMAN: ecfg.human, SYNTHETIC: ecfg.synthetic, HELDOUT: ecfg.heldout}
@@ -60,9 +80,9 @@ def source_configs(ecfg: ExperimentConfig) -> dict:
     return sources
 
 
-def generation_jobs(ecfg: ExperimentConfig, pcfg: Config) -> list:
-    """The ``generate`` entries of the sources whose file is missing (the others are cached);
-    an entry must write a file its source reads."""
+def generation_jobs(ecfg: ExperimentConfig, pcfg: Config) -> list[tuple[str, object]]:
+    """(source, ``generate`` entry) of each entry whose file is missing (the others are
+    cached); an entry must write a file its source reads."""
     jobs = []
     for name, source in source_configs(ecfg).items():
         patterns = [pcfg.resolve(p) for p in source.paths]
@@ -71,7 +91,7 @@ def generation_jobs(ecfg: ExperimentConfig, pcfg: Config) -> list:
             if not any(fnmatch.fnmatch(out, p) for p in patterns):
                 raise ValueError(f"{name}: generate.out {gen.out!r} is not one of its paths")
             if not Path(out).exists():
-                jobs.append(gen)
+                jobs.append((name, gen))
     return jobs
 
 

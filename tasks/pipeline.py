@@ -1,30 +1,34 @@
-"""The pipeline, described once: which corpora of a config are made how, in what order,
-which are scored; and the start of a run, shared by everything that records one.
+"""The pipeline, described once: which corpora of a config are made how, from what, in
+what order, which are scored under which edit settings; and the start of a run, shared by
+everything that records one.
 
-``plan(cfg)`` lists the steps: every ingested corpus first (their scoring can then run at
-once, on as many workers as there are), then the derived ones in dependency order. An
-ingested or edited corpus is scored by the prior; a mixture carries its components' scores.
-``build_corpora`` walks the plan with a ``Runner``, which says how each step runs:
+``plan(cfg)`` lists the steps: every ingested corpus first, then the derived ones in
+dependency order. An ingested or edited corpus is scored by the prior; a mixture carries
+its components' scores. ``build_corpora`` walks the steps with a ``Runner``, which says how
+each step runs:
 
 - ``flows/nightly.py``'s ``FlowRunner``: Prefect tasks, the scoring submitted to Dask;
+- ``flows/experiment.py``'s ``ExperimentRunner``: the same, over the experiment's sources
+  (``tasks/experiment_plan.steps``), waiting for the prior to write a generated one;
 - ``semisynth/commands.py``'s ``InProcessRunner``: plain calls with progress bars, for
   ``metrics``, ``validate`` and ``estimate``.
 
 ``started_run`` is the start of a run for the flows and the commands alike: the data root's
-lock, the warehouse, the prior's id, the score folder and the ``runs`` row. What comes after
-the corpora (measure, gate, release) is the flows' and commands' own wiring of stage
-functions.
+lock, the warehouse, the prior's id and the ``runs`` row. What comes after
+the corpora (measure, gate, release; the experiment's streams and training) is the flows'
+and commands' own wiring of stage functions.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
+from semisynth.config import EditConfig
 from semisynth.tasks.prior import resolve_model
 from semisynth.tasks.score import score_key
 from semisynth.warehouse import db, records
@@ -36,24 +40,48 @@ Make = Literal["ingest", "edit", "mix"]
 @dataclass(frozen=True)
 class Step:
     """One corpus made: read from its files or dataset (``ingest``), ToEdit'ed from another
-    corpus's scores (``edit``), or mixed from others (``mix``); then scored by the prior
-    unless it carries its components' scores."""
+    corpus's scores (``edit``), or mixed from others (``mix``), from ``sources``; then scored
+    by the prior under ``edit`` (None: the config's edit settings) unless ``scored`` is
+    False: a mixture carries its components' scores, and a corpus read only to evaluate on
+    (the experiment's held-out documents) is never scored."""
     corpus: str
     make: Make
+    sources: tuple[str, ...] = ()
+    scored: bool = True
+    edit: EditConfig | None = None
 
-    @property
-    def scored(self) -> bool:
-        return self.make != "mix"
 
-
-def plan(cfg) -> list[Step]:
-    """The steps that build every corpus of ``cfg`` (a ``semisynth.config.Config``): the
-    ingested ones first, then the derived ones, each after those it is made from."""
+def plan(cfg, corpora: Collection[str] | None = None,
+         edits: Mapping[str, EditConfig] | None = None, unscored: Collection[str] = ()
+         ) -> list[Step]:
+    """The steps that build ``corpora`` (every corpus of ``cfg``, a
+    ``semisynth.config.Config``, by default) and what they are made from: the ingested ones
+    first, then the derived ones, each after its sources. ``edits`` gives a corpus edit
+    settings of its own to be scored under; the corpora in ``unscored`` are only read."""
+    edits = edits or {}
+    wanted = set(cfg.corpora if corpora is None else _closure(cfg, corpora))
     steps = []
     for name in cfg.order():
+        if name not in wanted:
+            continue
         c = cfg.corpora[name]
-        steps.append(Step(name, "ingest" if c.ingested else "edit" if c.edited_from else "mix"))
+        make = "ingest" if c.ingested else "edit" if c.edited_from else "mix"
+        steps.append(Step(name, make, tuple(d for d in [c.edited_from, *(c.mix or {})] if d),
+                          scored=make != "mix" and name not in unscored, edit=edits.get(name)))
     return sorted(steps, key=lambda s: s.make != "ingest")  # stable: dependency order kept
+
+
+def _closure(cfg, names: Collection[str]) -> set[str]:
+    """``names`` and every corpus they are made from."""
+    found: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            c = cfg.corpora[name]
+            todo += [d for d in [c.edited_from, *(c.mix or {})] if d]
+    return found
 
 
 class Runner(Protocol):
@@ -66,9 +94,13 @@ class Runner(Protocol):
                scores: dict[str, list[Path]]) -> tuple[list[Path], list[Path] | None]:
         """The derived corpus's shards, and the scores it carries (a mixture's) or None."""
 
-    def score(self, shards: dict[str, list[Path]]) -> tuple[dict[str, list[Path]], int]:
-        """The score files of each corpus's shards (in their order), and the tokens the
-        prior scored now (0 for shards whose scores were cached)."""
+    def submit(self, corpus: str, shards: list[Path], edit: EditConfig | None) -> object:
+        """Start scoring the corpus's shards under ``edit`` (None: the config's): a handle
+        for ``collect`` (a runner may have done the work already)."""
+
+    def collect(self, handle) -> tuple[list[Path], int]:
+        """A submitted corpus's score files (in its shards' order), and the tokens the prior
+        scored for it now (0 for shards whose scores were cached)."""
 
 
 @dataclass
@@ -81,30 +113,29 @@ class Built:
     model_work_tokens: int = 0
 
 
-def build_corpora(cfg, runner: Runner) -> Built:
-    """Run ``plan(cfg)`` with ``runner``: the ingested corpora scored together, then each
-    derived corpus made and, unless it carries scores, scored."""
-    built = Built()
+def build_corpora(steps: list[Step], runner: Runner) -> Built:
+    """Run ``steps`` (``plan``'s) with ``runner``. A corpus's scoring is submitted as soon
+    as it is made and collected only when a derived corpus needs it, or at the end: on
+    the flows' Dask cluster the scoring of one corpus overlaps the ingest of the next."""
+    built, pending = Built(), {}
 
-    def score(names: list[str]) -> None:
-        if names:
-            scores, work = runner.score({n: built.shards[n] for n in names})
-            built.scores.update(scores)
+    def collect(names) -> None:
+        for name in [n for n in names if n in pending]:
+            built.scores[name], work = runner.collect(pending.pop(name))
             built.model_work_tokens += work
 
-    steps = plan(cfg)
     for step in steps:
+        name = step.corpus
         if step.make == "ingest":
-            built.shards[step.corpus], built.ingest_counts[step.corpus] = runner.ingest(step.corpus)
-    score([s.corpus for s in steps if s.make == "ingest"])
-    for step in steps:
-        if step.make != "ingest":
-            built.shards[step.corpus], carried = runner.derive(step.corpus, built.shards,
-                                                               built.scores)
-            if step.scored:
-                score([step.corpus])
-            else:
-                built.scores[step.corpus] = carried
+            built.shards[name], built.ingest_counts[name] = runner.ingest(name)
+        else:
+            collect(step.sources)
+            built.shards[name], carried = runner.derive(name, built.shards, built.scores)
+            if carried is not None:
+                built.scores[name] = carried
+        if step.scored:
+            pending[name] = runner.submit(name, built.shards[name], step.edit)
+    collect(list(pending))
     return built
 
 
@@ -119,12 +150,11 @@ def new_run_id(kind: str | None = None, name: str | None = None) -> str:
 
 @dataclass
 class StartedRun:
-    """What a run has once started: its id, the warehouse, the prior's recorded id, the
-    score folder of the config's prior and edit, and its ``runs`` row's handle."""
+    """What a run has once started: its id, the warehouse, the prior's recorded id and its
+    ``runs`` row's handle."""
     run_id: str
     warehouse: Path
     model_id: str
-    score_dir: Path
     handle: records.RunHandle
 
 
@@ -146,4 +176,4 @@ def started_run(cfg, run_id: str, holder: str, *, config_name: str, config_json:
         _, model_id = resolve_model(cfg.prior.model, cfg.root)
         with records.tracked_run(wh, run_id, config_name=config_name, config_json=config_json,
                                  model=model_id, message=message, flow_run_id=flow_run_id) as run:
-            yield StartedRun(run_id, wh, model_id, score_dir(cfg, model_id), run)
+            yield StartedRun(run_id, wh, model_id, run)

@@ -34,6 +34,19 @@ def test_the_plan_ingests_first_then_derives_in_dependency_order(tmp_path):
         "human": True, "other": True, "edited": True, "twice": True, "mix": False}
 
 
+def test_a_plan_for_some_corpora_takes_what_they_are_made_from_with_their_settings(tmp_path):
+    cfg = config(tmp_path)
+    own = cfg.edit.model_copy()  # the settings object itself rides along
+    steps = pipeline.plan(cfg, corpora=["twice"], edits={"human": own}, unscored=["other"])
+    assert [(s.corpus, s.sources) for s in steps] == [
+        ("human", ()), ("edited", ("human",)), ("twice", ("edited",))]
+    assert steps[0].edit is own and steps[1].edit is None
+    steps = pipeline.plan(cfg, corpora=["other", "mix"], unscored=["other"])
+    assert {s.corpus: s.scored for s in steps} == {
+        "human": True, "other": False, "edited": True, "mix": False}
+    assert next(s for s in steps if s.corpus == "mix").sources == ("edited", "other")
+
+
 class RecordingRunner:
     """A runner that makes nothing: it records the calls build_corpora makes."""
 
@@ -46,23 +59,30 @@ class RecordingRunner:
 
     def derive(self, corpus, shards, scores):
         self.calls.append(("derive", corpus))
-        sources = [n for n in shards if n != corpus]
+        c = CORPORA[corpus]
+        sources = [c["edited_from"]] if "edited_from" in c else list(c["mix"])
         assert all(n in scores for n in sources), "a source is derived from before its scores"
         carried = [Path(f"{corpus}-carried")] if corpus == "mix" else None
         return [Path(f"{corpus}.parquet")], carried
 
-    def score(self, shards):
-        self.calls.append(("score", tuple(shards)))
-        return {n: [Path(f"{n}-scores")] for n in shards}, 10 * len(shards)
+    def submit(self, corpus, shards, edit):
+        self.calls.append(("submit", corpus))
+        return corpus
+
+    def collect(self, handle):
+        self.calls.append(("collect", handle))
+        return [Path(f"{handle}-scores")], 10
 
 
 def test_build_corpora_scores_every_corpus_but_a_mixture_once(tmp_path):
     runner = RecordingRunner()
-    built = pipeline.build_corpora(config(tmp_path), runner)
-    assert runner.calls[:3] == [("ingest", "human"), ("ingest", "other"),
-                                ("score", ("human", "other"))]
-    scored = [c[1] for c in runner.calls if c[0] == "score"]
-    assert sorted(n for names in scored for n in names) == ["edited", "human", "other", "twice"]
+    built = pipeline.build_corpora(pipeline.plan(config(tmp_path)), runner)
+    # each ingested corpus's scoring starts before the next corpus is read
+    assert runner.calls[:4] == [("ingest", "human"), ("submit", "human"),
+                                ("ingest", "other"), ("submit", "other")]
+    submitted = [c[1] for c in runner.calls if c[0] == "submit"]
+    assert sorted(submitted) == ["edited", "human", "other", "twice"]
+    assert sorted(c[1] for c in runner.calls if c[0] == "collect") == sorted(submitted)
     assert built.scores["mix"] == [Path("mix-carried")]
     assert set(built.shards) == set(CORPORA) and set(built.ingest_counts) == {"human", "other"}
     assert built.model_work_tokens == 40
@@ -73,7 +93,7 @@ def test_a_started_run_is_recorded_running_then_with_its_end(tmp_path):
     run_id = pipeline.new_run_id("test")
     with pipeline.started_run(cfg, run_id, "the test", config_name="t", config_json="{}") as run:
         assert run.model_id == str(tmp_path)
-        assert run.score_dir.parent == tmp_path / "scores"
+        assert pipeline.score_dir(cfg, run.model_id).parent == tmp_path / "scores"
         status = db.query(run.warehouse, "SELECT status FROM runs WHERE run_id = ?", [run_id])
         assert status.status.tolist() == ["RUNNING"]
         run.handle.finish("FAILED", "blocked")
