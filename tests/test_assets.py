@@ -50,12 +50,15 @@ def test_decode_steps_match_the_full_forward(prior_f32):
 
 
 def test_nucleus_draw_picks_what_a_full_sort_picks():
-    """Top-p over the top-k, and the full-sort fallback for flat rows, pick the token that
-    sorting the whole vocabulary picks, for the same uniform number."""
+    """Top-p over the top 64, over the top 1024 for the rows those do not cover, and the
+    full sort for flat rows pick the token that sorting the whole vocabulary picks, for
+    the same uniform number."""
     gen = torch.Generator().manual_seed(0)
     peaked = torch.randn(64, 5000, generator=gen) * 6  # the top 64 hold > 95% of the mass
-    flat = torch.randn(64, 5000, generator=gen) * 0.1  # they do not: the fallback
-    for logits in (peaked, flat):
+    wider = torch.randn(64, 5000, generator=gen) * 2.5  # about half the rows: the top 1024 do
+    flat = torch.randn(64, 5000, generator=gen) * 0.1  # nor do they: the full sort
+    mixed = torch.cat([peaked[:20], wider[:24], flat[:20]])  # every stage in one call
+    for logits in (peaked, wider, flat, mixed):
         uniforms = torch.rand(64, generator=gen, dtype=torch.float64)
         probs = logits.softmax(-1)
         sorted_probs, order = probs.sort(-1, descending=True)
