@@ -9,7 +9,8 @@ The run starts as every run does (``tasks/pipeline.started_run``). The pools and
 arms are built as every corpus is (``tasks/pipeline.build_corpora``), over the experiment's
 steps (``tasks.experiment_plan.steps``) by ``ExperimentRunner``: the nightly flow's
 ``FlowRunner`` and tasks, with their caches, ingesting a generated source once the prior
-has written it. The other tasks are a few lines over the plain functions of
+has written it (its ``generate`` tasks are submitted first; the human pool is scored
+meanwhile). The other tasks are a few lines over the plain functions of
 ``tasks.experiment_plan``, ``tasks.experiment_generation`` and ``tasks.experiment`` (the
 arms' streams), ``tasks.train``, ``quality`` and ``warehouse.records``. Only this process
 writes the warehouse.
@@ -146,23 +147,18 @@ def collapse_experiment(config_path: str, overrides: list[str] | None = None):
 
 class ExperimentRunner(FlowRunner):
     """The flows' runner over the experiment's sources: a source the prior writes is
-    ingested once its ``generate`` tasks are done, and an edited arm's source (``twins``:
-    corpus -> the corpus whose files it reads) takes that corpus's shards instead of
-    reading the same files again (its scoring differs: the arm's edit settings)."""
+    ingested once its ``generate`` tasks are done (a failed one fails the run there)."""
 
     def __init__(self, pcfg: Config, run_id: str, model_id: str,
-                 generating: list[tuple[str, PrefectFuture]], twins: dict[str, str]) -> None:
+                 generating: list[tuple[str, PrefectFuture]]) -> None:
         super().__init__(pcfg, run_id, model_id)
-        self.generating, self.twins, self.read = generating, twins, {}
+        self.generating = generating
 
     def ingest(self, corpus: str) -> tuple[list[Path], dict]:
-        if corpus in self.twins:
-            return self.read[self.twins[corpus]]
         for source, job in self.generating:
             if source == corpus:
                 job.result()
-        self.read[corpus] = super().ingest(corpus)
-        return self.read[corpus]
+        return super().ingest(corpus)
 
 
 def _experiment(ecfg: ExperimentConfig, pcfg: Config):
@@ -179,8 +175,7 @@ def _experiment(ecfg: ExperimentConfig, pcfg: Config):
         with score_placement():
             generating = [(source, generate_task.submit(pcfg, g, ecfg.seed))
                           for source, g in plan.generation_jobs(ecfg, pcfg)]
-        runner = ExperimentRunner(pcfg, run_id, run.model_id, generating,
-                                  {plan.edit_source(a): plan.HUMAN for a in edited})
+        runner = ExperimentRunner(pcfg, run_id, run.model_id, generating)
         built = pipeline.build_corpora(plan.steps(ecfg, pcfg), runner)
         shards, scores, counts = built.shards, built.scores, built.ingest_counts
         data = build_task(ecfg, pcfg, run_id, shards, scores, runner.score_dir)

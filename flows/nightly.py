@@ -52,7 +52,7 @@ def ingest_task(cfg: Config, corpus: str, run_id: str) -> tuple[list[Path], dict
 
 
 @task(name="score-edit", cache_policy=NO_CACHE, retries=1, tags=[GPU_TAG])
-def score_task(cfg: Config, shard: Path, out: Path) -> dict:
+def score_task(cfg: Config, shard: Path, out: Path, edit: EditConfig | None = None) -> dict:
     """The accelerator stage: one shard through the prior, cached by shard and params.
 
     Tagged ``gpu`` (a Prefect tag concurrency limit caps how many run at once); on a Dask
@@ -62,7 +62,8 @@ def score_task(cfg: Config, shard: Path, out: Path) -> dict:
     logger = get_run_logger()
     # a line every 30 s (a long document's windows move it too) and one at the end
     with logged(f"shard {shard.stem} scored", logger.info, unit="documents", also="tokens") as bar:
-        stats = score_shard(shard, out, cfg.root, cfg.prior, cfg.edit, cfg.seed, progress=bar)
+        stats = score_shard(shard, out, cfg.root, cfg.prior, edit or cfg.edit, cfg.seed,
+                            progress=bar)
     if not stats.model_work:
         logger.info("shard %s: cached scores reused, no model work", shard.stem)
     elif stats.compile_seconds:
@@ -181,13 +182,12 @@ class FlowRunner:
         return derive_task(self.cfg, corpus, self.run_id, shards, scores, self.score_dir)
 
     def submit(self, corpus: str, shards: list[Path], edit: EditConfig | None) -> list[Path]:
-        cfg = self.cfg if edit is None else self.cfg.model_copy(update={"edit": edit})
-        out_dir = pipeline.score_dir(cfg, self.model_id)
+        out_dir = pipeline.score_dir(self.cfg, self.model_id, edit)
         with score_placement():  # GPU workers only, when the cluster has them
             for shard in shards:
                 if out_dir / shard.name not in self._scoring:
                     self._scoring[out_dir / shard.name] = score_task.submit(
-                        cfg, shard, out_dir / shard.name)
+                        self.cfg, shard, out_dir / shard.name, edit)
         return [out_dir / shard.name for shard in shards]
 
     def collect(self, handle: list[Path]) -> tuple[list[Path], int]:

@@ -53,13 +53,6 @@ def load_command_config(path: str | None, overrides: list[str] | None) -> tuple[
         raise InputError(str(exc)) from exc
 
 
-def _closure(cfg: Config, name: str) -> list[str]:
-    """``name`` and every corpus it is made from."""
-    c = cfg.corpora[name]
-    deps = [d for d in [c.edited_from, *(c.mix or {})] if d]
-    return [n for d in deps for n in _closure(cfg, d)] + [name]
-
-
 def _files_corpus(cfg: Config, spec: str, role: str, reference: str | None) -> CorpusConfig:
     patterns = [spec if "://" in spec else str(Path(spec).expanduser().resolve())]
     try:
@@ -105,7 +98,7 @@ def narrowed_config(cfg: Config, reference: str, others: dict[str, str],
                 update={"synthetic_reference": synthetic})
             files.append(spec)
             continue
-        for name in _closure(cfg, spec):
+        for name in cfg.closure([spec]):
             if name in corpora:
                 continue
             c = cfg.corpora[name]
@@ -179,13 +172,18 @@ class InProcessRunner:
                                   corpora.derived_shard_infos(self.cfg, corpus, made))
         return made, carried
 
-    def submit(self, corpus: str, shards: list[Path], edit) -> tuple[list[Path], int]:
-        """Scores the shards now (this runner has no one to hand them to)."""
+    @staticmethod
+    def submit(corpus: str, shards: list[Path], edit) -> tuple:
+        """Only notes the shards: ``collect`` scores them, once the plan has read every
+        corpus (a corpus with no usable rows stops the command before any model work)."""
+        return corpus, shards, edit
+
+    def collect(self, handle: tuple) -> tuple[list[Path], int]:
         # lazy: pyarrow, loaded only when this runs
         import pyarrow.parquet as pq
 
-        cfg = self.cfg if edit is None else self.cfg.model_copy(update={"edit": edit})
-        out_dir = pipeline.score_dir(cfg, self.model_id)
+        corpus, shards, edit = handle
+        out_dir = pipeline.score_dir(self.cfg, self.model_id, edit)
         scores, work = [], 0
         todo = [s for s in shards if not (out_dir / s.name).exists()]
         self.say(f"{corpus}: {len(shards) - len(todo)} shards with cached scores, "
@@ -193,15 +191,11 @@ class InProcessRunner:
         total = sum(pq.read_metadata(s).num_rows for s in todo)
         with progress(f"score {corpus}", total=total, unit="documents", also="tokens") as bar:
             for shard in shards:
-                stats = score_shard(shard, out_dir / shard.name, cfg.root, cfg.prior, cfg.edit,
-                                    cfg.seed, progress=bar)
+                stats = score_shard(shard, out_dir / shard.name, self.cfg.root, self.cfg.prior,
+                                    edit or self.cfg.edit, self.cfg.seed, progress=bar)
                 scores.append(Path(stats.path))
                 work += stats.scored_tokens if stats.model_work else 0
         return scores, work
-
-    @staticmethod
-    def collect(handle: tuple[list[Path], int]) -> tuple[list[Path], int]:
-        return handle
 
 
 def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None, kind: str,
@@ -238,7 +232,7 @@ def run_metrics(cfg: Config, candidate: str, reference: str, budget: int | None,
                               f"{command}: " + (f"failed {', '.join(failing)}" if failing else "passed"))
     sides = [candidate, reference, *([sub.corpora[candidate].synthetic_reference]
                                       if sub.corpora[candidate].synthetic_reference else [])]
-    quarantined = {side: sum(counts[n]["rows_quarantined"] for n in set(_closure(sub, side))
+    quarantined = {side: sum(counts[n]["rows_quarantined"] for n in sub.closure([side])
                              if n in counts) for side in sides}
     result = Measurement(run_id, candidate, reference, measured.budget, measured.rows, edited,
                          measured.plots, work, wh, measured.unestimated, quarantined,

@@ -222,6 +222,11 @@ class CorpusConfig(_Strict):
         """Read from files or a dataset (ingested), not made from other corpora (derived)."""
         return bool(self.paths) or self.hf is not None
 
+    @property
+    def made_from(self) -> list[str]:
+        """The corpora it is edited or mixed from (none for an ingested one)."""
+        return [d for d in [self.edited_from, *(self.mix or {})] if d]
+
     @model_validator(mode="after")
     def _one_origin(self) -> CorpusConfig:
         origins = sum([bool(self.paths), self.hf is not None, self.edited_from is not None,
@@ -467,15 +472,23 @@ class Config(_Strict):
                 return
             if name in stack:
                 raise ValueError(f"corpora form a cycle: {' -> '.join(stack + (name,))}")
-            c = self.corpora[name]
-            for dep in [c.edited_from, *(c.mix or {})]:
-                if dep:
-                    visit(dep, stack + (name,))
+            for dep in self.corpora[name].made_from:
+                visit(dep, stack + (name,))
             done.append(name)
 
         for name in self.corpora:
             visit(name)
         return done
+
+    def closure(self, names) -> list[str]:
+        """``names`` and every corpus they are made from, in dependency order."""
+        wanted, todo = set(), list(names)
+        while todo:
+            name = todo.pop()
+            if name not in wanted:
+                wanted.add(name)
+                todo += self.corpora[name].made_from
+        return [n for n in self.order() if n in wanted]
 
 
 def data_root(explicit: str | Path | None = None) -> Path:

@@ -64,12 +64,14 @@ def edited_arms(ecfg: ExperimentConfig) -> list[str]:
 
 def steps(ecfg: ExperimentConfig, pcfg: Config) -> list[Step]:
     """The pipeline steps that build the experiment's corpora: every source, each edited
-    arm's source (the human pool, scored under the arm's edit settings) and the edited arm.
-    The held-out sources are only read, never scored; the mixture arms are streams cut
-    from the pools (tasks/experiment.py), not corpora."""
-    return pipeline.plan(pcfg, corpora=[*source_configs(ecfg), *edited_arms(ecfg)],
-                         edits={edit_source(a): ecfg.arm_edit(a) for a in edited_arms(ecfg)},
-                         unscored=EVAL_CORPORA)
+    arm's source (the human pool's shards, scored under the arm's edit settings) and the
+    edited arm. The held-out sources are only read, never scored; the mixture arms are
+    streams cut from the pools (tasks/experiment.py), not corpora."""
+    edited = edited_arms(ecfg)
+    return pipeline.plan(pcfg, corpora=[*source_configs(ecfg), *edited],
+                         edits={edit_source(a): ecfg.arm_edit(a) for a in edited},
+                         unscored=[n for n in EVAL_CORPORA if n in pcfg.corpora],
+                         same_files={edit_source(a): HUMAN for a in edited})
 
 
 def source_configs(ecfg: ExperimentConfig) -> dict:

@@ -32,7 +32,9 @@ from semisynth.progress import Progress
 from semisynth.tasks.llama import apply_rotary_pos_emb
 from semisynth.tasks.toedit import doc_key, position_uniforms
 
-SLOTS = 64  # sequences in flight: 559 tokens/s against 440 at 32 (benchmarks/README.md, generate.py)
+# sequences in flight: 559 tokens/s against 440 at 32 on an AMX host, 304 against 291 on
+# an AVX-512 BF16 one (benchmarks/README.md, generate.py)
+SLOTS = 64
 TOP_K = 64  # top-p's candidates for most rows
 WIDE_K = 1024  # for the rows whose top TOP_K hold less than top_p, before a full sort
 # attention reads the cache up to the longest live position rounded up to this: few
@@ -107,36 +109,36 @@ def _one_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tens
                          mask: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention of one query per sequence, ``q`` (S, heads, 1, D), over the cache's
     ``keys``/``values`` (S, kv_heads, width, D), each kv head serving its group of query
-    heads; ``mask`` (S, 1, 1, width) is added to the scores. The scores are computed in the
-    model's dtype and the softmax in float32, as transformers' eager attention does. Two
+    heads; ``mask`` (S, 1, 1, width) is added to the scores. The scores are scaled in the
+    model's dtype and the softmax taken in float32, as in transformers' eager attention. Two
     batched matmuls: on a CPU, about ten times faster than ``scaled_dot_product_attention``
-    for a single query (2.9 against 32 ms a layer at 64 sequences and width 448, bf16;
-    benchmarks/README.md). Returns (S, heads, D)."""
+    for a single query (benchmarks/README.md, "The decode loop"). Returns (S, heads, D)."""
     rows, heads, _, dim = q.shape
     kv_heads = keys.shape[1]
     grouped = q.view(rows, kv_heads, heads // kv_heads, dim)  # head h = kv head h // group
-    scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scale + mask
+    scores = (torch.matmul(grouped, keys.transpose(-1, -2)) * scale).float() + mask
     out = torch.matmul(scores.softmax(-1).to(values.dtype), values)
     return out.view(rows, heads, dim)
 
 
-def nucleus_draw(logits: torch.Tensor, uniforms: torch.Tensor, top_p: float,
-                 top_k: int = TOP_K) -> torch.Tensor:
+def nucleus_draw(logits: torch.Tensor, uniforms: torch.Tensor, top_p: float) -> torch.Tensor:
     """One token per row from the smallest set of most likely tokens whose mass reaches
     ``top_p`` (HF's top-p: a token is kept while the mass before it is below ``top_p``),
     picked by inverse CDF at ``uniforms`` (S,) in [0, 1). ``logits`` are already tempered.
 
     A row's draw is exact once its most likely tokens hold ``top_p`` of the mass: first the
-    top ``top_k``, then, for the rows they do not cover, the top ``WIDE_K`` (on Brown
-    prompts at temperature 0.8, 16% of the rows need more than 64 tokens), and only then a
-    full sort."""
+    top ``TOP_K``, then, for the rows they do not cover, the top ``WIDE_K`` (on the demo's
+    Brown prompts at temperature 0.8, 16% of the rows need more than 64 tokens), and only
+    then a full sort."""
     log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
     picked = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
     rows = torch.arange(logits.shape[0], device=logits.device)
-    for k in (top_k, WIDE_K):
-        values, index = logits[rows].topk(min(k, logits.shape[-1]), dim=-1)
+    for k in (TOP_K, WIDE_K):
+        values, index = (logits if k == TOP_K else logits[rows]).topk(
+            min(k, logits.shape[-1]), dim=-1)
         probs = (values - log_norm[rows]).exp()
-        covered = probs.sum(-1) >= top_p
+        # the mass as _inverse_cdf adds it up: a row covered here keeps what a sort keeps
+        covered = probs.cumsum(-1)[:, -1] >= top_p
         picked[rows[covered]] = _inverse_cdf(probs[covered], index[covered],
                                              uniforms[rows[covered]], top_p)
         rows = rows[~covered]

@@ -43,45 +43,48 @@ class Step:
     corpus's scores (``edit``), or mixed from others (``mix``), from ``sources``; then scored
     by the prior under ``edit`` (None: the config's edit settings) unless ``scored`` is
     False: a mixture carries its components' scores, and a corpus read only to evaluate on
-    (the experiment's held-out documents) is never scored."""
+    (the experiment's held-out documents) is never scored. An ingested corpus with
+    ``same_files`` reads the files of that corpus, ingested before it: it takes its shards
+    rather than reading them again (and is scored under settings of its own)."""
     corpus: str
     make: Make
     sources: tuple[str, ...] = ()
     scored: bool = True
     edit: EditConfig | None = None
+    same_files: str | None = None
 
 
 def plan(cfg, corpora: Collection[str] | None = None,
-         edits: Mapping[str, EditConfig] | None = None, unscored: Collection[str] = ()
-         ) -> list[Step]:
+         edits: Mapping[str, EditConfig] | None = None, unscored: Collection[str] = (),
+         same_files: Mapping[str, str] | None = None) -> list[Step]:
     """The steps that build ``corpora`` (every corpus of ``cfg``, a
     ``semisynth.config.Config``, by default) and what they are made from: the ingested ones
     first, then the derived ones, each after its sources. ``edits`` gives a corpus edit
-    settings of its own to be scored under; the corpora in ``unscored`` are only read."""
-    edits = edits or {}
-    wanted = set(cfg.corpora if corpora is None else _closure(cfg, corpora))
+    settings of its own to be scored under; the corpora in ``unscored`` are only read;
+    ``same_files`` maps an ingested corpus to an earlier one that reads the same files.
+    A name in them that the plan does not build, an unscored corpus another is made from,
+    or a corpus sharing the files of one not ingested before it is a ValueError."""
+    edits, same_files = edits or {}, same_files or {}
+    names = cfg.closure(cfg.corpora if corpora is None else corpora)
+    ingested = [n for n in names if cfg.corpora[n].ingested]
+    for given, what in ((edits, "edits"), (unscored, "unscored"), (same_files, "same_files")):
+        if unknown := sorted(set(given) - set(names)):
+            raise ValueError(f"plan: {what} names corpora it does not build: {unknown}")
+    for name, other in same_files.items():
+        earlier = ingested[:ingested.index(name)] if name in ingested else []
+        if other not in earlier:
+            raise ValueError(f"plan: {name} may share the files of a corpus ingested before "
+                             f"it, not of {other!r}")
     steps = []
-    for name in cfg.order():
-        if name not in wanted:
-            continue
+    for name in names:
         c = cfg.corpora[name]
+        if read := sorted(set(c.made_from) & set(unscored)):
+            raise ValueError(f"plan: {name} is made from {read}, which are not scored")
         make = "ingest" if c.ingested else "edit" if c.edited_from else "mix"
-        steps.append(Step(name, make, tuple(d for d in [c.edited_from, *(c.mix or {})] if d),
-                          scored=make != "mix" and name not in unscored, edit=edits.get(name)))
+        steps.append(Step(name, make, tuple(c.made_from), scored=make != "mix" and
+                          name not in unscored, edit=edits.get(name),
+                          same_files=same_files.get(name)))
     return sorted(steps, key=lambda s: s.make != "ingest")  # stable: dependency order kept
-
-
-def _closure(cfg, names: Collection[str]) -> set[str]:
-    """``names`` and every corpus they are made from."""
-    found: set[str] = set()
-    todo = list(names)
-    while todo:
-        name = todo.pop()
-        if name not in found:
-            found.add(name)
-            c = cfg.corpora[name]
-            todo += [d for d in [c.edited_from, *(c.mix or {})] if d]
-    return found
 
 
 class Runner(Protocol):
@@ -95,8 +98,8 @@ class Runner(Protocol):
         """The derived corpus's shards, and the scores it carries (a mixture's) or None."""
 
     def submit(self, corpus: str, shards: list[Path], edit: EditConfig | None) -> object:
-        """Start scoring the corpus's shards under ``edit`` (None: the config's): a handle
-        for ``collect`` (a runner may have done the work already)."""
+        """Start scoring the corpus's shards under ``edit`` (None: the config's), or only
+        note them; a handle for ``collect``."""
 
     def collect(self, handle) -> tuple[list[Path], int]:
         """A submitted corpus's score files (in its shards' order), and the tokens the prior
@@ -105,8 +108,9 @@ class Runner(Protocol):
 
 @dataclass
 class Built:
-    """Every corpus built: shards and score files by corpus, ingest counts by ingested
-    corpus, and the tokens the prior scored in this run."""
+    """Every corpus built: shards and score files by corpus, ingest counts by corpus read
+    from its files (not one that shares another's), and the tokens the prior scored in
+    this run."""
     shards: dict[str, list[Path]] = field(default_factory=dict)
     scores: dict[str, list[Path]] = field(default_factory=dict)
     ingest_counts: dict[str, dict] = field(default_factory=dict)
@@ -116,7 +120,8 @@ class Built:
 def build_corpora(steps: list[Step], runner: Runner) -> Built:
     """Run ``steps`` (``plan``'s) with ``runner``. A corpus's scoring is submitted as soon
     as it is made and collected only when a derived corpus needs it, or at the end: on
-    the flows' Dask cluster the scoring of one corpus overlaps the ingest of the next."""
+    the flows' Dask cluster the scoring of one corpus overlaps the ingest of the next; the
+    commands' runner scores in ``collect``, once every corpus has been read."""
     built, pending = Built(), {}
 
     def collect(names) -> None:
@@ -126,7 +131,9 @@ def build_corpora(steps: list[Step], runner: Runner) -> Built:
 
     for step in steps:
         name = step.corpus
-        if step.make == "ingest":
+        if step.same_files:
+            built.shards[name] = built.shards[step.same_files]
+        elif step.make == "ingest":
             built.shards[name], built.ingest_counts[name] = runner.ingest(name)
         else:
             collect(step.sources)

@@ -94,6 +94,26 @@ def test_an_arm_may_not_take_a_source_corpus_name():
         toy_config(**{plan.HUMAN: {}})
 
 
+def test_the_experiments_steps_build_its_pools_and_edited_arms_only():
+    """The experiment's corpora through the pipeline's plan: the sources read once (the
+    edited arms' sources take the human pool's shards, scored under their own settings),
+    the held-out ones never scored, the mixture arms not built as corpora."""
+    ecfg = toy_config(human={}, mixed={"synthetic_share": 0.5}, strict={"edit": {"threshold": 0.9}},
+                      loose={"edit": {"threshold": 0.999}})
+    pcfg = plan.pipeline_config(ecfg)
+    steps = {s.corpus: s for s in plan.steps(ecfg, pcfg)}
+    assert set(steps) == {plan.HUMAN, plan.SYNTHETIC, plan.HELDOUT, "strict", "loose",
+                          plan.edit_source("strict"), plan.edit_source("loose")}
+    assert not steps[plan.HELDOUT].scored
+    assert all(steps[n].scored for n in steps if n != plan.HELDOUT)
+    for arm in ("strict", "loose"):
+        source = steps[plan.edit_source(arm)]
+        assert source.same_files == plan.HUMAN and source.edit == ecfg.arm_edit(arm)
+        assert steps[arm].make == "edit" and steps[arm].sources == (source.corpus,)
+    order = list(steps)
+    assert order.index(plan.HUMAN) < order.index(plan.edit_source("strict")) < order.index(plan.SYNTHETIC)
+
+
 def test_remap_is_one_to_one_and_refuses_unknown_ids():
     vocab = vocabulary([np.array([7, 3, 3, 900]), np.array([42])])
     assert vocab.tolist() == [3, 7, 42, 900]

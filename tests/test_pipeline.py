@@ -37,21 +37,32 @@ def test_the_plan_ingests_first_then_derives_in_dependency_order(tmp_path):
 def test_a_plan_for_some_corpora_takes_what_they_are_made_from_with_their_settings(tmp_path):
     cfg = config(tmp_path)
     own = cfg.edit.model_copy()  # the settings object itself rides along
-    steps = pipeline.plan(cfg, corpora=["twice"], edits={"human": own}, unscored=["other"])
+    steps = pipeline.plan(cfg, corpora=["twice"], edits={"human": own})
     assert [(s.corpus, s.sources) for s in steps] == [
         ("human", ()), ("edited", ("human",)), ("twice", ("edited",))]
     assert steps[0].edit is own and steps[1].edit is None
-    steps = pipeline.plan(cfg, corpora=["other", "mix"], unscored=["other"])
-    assert {s.corpus: s.scored for s in steps} == {
-        "human": True, "other": False, "edited": True, "mix": False}
-    assert next(s for s in steps if s.corpus == "mix").sources == ("edited", "other")
+    steps = pipeline.plan(cfg, corpora=["other", "edited"], unscored=["other"])
+    assert {s.corpus: s.scored for s in steps} == {"human": True, "other": False, "edited": True}
+    assert next(s for s in pipeline.plan(cfg) if s.corpus == "mix").sources == ("edited", "other")
+
+
+def test_a_plan_refuses_what_it_cannot_build(tmp_path):
+    cfg = config(tmp_path)
+    with pytest.raises(ValueError, match="does not build"):
+        pipeline.plan(cfg, corpora=["edited"], edits={"other": cfg.edit})
+    with pytest.raises(ValueError, match="not scored"):
+        pipeline.plan(cfg, unscored=["human"])  # edited is made from its scores
+    with pytest.raises(ValueError, match="ingested before"):
+        pipeline.plan(cfg, same_files={"human": "other"})  # other comes after human
+    with pytest.raises(ValueError, match="ingested before"):
+        pipeline.plan(cfg, same_files={"edited": "human"})  # edited is not read from files
 
 
 class RecordingRunner:
     """A runner that makes nothing: it records the calls build_corpora makes."""
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.submitted = [], {}
 
     def ingest(self, corpus):
         self.calls.append(("ingest", corpus))
@@ -67,6 +78,7 @@ class RecordingRunner:
 
     def submit(self, corpus, shards, edit):
         self.calls.append(("submit", corpus))
+        self.submitted[corpus] = (shards, edit)
         return corpus
 
     def collect(self, handle):
@@ -86,6 +98,22 @@ def test_build_corpora_scores_every_corpus_but_a_mixture_once(tmp_path):
     assert built.scores["mix"] == [Path("mix-carried")]
     assert set(built.shards) == set(CORPORA) and set(built.ingest_counts) == {"human", "other"}
     assert built.model_work_tokens == 40
+
+
+def test_a_corpus_sharing_files_takes_their_shards_and_its_own_settings(tmp_path):
+    cfg = config_from_tree({"data_root": str(tmp_path), "prior": {"model": str(tmp_path)},
+                            "corpora": {**CORPORA, "again": {"role": "monitored",
+                                                             "paths": ["human.jsonl"],
+                                                             "reference": "human"}}})
+    own = cfg.edit.model_copy()
+    runner = RecordingRunner()
+    built = pipeline.build_corpora(
+        pipeline.plan(cfg, corpora=["again", "human"], edits={"again": own},
+                      same_files={"again": "human"}), runner)
+    assert [c for c in runner.calls if c[0] == "ingest"] == [("ingest", "human")]
+    assert built.shards["again"] == built.shards["human"]
+    assert runner.submitted["again"] == (built.shards["human"], own)
+    assert runner.submitted["human"][1] is None and set(built.ingest_counts) == {"human"}
 
 
 def test_a_started_run_is_recorded_running_then_with_its_end(tmp_path):
