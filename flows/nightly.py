@@ -35,7 +35,9 @@ from semisynth.tasks import pipeline
 from semisynth.tasks import release as release_mod
 from semisynth.tasks.prior import locate_model, pin_precision
 from semisynth.tasks.score import score_shard
-from semisynth.warehouse import db, records
+from semisynth.warehouse import db, records, report_data
+
+QUARANTINE_SHOWN = 10  # quarantined rows a run's result carries (all are in the warehouse)
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
@@ -225,11 +227,14 @@ def _refresh(config_path: str, overrides: list[str] | None):
         message = (f"release candidates blocked by the gate: {', '.join(blocked)}" if blocked
                    else "all release candidates passed")
         run.handle.finish("FAILED" if blocked else "COMPLETED", message)
+        quarantined_rows, quarantined = report_data.quarantined(run.warehouse, run_id,
+                                                                QUARANTINE_SHOWN)
     result = {"run_id": run_id, "warehouse": str(run.warehouse), "releases": releases,
               "blocked": blocked, "gates": {n: g["success"] for n, g in gates.items()},
               "failures": {n: g["failures"] for n, g in gates.items() if not g["success"]},
               "metrics": measured.values, "summary": markdown,
-              "model_work_tokens": built.model_work_tokens}
+              "model_work_tokens": built.model_work_tokens,
+              "quarantined_rows": quarantined_rows, "quarantined": quarantined}
     return Failed(message=message, data=result) if blocked else Completed(message=message, data=result)
 
 

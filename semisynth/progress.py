@@ -134,12 +134,15 @@ def logged(label: str, log: Callable[[str], None], total: int | None = None, uni
            also: str | None = None, also_total: int | None = None,
            every: float = 30.0) -> Iterator[Bar]:
     """A Bar for the block that writes its line to ``log`` (a logger's ``info``) at most
-    every ``every`` seconds, and its final line when the block ends (failed or not)."""
+    every ``every`` seconds, and its final line when the block ends (failed or not) having
+    reported something: a block with nothing to do (a shard whose scores are cached) says
+    so in its own words, not in a line of zeros."""
     bar = Bar(label, total, unit, also, lambda b: log(b.line()), every, also_total)
     try:
         yield bar
     finally:
-        log(bar.line(finished=True))
+        if bar.done or bar.also_done or bar.detail:
+            log(bar.line(finished=True))
 
 
 @contextmanager

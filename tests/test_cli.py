@@ -506,9 +506,13 @@ def test_the_demo_prints_every_verdict_release_and_block(capsys):
               "failures": {"mix50": [{"metric": "ppl_low_frac", "observed": 0.61,
                                       "threshold": "<= 0.4", "run_id": "r1"}]},
               "releases": {"brown_toedit": "/releases/semisynth-brown_toedit/v0001"},
-              "blocked": ["mix50"]}
+              "blocked": ["mix50"], "quarantined_rows": 12,
+              "quarantined": [{"corpus": "synthetic", "file": "/d/batch.jsonl", "line": 3,
+                               "reason": "empty text (whitespace only)"}]}
     _print_outcome(result)
     out = capsys.readouterr().out
+    assert "quarantined: 12 input rows, the first 1 (all: semisynth query" in out
+    assert "- synthetic: /d/batch.jsonl line 3: empty text (whitespace only)" in out
     assert "gate coverage on brown_toedit: PASSED" in out
     assert "gate coverage on mix50: FAILED" in out and "ppl_low_frac: observed 0.61, want <= 0.4" in out
     assert "released brown_toedit: /releases/semisynth-brown_toedit/v0001" in out

@@ -27,6 +27,8 @@ def synthetic_slice(assets_root, brown_shards, prior_f32) -> Path:
 @pytest.fixture(scope="session")
 def flow_run(prefect_server, tmp_path_factory, prior_folder, brown_shards, synthetic_slice):
     home = tmp_path_factory.mktemp("home")
+    damaged = home / "damaged.jsonl"  # two rows the ingest must quarantine, not lose
+    damaged.write_text('{"id": "d1", "text": "cut off\n["not", "an", "object"]\n')
     config = {
         "name": "slice",
         "data_root": str(home),
@@ -39,7 +41,8 @@ def flow_run(prefect_server, tmp_path_factory, prior_folder, brown_shards, synth
                       "limit_docs": 48},
             "brown_toedit": {"edited_from": "brown", "reference": "brown", "release": True,
                              "synthetic_reference": "synthetic"},
-            "synthetic": {"role": "monitored", "paths": [str(synthetic_slice)], "reference": "brown"},
+            "synthetic": {"role": "monitored", "paths": [str(synthetic_slice), str(damaged)],
+                          "reference": "brown"},
             "mix50": {"mix": {"brown": 0.5, "synthetic": 0.5}, "reference": "brown", "release": True},
         },
         "metrics": {"bootstrap": 50},
@@ -94,6 +97,14 @@ def test_warehouse_tables_are_filled(flow_run):
     assert shard_corpora == {"brown", "brown_toedit", "synthetic", "mix50"}
     run = db.query(wh, "SELECT status, flow_run_id FROM runs").iloc[0]
     assert run.status == "FAILED" and run.flow_run_id == result["flow_run_id"]
+
+
+def test_the_runs_result_names_its_quarantined_rows(flow_run):
+    home, _, result = flow_run
+    assert result["quarantined_rows"] == 2
+    assert [(r["corpus"], Path(r["file"]).name, r["line"]) for r in result["quarantined"]] == [
+        ("synthetic", "damaged.jsonl", 1), ("synthetic", "damaged.jsonl", 2)]
+    assert all(r["reason"] for r in result["quarantined"])
 
 
 def test_release_is_verified_and_recorded(flow_run, capsys):
@@ -163,8 +174,9 @@ def test_metrics_command_gives_the_flows_metric_rows(flow_run, capsys):
                              "(corpus = 'brown_toedit' OR comparison = 'split_half') "
                              "ORDER BY ALL", [result["run_id"]])
     budget = int(flow_rows[flow_rows.metric == "ppl_ks"].budget.iloc[0])
+    # exit 4: the synthetic reference it estimates its share against lost two damaged rows
     assert cli(["--data-root", str(home), "metrics", "brown_toedit", "--reference", "brown",
-                "--config", str(path), "--budget", str(budget)]) == 0
+                "--config", str(path), "--budget", str(budget)]) == 4
     out = capsys.readouterr().out
     assert "model work: 0 tokens" in out
     run_id = re.search(r"run (metrics-[0-9T-]+)", out).group(1)

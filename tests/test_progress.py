@@ -46,6 +46,13 @@ def test_the_final_line_is_written_when_the_step_fails():
     assert log.getvalue().startswith("scored: 3/10 documents, ")
 
 
+def test_a_block_that_reports_nothing_writes_no_line_of_zeros():
+    lines = []
+    with logged("shard 0a1b scored", lines.append, unit="documents", also="tokens"):
+        pass  # its scores were cached: the caller says so
+    assert lines == []
+
+
 def test_a_logged_bar_writes_to_a_log_with_its_detail_and_an_eta_from_its_second_count():
     """The flow's tasks log their progress through the same protocol: generation's ETA comes
     from its tokens (documents end late), training shows its loss, the last line is written

@@ -48,6 +48,15 @@ def quarantine_counts(wh: Path, run_id: str) -> pd.DataFrame:
                         "WHERE run_id = ? GROUP BY ALL ORDER BY corpus, file, reason", [run_id])
 
 
+def quarantined(wh: Path, run_id: str, limit: int) -> tuple[int, list[dict]]:
+    """The run's quarantined input rows: how many, and the first ``limit`` (corpus, file,
+    line, reason) in file and line order."""
+    total = db.query(wh, "SELECT count(*) AS n FROM quarantine WHERE run_id = ?", [run_id])
+    rows = db.query(wh, "SELECT corpus, file, line, reason FROM quarantine WHERE run_id = ? "
+                        "ORDER BY corpus, file, line LIMIT ?", [run_id, limit])
+    return int(total.n.iloc[0]), rows.to_dict("records")
+
+
 def experiment_summary(wh: Path, run_id: str) -> pd.DataFrame:
     """The run's rows of ``experiment_summary_by_run`` (empty: not an experiment run, or a
     warehouse written before the experiment's tables existed)."""
