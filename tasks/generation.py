@@ -87,7 +87,7 @@ def forward_step(model: torch.nn.Module, cache: KVCache, tokens: torch.Tensor,
     hidden = body.embed_tokens(tokens)[:, None, :]  # (S, 1, H)
     cos, sin = body.rotary_emb(hidden, positions[:, None])
     visible = torch.arange(width, device=tokens.device)[None, :] <= positions[:, None]
-    hidden_mask = torch.zeros(visible.shape, device=tokens.device).masked_fill_(
+    score_mask = torch.zeros(visible.shape, device=tokens.device).masked_fill_(
         ~visible, float("-inf"))[:, None, None, :]  # (S, 1, 1, width): added to the scores
     for i, layer in enumerate(body.layers):
         attn = layer.self_attn
@@ -99,7 +99,7 @@ def forward_step(model: torch.nn.Module, cache: KVCache, tokens: torch.Tensor,
         cache.keys[i, rows, :, positions] = k[:, :, 0]
         cache.values[i, rows, :, positions] = v[:, :, 0]
         out = _one_query_attention(q, cache.keys[i, :, :, :width], cache.values[i, :, :, :width],
-                                   hidden_mask, attn.scaling)
+                                   score_mask, attn.scaling)
         hidden = hidden + attn.o_proj(out.reshape(h.shape[0], 1, -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     return model.lm_head(body.norm(hidden))[:, 0].float()

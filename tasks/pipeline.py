@@ -14,9 +14,9 @@ each step runs:
   ``metrics``, ``validate`` and ``estimate``.
 
 ``started_run`` is the start of a run for the flows and the commands alike: the data root's
-lock, the warehouse, the prior's id and the ``runs`` row. What comes after
-the corpora (measure, gate, release; the experiment's streams and training) is the flows'
-and commands' own wiring of stage functions.
+lock, the warehouse, the prior's id and the ``runs`` row. What comes after the corpora
+(measure, gate, release; the experiment's streams and training) is the flows' and
+commands' own wiring of stage functions.
 """
 
 from __future__ import annotations
